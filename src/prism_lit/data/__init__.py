@@ -1,0 +1,1 @@
+"""Trajectory data: schema, format readers, tokenisation with assistant-only masks, DataModule."""

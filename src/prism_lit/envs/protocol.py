@@ -1,0 +1,167 @@
+"""The agent protocol: how an environment turn becomes chat messages and how a reply becomes an action.
+
+One protocol object is shared by expert-data generation, SFT and RL rollouts, so the model is trained
+on exactly the text it later sees. It has no torch / Lightning dependency (env code stays light).
+
+Conversation layout (prefix-consistent, so a multi-turn SFT sample equals the last rollout prompt plus
+its reply whenever the history fits in ``history_turns``)::
+
+    system:    system prompt
+    user:      render_observation(obs_0, admissible_0)       # always kept: it holds the task
+    assistant: format_reply(action_0)
+    user:      render_observation(obs_1, admissible_1)
+    ...                                                         # only the last ``history_turns`` pairs
+    user:      render_observation(obs_t, admissible_t)         # the current step
+
+Action handles: with ``numbered_actions`` the admissible actions are listed as ``1. click[b0x7k]`` and
+the agent may answer ``Action: 1``; ``parse_action`` maps the number back to the env's own action, so the
+environment stays faithful while a small model only has to copy a short number.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Literal, Sequence
+
+DEFAULT_SYSTEM_PROMPTS = {
+    "webshop": (
+        "You are a shopping agent in the WebShop website. Follow the instruction to buy the right product. "
+        "Each turn, answer with an action: search[keywords] or click[button]."
+    ),
+    "alfworld": (
+        "You are a household agent in a text world. Complete the task in as few steps as possible. "
+        "Each turn, answer with one admissible action."
+    ),
+}
+GENERIC_SYSTEM_PROMPT = "You are an agent acting in a text environment. Each turn, answer with one action."
+
+ReplyFormat = Literal["action", "thought_action", "think_tags"]
+
+
+@dataclass
+class Turn:
+    """One step of an episode as the protocol shows it: the rendered user message and the reply text."""
+
+    observation: str
+    reply: str
+
+
+@dataclass
+class AgentProtocol:
+    """Prompt building and action parsing shared by data generation, SFT and rollouts.
+
+    Args:
+        env: environment family, selects the default system prompt ("webshop", "alfworld", other).
+        system_prompt: overrides the default system prompt.
+        reply_format: ``action`` (``Action: ...``), ``thought_action`` (ETO/AgentGym ``Thought: ...\\nAction: ...``)
+            or ``think_tags`` (verl-agent ``<think>...</think><action>...</action>``).
+        history_turns: how many past (observation, reply) pairs are shown besides the first observation.
+        show_admissible: append the admissible actions to each observation (AgentGym / verl-agent style).
+        numbered_actions: number the admissible actions and accept the number as an answer.
+        max_admissible: at most this many admissible actions are listed (the rest are still valid).
+    """
+
+    env: str = "generic"
+    system_prompt: str | None = None
+    reply_format: ReplyFormat = "action"
+    history_turns: int = 8
+    show_admissible: bool = True
+    numbered_actions: bool = False
+    max_admissible: int = 40
+    _templates: tuple[str, ...] = field(default=("search[", "click[", "think["), repr=False)
+
+    def __post_init__(self) -> None:
+        if self.reply_format not in ("action", "thought_action", "think_tags"):
+            raise ValueError(
+                f"AgentProtocol.reply_format: unknown value {self.reply_format!r}; "
+                "choose 'action', 'thought_action' or 'think_tags'"
+            )
+        if self.history_turns < 0:
+            raise ValueError(f"AgentProtocol.history_turns must be >= 0, got {self.history_turns}")
+
+    # ---------------------------------------------------------------- prompts
+    @property
+    def system(self) -> str:
+        if self.system_prompt is not None:
+            return self.system_prompt
+        return DEFAULT_SYSTEM_PROMPTS.get(self.env, GENERIC_SYSTEM_PROMPT)
+
+    def listed_actions(self, admissible: Sequence[str]) -> list[str]:
+        """The admissible actions in the order (and numbering) the prompt shows them."""
+        return list(admissible)[: self.max_admissible]
+
+    def render_observation(self, observation: str, admissible: Sequence[str] | None = None) -> str:
+        """The user message for one step."""
+        text = observation.strip()
+        if self.show_admissible and admissible:
+            shown = self.listed_actions(admissible)
+            if self.numbered_actions:
+                lines = [f"{i + 1}. {a}" for i, a in enumerate(shown)]
+            else:
+                lines = [f"- {a}" for a in shown]
+            text += "\nAdmissible actions:\n" + "\n".join(lines)
+        return text
+
+    def build_messages(self, turns: Sequence[Turn], current_observation: str) -> list[dict[str, str]]:
+        """Chat messages for the next reply. ``current_observation`` is already rendered."""
+        messages = [{"role": "system", "content": self.system}]
+        if not turns:
+            messages.append({"role": "user", "content": current_observation})
+            return messages
+        first, rest = turns[0], list(turns[1:])
+        messages.append({"role": "user", "content": first.observation})
+        messages.append({"role": "assistant", "content": first.reply})
+        kept = rest[-self.history_turns :] if self.history_turns > 0 else []
+        for turn in kept:
+            messages.append({"role": "user", "content": turn.observation})
+            messages.append({"role": "assistant", "content": turn.reply})
+        messages.append({"role": "user", "content": current_observation})
+        return messages
+
+    # ---------------------------------------------------------------- replies
+    def format_reply(self, action: str, thought: str | None = None, admissible: Sequence[str] | None = None) -> str:
+        """The assistant text an expert writes for ``action`` (uses the number when numbering is on)."""
+        shown = action
+        if self.numbered_actions and admissible is not None:
+            listed = self.listed_actions(admissible)
+            if action in listed:
+                shown = str(listed.index(action) + 1)
+        if self.reply_format == "action":
+            return f"Action: {shown}"
+        if self.reply_format == "thought_action":
+            return f"Thought: {thought or 'I should act.'}\nAction: {shown}"
+        return f"<think>{thought or 'I should act.'}</think><action>{shown}</action>"
+
+    _ACTION_RE = re.compile(r"Action:\s*(.+?)\s*$", re.S)
+    _TAG_RE = re.compile(r"<action>(.*?)</action>", re.S)
+
+    def parse_action(self, reply: str, admissible: Sequence[str] | None = None) -> str | None:
+        """The env action in ``reply``, or ``None`` when the reply is malformed.
+
+        A malformed reply (no ``Action:`` / ``<action>`` part, or an empty one) returns ``None`` so the
+        rollout can apply the invalid-format penalty. A number maps to the listed admissible action.
+        """
+        if self.reply_format == "think_tags":
+            found = self._TAG_RE.findall(reply)
+            if not found:
+                return None
+            action = found[-1].strip()
+        else:
+            match = self._ACTION_RE.search(reply)
+            if match is None:
+                return None
+            action = match.group(1).strip().splitlines()[0].strip() if match.group(1).strip() else ""
+        if not action:
+            return None
+        if self.numbered_actions and admissible is not None and action.isdigit():
+            listed = self.listed_actions(admissible)
+            index = int(action) - 1
+            if 0 <= index < len(listed):
+                return listed[index]
+        return action
+
+    @property
+    def stop_strings(self) -> list[str]:
+        """Generation may stop at these (the chat template's end-of-turn token also stops it)."""
+        return ["</action>"] if self.reply_format == "think_tags" else ["\n\n"]
