@@ -1,0 +1,171 @@
+"""Load the policy: any local Hugging Face causal LM + tokenizer by path, with optional LoRA (peft).
+
+Nothing here downloads: every ``from_pretrained`` call is ``local_files_only=True`` and a missing path is an
+error that says so. ``trust_remote_code`` stays off unless the config asks for it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from prism_lit.policy.embedded import EmbeddedModelSpec, build_embedded_default, corpus_from_files
+
+DEFAULT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
+          "float16": "float16", "fp16": "float16"}
+
+
+@dataclass
+class LoraSpec:
+    """peft ``LoraConfig`` fields exposed to YAML."""
+
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_LORA_TARGETS))
+    bias: str = "none"
+    modules_to_save: list[str] | None = None
+
+    def to_peft(self):
+        from peft import LoraConfig
+
+        return LoraConfig(
+            r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout, target_modules=list(self.target_modules),
+            bias=self.bias, modules_to_save=self.modules_to_save, task_type="CAUSAL_LM",
+        )
+
+
+@dataclass
+class PolicySpec:
+    """Which model the stage trains.
+
+    Args:
+        path: local directory with a HF causal LM and its tokenizer (``save_pretrained`` layout).
+        tokenizer_path: tokenizer directory when it differs from ``path``.
+        adapter_path: a trained peft adapter to start from (e.g. the SFT stage's export); trained further.
+        lora: train a new LoRA adapter with these settings; ``None`` = full fine-tuning (unless ``adapter_path``).
+        dtype: parameter dtype (float32, bfloat16, float16). Mixed precision is the Trainer's ``precision``.
+        trust_remote_code: allow model code shipped in ``path`` to run (off by default).
+        attn_implementation: "sdpa" (default), "eager", or "flash_attention_2" where installed.
+        gradient_checkpointing: trade compute for activation memory.
+        embedded: when ``path`` does not exist, build the embedded default model there (tokenizer trained on
+            ``embedded_corpus`` trajectory files). ``None``: a missing path is an error.
+        embedded_corpus: trajectory JSONL files whose text trains the embedded tokenizer.
+    """
+
+    path: str
+    tokenizer_path: str | None = None
+    adapter_path: str | None = None
+    lora: LoraSpec | None = None
+    dtype: str = "float32"
+    trust_remote_code: bool = False
+    attn_implementation: str = "sdpa"
+    gradient_checkpointing: bool = False
+    embedded: EmbeddedModelSpec | None = None
+    embedded_corpus: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise ValueError(f"PolicySpec.dtype: unknown dtype {self.dtype!r}; choose one of {sorted(DTYPES)}")
+        if isinstance(self.lora, dict):
+            self.lora = LoraSpec(**self.lora)
+        if isinstance(self.embedded, dict):
+            self.embedded = EmbeddedModelSpec(**self.embedded)
+
+
+def ensure_policy_files(spec: PolicySpec) -> None:
+    """Build the embedded default at ``spec.path`` if it is missing and ``spec.embedded`` says how."""
+    if Path(spec.path).exists():
+        return
+    if spec.embedded is None:
+        raise FileNotFoundError(
+            f"policy.path: {spec.path!r} does not exist. Point it at a local Hugging Face model directory "
+            "(nothing is downloaded), or set policy.embedded to build the embedded default there."
+        )
+    build_embedded_default(spec.path, corpus_from_files(spec.embedded_corpus), spec.embedded)
+
+
+def _check_dir(path: str, what: str) -> None:
+    if not Path(path).is_dir():
+        raise FileNotFoundError(f"policy.{what}: {path!r} is not a directory (nothing is downloaded at run time)")
+
+
+def load_tokenizer(spec: PolicySpec):
+    from transformers import AutoTokenizer
+
+    path = spec.tokenizer_path or spec.path
+    _check_dir(path, "tokenizer_path" if spec.tokenizer_path else "path")
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=spec.trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if tokenizer.chat_template is None:
+        raise ValueError(
+            f"policy: the tokenizer in {path!r} has no chat template; prism_lit renders agent turns with it. "
+            "Set tokenizer.chat_template and save it, or use an instruct model's tokenizer."
+        )
+    return tokenizer
+
+
+def load_model(spec: PolicySpec):
+    """The HF model (peft-wrapped when ``lora`` or ``adapter_path`` is set)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    ensure_policy_files(spec)
+    _check_dir(spec.path, "path")
+    model = AutoModelForCausalLM.from_pretrained(
+        spec.path,
+        local_files_only=True,
+        trust_remote_code=spec.trust_remote_code,
+        dtype=getattr(torch, DTYPES[spec.dtype]),
+        attn_implementation=spec.attn_implementation,
+    )
+    if spec.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    if spec.adapter_path is not None:
+        from peft import PeftModel
+
+        _check_dir(spec.adapter_path, "adapter_path")
+        model = PeftModel.from_pretrained(model, spec.adapter_path, is_trainable=True, local_files_only=True)
+    elif spec.lora is not None:
+        from peft import get_peft_model
+
+        model = get_peft_model(model, spec.lora.to_peft())
+    if spec.gradient_checkpointing and hasattr(model, "enable_input_require_grads"):
+        model.enable_input_require_grads()
+    return model
+
+
+def load_policy(spec: PolicySpec) -> tuple[Any, Any]:
+    """``(model, tokenizer)`` for ``spec``."""
+    ensure_policy_files(spec)
+    return load_model(spec), load_tokenizer(spec)
+
+
+def export_policy(model, tokenizer, out_dir: str | os.PathLike) -> Path:
+    """Save the adapter (peft) or the full model, plus the tokenizer, in HF format; atomic by rename."""
+    import shutil
+    import tempfile
+
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def trainable_parameter_count(model) -> tuple[int, int]:
+    params: Iterable = list(model.parameters())
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
