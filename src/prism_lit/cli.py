@@ -1,0 +1,90 @@
+"""The ``prism-lit`` command.
+
+``fit``, ``validate``, ``test`` and ``predict`` are a LightningCLI in subclass mode: the model and the data are
+chosen by ``class_path`` in YAML, so a user's subclass is one config line away. Further commands
+(``generate``, ``pipeline``, ``compare``) are plain functions whose typed signatures jsonargparse reads.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any, Callable
+
+EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
+    "generate": ("prism_lit.commands:generate", "Generate tasks and expert trajectories for an env (JSONL)."),
+    "pipeline": ("prism_lit.pipeline.run:pipeline", "Run the whole PRISM pipeline from one config (resumable)."),
+    "compare": ("prism_lit.pipeline.compare:compare", "Run several pipeline configs over seeds; write the table."),
+}
+
+DESCRIPTION = "prism_lit: PRISM hybrid SFT→RL training of LLM agents on Lightning.\n\nOther commands:\n" + "\n".join(
+    f"  {name:<10} {help_}" for name, (_, help_) in EXTRA_COMMANDS.items()
+)
+
+
+def _trainer_defaults() -> dict[str, Any]:
+    return {
+        "logger": {
+            "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+            "init_args": {"save_dir": "runs", "name": "prism_lit"},
+        },
+        "callbacks": [
+            {"class_path": "lightning.pytorch.callbacks.RichProgressBar"},
+            {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {"save_last": True}},
+        ],
+    }
+
+
+def _lightning_cli(args: list[str] | None = None):
+    from lightning.pytorch.cli import LightningCLI
+
+    class PrismCLI(LightningCLI):
+        def add_arguments_to_parser(self, parser) -> None:
+            # defaults, not fixed callbacks: a config can replace any of them
+            parser.set_defaults({f"trainer.{k}": v for k, v in _trainer_defaults().items()})
+
+    return PrismCLI(
+        model_class=None,
+        datamodule_class=None,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        save_config_kwargs={"overwrite": True},
+        parser_kwargs={"description": DESCRIPTION, "formatter_class": _raw_formatter()},
+        args=args,
+    )
+
+
+def _raw_formatter():
+    import argparse
+
+    from jsonargparse import DefaultHelpFormatter
+
+    class HelpFormatter(DefaultHelpFormatter, argparse.RawDescriptionHelpFormatter):
+        """Keeps the description's line breaks (the list of other commands)."""
+
+    return HelpFormatter
+
+
+def _load(target: str) -> Callable:
+    import importlib
+
+    module, name = target.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def main(argv: list[str] | None = None) -> None:
+    from_shell = argv is None
+    argv = list(sys.argv[1:] if argv is None else argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is downloaded at run time
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if argv and argv[0] in EXTRA_COMMANDS:
+        from jsonargparse import CLI
+
+        target, help_ = EXTRA_COMMANDS[argv[0]]
+        CLI(_load(target), args=argv[1:], prog=f"prism-lit {argv[0]}", description=help_)
+        return
+    _lightning_cli(None if from_shell else argv)
+
+
+if __name__ == "__main__":
+    main()

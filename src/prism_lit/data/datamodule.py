@@ -1,0 +1,234 @@
+"""TrajectoryDataModule: expert trajectories → tokenised, length-bucketed batches (backed by 🤗 datasets).
+
+When ``partition_path`` names a partition written by the PRISM probe, the training set is re-partitioned to
+the trajectories routed to SFT as soon as that file exists. Use ``reload_dataloaders_every_n_epochs: 1`` so the
+epoch after the probe epoch is served D_SFT; the probe writes the file on rank 0 and barriers, so every rank sees it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from torch.utils.data import DataLoader
+
+from prism_lit.data.batching import BatchDataset, bucketed_batches, padding_overhead
+from prism_lit.data.formats import load_trajectories
+from prism_lit.data.schema import Trajectory, TrajectoryFormatError
+from prism_lit.data.tokenize import SampleTooLongError, Truncation, tokenize_trajectory
+from prism_lit.envs.protocol import AgentProtocol
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ExpertDataSpec:
+    """Generate expert trajectories with the env's oracle when the training file does not exist yet.
+
+    Args:
+        env: gymnasium id, e.g. ``prism_lit/WebShop-v0``.
+        n_tasks: number of expert episodes.
+        split: task split the episodes come from.
+        seed: generation seed.
+        env_kwargs: keyword arguments for ``gymnasium.make``.
+        protocol: the prompt/action protocol; use the same one in the RL stage.
+    """
+
+    env: str
+    n_tasks: int = 100
+    split: str = "train"
+    seed: int = 0
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    protocol: AgentProtocol = field(default_factory=AgentProtocol)
+
+
+def _line_of(path: str, trajectory_id: str) -> int | None:
+    import json
+
+    with open(path, encoding="utf-8") as fh:
+        for number, text in enumerate(fh, start=1):
+            try:
+                obj = json.loads(text)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(obj, dict) and str(obj.get("id", obj.get("item_id"))) == trajectory_id:
+                return number
+    return None
+
+
+class TrajectoryDataModule(L.LightningDataModule):
+    """Serves SFT batches of multi-turn agent trajectories.
+
+    Args:
+        train_files: trajectory files (prism JSONL, ETO or AgentGym; see docs/data.md).
+        val_files: validation files; empty = no validation loop (unless ``val_fraction``).
+        format: ``auto``, ``prism``, ``eto`` or ``agentgym``.
+        env: env name recorded for ETO/AgentGym records that do not carry one.
+        max_length: token limit per sample; see ``truncation``.
+        truncation: ``right``, ``left``, ``skip`` or ``fail`` (docs/data.md).
+        batch_size: samples per batch.
+        max_tokens: optional cap on padded tokens per batch (longest × count).
+        bucket: length-bucketed batches (``False``: plain shuffled batches).
+        val_fraction: share of the training trajectories held out for validation when ``val_files`` is empty.
+        seed: shuffling seed (the epoch is added, so every epoch differs and every run repeats).
+        partition_path: PRISM partition; once the file exists only its SFT trajectories are trained on.
+        tokenizer_path: tokenizer directory; default: the LightningModule's ``tokenizer``.
+        expert_data: generate ``train_files[0]`` with the env's oracle if it is missing.
+        num_workers: DataLoader workers.
+    """
+
+    def __init__(
+        self,
+        train_files: list[str],
+        val_files: list[str] | None = None,
+        format: str = "auto",
+        env: str = "unknown",
+        max_length: int = 1024,
+        truncation: Truncation = "right",
+        batch_size: int = 8,
+        max_tokens: int | None = None,
+        bucket: bool = True,
+        val_fraction: float = 0.0,
+        seed: int = 0,
+        partition_path: str | None = None,
+        tokenizer_path: str | None = None,
+        expert_data: ExpertDataSpec | None = None,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        if not train_files:
+            raise ValueError("data.train_files: give at least one trajectory file")
+        if not 0.0 <= val_fraction < 1.0:
+            raise ValueError(f"data.val_fraction must be in [0, 1), got {val_fraction}")
+        self.train_files, self.val_files = list(train_files), list(val_files or [])
+        self.format, self.env = format, env
+        self.max_length, self.truncation = max_length, truncation
+        self.batch_size, self.max_tokens, self.bucket = batch_size, max_tokens, bucket
+        self.val_fraction, self.seed = val_fraction, seed
+        self.partition_path, self.tokenizer_path = partition_path, tokenizer_path
+        self.expert_data, self.num_workers = expert_data, num_workers
+        self.tokenizer = None
+        self.train_rows = None
+        self.val_rows = None
+        self.stats: dict[str, int] = {}
+        self._epoch_offset = 0
+
+    # ------------------------------------------------------------------ preparation
+    def prepare_data(self) -> None:
+        target = Path(self.train_files[0])
+        if self.expert_data is not None and not target.exists():
+            from prism_lit.envs.experts import write_expert_dataset
+
+            spec = self.expert_data
+            stats = write_expert_dataset(
+                spec.env, spec.n_tasks, target, spec.protocol, split=spec.split, seed=spec.seed,
+                env_kwargs=spec.env_kwargs,
+            )
+            log.info("wrote %d expert trajectories to %s (%s)", spec.n_tasks, target, stats)
+        for path in self.train_files + self.val_files:
+            if not Path(path).is_file():
+                raise FileNotFoundError(f"data: trajectory file not found: {path}")
+
+    def _get_tokenizer(self):
+        if self.tokenizer is not None:
+            return self.tokenizer
+        if self.tokenizer_path is not None:
+            from transformers import AutoTokenizer
+
+            self.tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_path, local_files_only=True)
+        elif self.trainer is not None and getattr(self.trainer.lightning_module, "tokenizer", None) is not None:
+            self.tokenizer = self.trainer.lightning_module.tokenizer
+        else:
+            raise ValueError("data.tokenizer_path is not set and the LightningModule has no `tokenizer`")
+        return self.tokenizer
+
+    def _tokenize_files(self, paths: list[str]) -> list[dict[str, Any]]:
+        tokenizer = self._get_tokenizer()
+        rows: list[dict[str, Any]] = []
+        for path in paths:
+            trajectories: list[Trajectory] = load_trajectories(path, self.format, self.env)
+            for t in trajectories:
+                try:
+                    sample = tokenize_trajectory(t, tokenizer, self.max_length, self.truncation)
+                except SampleTooLongError as err:
+                    raise TrajectoryFormatError(path, _line_of(path, t.id), "messages", str(err)) from None
+                if sample is None:
+                    self.stats["skipped"] = self.stats.get("skipped", 0) + 1
+                    continue
+                self.stats["truncated"] = self.stats.get("truncated", 0) + int(sample.truncated)
+                rows.append(
+                    {"id": t.id, "task_id": t.task_id, "task_type": t.task_type,
+                     "input_ids": sample.input_ids, "labels": sample.labels, "length": len(sample.input_ids)}
+                )
+            self.stats["read"] = self.stats.get("read", 0) + len(trajectories)
+        return rows
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_rows is not None:
+            return
+        import datasets
+
+        self.stats = {"read": 0, "skipped": 0, "truncated": 0}
+        train = self._tokenize_files(self.train_files)
+        val = self._tokenize_files(self.val_files) if self.val_files else []
+        if not val and self.val_fraction > 0:
+            import random
+
+            order = list(range(len(train)))
+            random.Random(self.seed).shuffle(order)
+            n_val = max(1, int(len(train) * self.val_fraction))
+            held = set(order[:n_val])
+            val = [r for i, r in enumerate(train) if i in held]
+            train = [r for i, r in enumerate(train) if i not in held]
+        if not train:
+            raise ValueError(f"data: no trainable trajectory left in {self.train_files} ({self.stats})")
+        self.train_rows = datasets.Dataset.from_list(train)
+        self.val_rows = datasets.Dataset.from_list(val) if val else None
+        message = (
+            f"data: read {self.stats['read']} trajectories, kept {len(train) + len(val)}, "
+            f"skipped {self.stats['skipped']} (too long or nothing trainable), truncated {self.stats['truncated']}"
+        )
+        (log.warning if self.stats["skipped"] else log.info)(message)
+
+    # ------------------------------------------------------------------ loaders
+    def _current_train_indices(self) -> list[int]:
+        assert self.train_rows is not None
+        if self.partition_path and os.path.isfile(self.partition_path):
+            from prism_lit.probe.partition import load_partition
+
+            keep = set(load_partition(self.partition_path).sft_ids)
+            return [i for i, tid in enumerate(self.train_rows["id"]) if tid in keep]
+        return list(range(len(self.train_rows)))
+
+    def _loader(self, rows, indices: list[int], shuffle: bool, seed: int) -> DataLoader:
+        lengths_all = rows["length"]
+        lengths = [lengths_all[i] for i in indices]
+        if self.bucket:
+            local = bucketed_batches(lengths, self.batch_size, max_tokens=self.max_tokens, seed=seed, shuffle=shuffle)
+        else:
+            import random
+
+            order = list(range(len(indices)))
+            if shuffle:
+                random.Random(seed).shuffle(order)
+            local = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        batches = [[indices[i] for i in b] for b in local]
+        self.stats["padding_overhead_x1000"] = int(1000 * padding_overhead(lengths_all, batches)) if batches else 1000
+        pad_id = self._get_tokenizer().pad_token_id
+        return DataLoader(
+            BatchDataset(rows, batches, pad_id), batch_size=None, shuffle=False, num_workers=self.num_workers
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        epoch = self.trainer.current_epoch if self.trainer is not None else 0
+        indices = self._current_train_indices()
+        return self._loader(self.train_rows, indices, shuffle=True, seed=self.seed + epoch)
+
+    def val_dataloader(self):
+        if self.val_rows is None:
+            return []
+        return self._loader(self.val_rows, list(range(len(self.val_rows))), shuffle=False, seed=self.seed)

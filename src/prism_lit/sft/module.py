@@ -1,0 +1,152 @@
+"""SFTModule: supervised fine-tuning of the policy on expert trajectories (assistant tokens only).
+
+The loss is the mean next-token cross-entropy over the batch's trained tokens (labels != -100). While the
+PRISM probe callback holds ``probing = True`` the step returns ``None``: Lightning then runs no backward and no
+optimizer step, so the probe epoch leaves the weights untouched.
+
+Checkpoints hold only the trainable parameters when the policy is a LoRA adapter (litgpt's adapter-only
+habit); at the end of ``fit`` the adapter (or the full model) and the tokenizer are exported in Hugging Face
+format to ``export_dir``, loadable with ``PeftModel.from_pretrained`` / ``AutoModelForCausalLM.from_pretrained``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Literal
+
+import lightning as L
+import torch
+
+from prism_lit.policy import PolicySpec, ensure_policy_files, export_policy, load_model, load_tokenizer
+
+
+class SFTModule(L.LightningModule):
+    """Supervised fine-tuning.
+
+    Args:
+        policy: the model to train (local path, LoRA or full, dtype; see docs/policy.md).
+        lr: peak learning rate of AdamW.
+        weight_decay: AdamW weight decay.
+        betas: AdamW betas.
+        warmup_steps: linear warm-up steps.
+        schedule: ``constant``, ``linear`` or ``cosine`` decay after warm-up (over ``trainer.max_steps`` or the
+            estimated stepping batches).
+        min_lr_ratio: floor of the decayed learning rate as a share of ``lr``.
+        export_dir: where the trained adapter/model is exported at the end of fit; ``None`` = the log dir's
+            ``export/``.
+    """
+
+    def __init__(
+        self,
+        policy: PolicySpec,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        betas: tuple[float, float] = (0.9, 0.95),
+        warmup_steps: int = 0,
+        schedule: Literal["constant", "linear", "cosine"] = "constant",
+        min_lr_ratio: float = 0.1,
+        export_dir: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.policy = policy
+        self.lr, self.weight_decay, self.betas = lr, weight_decay, tuple(betas)
+        self.warmup_steps, self.schedule, self.min_lr_ratio = warmup_steps, schedule, min_lr_ratio
+        self.export_dir = export_dir
+        self.model: torch.nn.Module | None = None
+        self._tokenizer = None
+        self.probing = False
+        self.strict_loading = False  # adapter-only checkpoints hold a subset of the state dict
+        self._step_started: float | None = None
+
+    # ------------------------------------------------------------------ model
+    def prepare_data(self) -> None:
+        ensure_policy_files(self.policy)
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            ensure_policy_files(self.policy)
+            self._tokenizer = load_tokenizer(self.policy)
+        return self._tokenizer
+
+    def configure_model(self) -> None:
+        if self.model is None:
+            self.model = load_model(self.policy)
+            self.model.train()  # from_pretrained returns eval mode
+
+    @property
+    def is_adapter(self) -> bool:
+        return hasattr(self.model, "peft_config")
+
+    def forward(self, input_ids, attention_mask=None, labels=None):
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+
+    # ------------------------------------------------------------------ steps
+    def training_step(self, batch: dict[str, Any], batch_idx: int):
+        if self.probing:
+            return None
+        now = time.perf_counter()
+        out = self(batch["input_ids"], batch["attention_mask"], batch["labels"])
+        tokens = int(batch["attention_mask"].sum())
+        self.log("train/loss", out.loss, prog_bar=True, batch_size=len(batch["input_ids"]))
+        self.log("train/tokens", float(tokens), reduce_fx="sum", batch_size=1)
+        if self._step_started is not None:
+            elapsed = now - self._step_started
+            if elapsed > 0:
+                self.log("train/tokens_per_s", tokens / elapsed, prog_bar=True, batch_size=1)
+        self._step_started = now
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=1)
+        return out.loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int):
+        out = self(batch["input_ids"], batch["attention_mask"], batch["labels"])
+        n_trained = int((batch["labels"][:, 1:] != -100).sum())
+        self.log("val/loss", out.loss, prog_bar=True, batch_size=max(n_trained, 1), sync_dist=True)
+        return out.loss
+
+    test_step = validation_step
+
+    # ------------------------------------------------------------------ optimisation
+    def configure_optimizers(self):
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        decay = [p for p in params if p.ndim >= 2]
+        no_decay = [p for p in params if p.ndim < 2]
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": self.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=self.lr, betas=self.betas,
+        )
+        if self.schedule == "constant" and self.warmup_steps == 0:
+            return optimizer
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        warmup, floor, kind = self.warmup_steps, self.min_lr_ratio, self.schedule
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            if kind == "constant":
+                return 1.0
+            progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+            shape = 1.0 - progress if kind == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
+            return floor + (1.0 - floor) * shape
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ------------------------------------------------------------------ checkpoints and export
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.is_adapter:
+            trainable = {f"model.{n}" for n, p in self.model.named_parameters() if p.requires_grad}
+            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+
+    def resolved_export_dir(self) -> str:
+        if self.export_dir is not None:
+            return self.export_dir
+        root = self.trainer.log_dir or self.trainer.default_root_dir
+        return f"{root}/export"
+
+    def on_fit_end(self) -> None:
+        if self.trainer.global_step > 0 and self.trainer.is_global_zero:  # a probe-only run has nothing to export
+            export_policy(self.model, self.tokenizer, self.resolved_export_dir())
+        self.trainer.strategy.barrier("sft_export")
