@@ -36,7 +36,7 @@ DEFAULT_SYSTEM_PROMPTS = {
 }
 GENERIC_SYSTEM_PROMPT = "You are an agent acting in a text environment. Each turn, answer with one action."
 
-ReplyFormat = Literal["action", "thought_action", "think_tags"]
+ReplyFormat = Literal["action", "thought_action", "think_tags", "bare"]
 
 
 @dataclass
@@ -55,7 +55,8 @@ class AgentProtocol:
         env: environment family, selects the default system prompt ("webshop", "alfworld", other).
         system_prompt: overrides the default system prompt.
         reply_format: ``action`` (``Action: ...``), ``thought_action`` (ETO/AgentGym ``Thought: ...\\nAction: ...``)
-            or ``think_tags`` (verl-agent ``<think>...</think><action>...</action>``).
+            or ``think_tags`` (verl-agent ``<think>...</think><action>...</action>``), or ``bare`` (the reply's
+            first non-empty line is the action; for tiny test envs and models that must not learn a format).
         history_turns: how many past (observation, reply) pairs are shown besides the first observation.
         show_admissible: append the admissible actions to each observation (AgentGym / verl-agent style).
         numbered_actions: number the admissible actions and accept the number as an answer.
@@ -72,10 +73,10 @@ class AgentProtocol:
     _templates: tuple[str, ...] = field(default=("search[", "click[", "think["), repr=False)
 
     def __post_init__(self) -> None:
-        if self.reply_format not in ("action", "thought_action", "think_tags"):
+        if self.reply_format not in ("action", "thought_action", "think_tags", "bare"):
             raise ValueError(
                 f"AgentProtocol.reply_format: unknown value {self.reply_format!r}; "
-                "choose 'action', 'thought_action' or 'think_tags'"
+                "choose 'action', 'thought_action', 'think_tags' or 'bare'"
             )
         if self.history_turns < 0:
             raise ValueError(f"AgentProtocol.history_turns must be >= 0, got {self.history_turns}")
@@ -127,6 +128,8 @@ class AgentProtocol:
             listed = self.listed_actions(admissible)
             if action in listed:
                 shown = str(listed.index(action) + 1)
+        if self.reply_format == "bare":
+            return shown
         if self.reply_format == "action":
             return f"Action: {shown}"
         if self.reply_format == "thought_action":
@@ -147,6 +150,9 @@ class AgentProtocol:
             if not found:
                 return None
             action = found[-1].strip()
+        elif self.reply_format == "bare":
+            lines = [line.strip() for line in reply.splitlines() if line.strip()]
+            action = lines[0] if lines else ""
         else:
             match = self._ACTION_RE.search(reply)
             if match is None:
@@ -164,4 +170,6 @@ class AgentProtocol:
     @property
     def stop_strings(self) -> list[str]:
         """Generation may stop at these (the chat template's end-of-turn token also stops it)."""
+        if self.reply_format == "bare":
+            return ["\n"]
         return ["</action>"] if self.reply_format == "think_tags" else ["\n\n"]
