@@ -43,6 +43,14 @@ def _lightning_cli(args: list[str] | None = None):
             # defaults, not fixed callbacks: a config can replace any of them
             parser.set_defaults({f"trainer.{k}": v for k, v in _trainer_defaults().items()})
 
+        def before_instantiate_classes(self) -> None:
+            # `enable_progress_bar: false` must win over the default RichProgressBar rather than be an error
+            config = self.config[self.subcommand] if self.subcommand else self.config
+            if config.trainer.get("enable_progress_bar") is False and config.trainer.get("callbacks"):
+                config.trainer.callbacks = [
+                    c for c in config.trainer.callbacks if "ProgressBar" not in str(c.get("class_path", ""))
+                ]
+
     return PrismCLI(
         model_class=None,
         datamodule_class=None,
