@@ -1,0 +1,126 @@
+"""Typed settings of the PRISM pipeline; ``prism-lit pipeline --config X.yaml`` reads them (jsonargparse)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from prism_lit.envs.protocol import AgentProtocol
+from prism_lit.policy import EmbeddedModelSpec, LoraSpec
+
+
+@dataclass
+class EnvSettings:
+    """The environment and the protocol every stage uses.
+
+    Args:
+        id: ``webshop``, ``alfworld`` or a registered gymnasium id.
+        kwargs: keyword arguments of ``gymnasium.make`` (catalogue size, generator seed, ...), without ``split``.
+        protocol: prompt and action format, shared by expert data, SFT, RL and evaluation.
+        train_split: split the expert corpus and the RL tasks come from.
+        eval_splits: split name -> number of tasks in its fixed evaluation panel.
+    """
+
+    id: str = "webshop"
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    protocol: AgentProtocol = field(default_factory=lambda: AgentProtocol(env="webshop"))
+    train_split: str = "train"
+    eval_splits: dict[str, int] = field(default_factory=lambda: {"test": 50})
+
+
+@dataclass
+class BaseModelSettings:
+    """The base policy every method starts from.
+
+    Args:
+        path: a local Hugging Face model directory. ``None``: prepare the embedded default in the run dir.
+        embedded: shape of the embedded default model.
+        familiar_task_types: task types the embedded base model is pre-trained on (its prior knowledge);
+            the probe corpus mixes these with the others. Empty: pre-train on every type.
+        pretrain_tasks: expert episodes (of the familiar types, disjoint from the corpus) for pre-training.
+        pretrain_epochs: passes over them.
+        pretrain_lr: learning rate of that full fine-tune.
+    """
+
+    path: str | None = None
+    embedded: EmbeddedModelSpec = field(default_factory=EmbeddedModelSpec)
+    familiar_task_types: list[str] = field(default_factory=list)
+    pretrain_tasks: int = 300
+    pretrain_epochs: int = 4
+    pretrain_lr: float = 2e-3
+
+
+@dataclass
+class ProbeSettings:
+    """The PRISM probe and router.
+
+    Args:
+        corpus_tasks: expert trajectories measured and routed (the corpus D).
+        router: the router as ``{"class_path": ..., "init_args": {...}}`` (see docs/method.md).
+        batch_size: trajectories per probe batch.
+        max_length: token limit per trajectory (longer ones are truncated on the right).
+    """
+
+    corpus_tasks: int = 400
+    router: dict[str, Any] = field(
+        default_factory=lambda: {"class_path": "prism_lit.probe.routers.PrismRouter", "init_args": {"score": "gini"}}
+    )
+    batch_size: int = 8
+    max_length: int = 1024
+
+
+@dataclass
+class SFTSettings:
+    """Supervised stage on D_SFT.
+
+    Args:
+        enabled: run it (``False`` skips to RL from the base model).
+        data: ``partition`` (the trajectories routed to SFT) or ``all`` (every trajectory of the corpus).
+        epochs, lr, batch_size, max_length: optimisation settings.
+        lora: train a LoRA adapter instead of the full model.
+    """
+
+    enabled: bool = True
+    data: Literal["partition", "all"] = "partition"
+    epochs: int = 3
+    lr: float = 1e-3
+    batch_size: int = 8
+    max_length: int = 1024
+    lora: LoraSpec | None = None
+
+
+@dataclass
+class RLSettings:
+    """RL stage on the tasks of D_RL, from the SFT export.
+
+    Args:
+        enabled: run it.
+        tasks: ``partition`` (tasks routed to RL) or ``all`` (every corpus task).
+        module: the RL LightningModule as ``{"class_path": ..., "init_args": {...}}``; the pipeline fills in
+            ``policy``, ``protocol``, ``env_id`` and ``env_kwargs``.
+        data: init args of the RL task DataModule (batch of tasks, ...); the pipeline fills in the task list.
+        max_steps: optimizer updates.
+    """
+
+    enabled: bool = True
+    tasks: Literal["partition", "all"] = "partition"
+    module: dict[str, Any] = field(
+        default_factory=lambda: {"class_path": "prism_lit.rl.reinforce.ReinforceModule", "init_args": {}}
+    )
+    data: dict[str, Any] = field(default_factory=dict)
+    max_steps: int = 20
+
+
+@dataclass
+class EvalSettings:
+    """Greedy evaluation of the final policy (and of the base and SFT policies for the report).
+
+    Args:
+        policies: which policies to evaluate: any of ``base``, ``sft``, ``final``.
+        max_steps: episode step limit during evaluation; ``None`` = the env's registered limit.
+        batch_size: episodes run at once.
+    """
+
+    policies: list[str] = field(default_factory=lambda: ["base", "final"])
+    max_steps: int | None = None
+    batch_size: int = 25
