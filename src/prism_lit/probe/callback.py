@@ -1,0 +1,189 @@
+"""GradientConcentrationProbe: the PRISM probe as a Lightning callback.
+
+During the first `probe_epochs` epochs the callback sets `pl_module.probing = True` (the module's
+training_step then returns None: no backward, no optimizer step) and measures, in on_train_batch_start,
+each sample's per-unit gradient norms on the untouched base model (its own forward + backward, no
+parameter gradient; see unit_norms.py). At the end of the last probe epoch the records of all ranks are
+gathered on rank 0, deduplicated by id, routed, and written to the run directory (probe.jsonl,
+probe_meta.json, probe_histogram.png, partition.json); then a barrier, so a DataModule reading
+partition.json on reload (reload_dataloaders_every_n_epochs=1) serves D_SFT from the next epoch on.
+
+If a valid partition.json is already in the run directory when fit starts (a resumed or repeated run),
+nothing is probed and `probing` stays False from the first epoch on.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import lightning as L
+import torch
+import torch.distributed as dist
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from prism_lit.probe.partition import Partition, PartitionFormatError, load_partition
+from prism_lit.probe.plots import score_histogram_figure
+from prism_lit.probe.records import ProbeRecord
+from prism_lit.probe.routers import PrismRouter, Router
+from prism_lit.probe.runner import PARTITION_FILE, dedupe_records, finalize_probe, histogram_score, probe_batch
+
+__all__ = ["GradientConcentrationProbe"]
+
+log = logging.getLogger(__name__)
+
+
+class GradientConcentrationProbe(L.Callback):
+    """Probe epoch(s) → probe records → router → partition.json in the run directory.
+
+    Args:
+        router: how records become D_SFT / D_RL (default: PrismRouter(score="gini", rl_fraction=0.5)).
+        probe_epochs: epochs spent probing at the start of fit (each measures the same frozen model; the
+            partition comes from the last). `max_epochs == probe_epochs` is a probe-only run.
+        output_dir: run directory for the probe files; default the trainer's log_dir (or default_root_dir).
+        units: name patterns of the probed linear layers (default: q,k,v,o,gate,up,down projections).
+        model_attr: attribute of the LightningModule holding the HF model.
+    """
+
+    def __init__(
+        self,
+        router: Router | None = None,
+        probe_epochs: int = 1,
+        output_dir: str | None = None,
+        units: list[str] | None = None,
+        model_attr: str = "model",
+    ) -> None:
+        if probe_epochs < 1:
+            raise ValueError(f"probe_epochs must be >= 1, got {probe_epochs}")
+        self.router = router if router is not None else PrismRouter()
+        self.probe_epochs = probe_epochs
+        self.output_dir = output_dir
+        self.units = list(units) if units is not None else None
+        self.model_attr = model_attr
+        self.partition: Partition | None = None
+        self._run_dir: Path | None = None
+        self._skip = False
+        self._active = False
+        self._records: list[ProbeRecord] = []
+        self._unit_names: list[str] = []
+        self._seconds = 0.0
+
+    # ------------------------------------------------------------------ set-up
+    @property
+    def run_dir(self) -> Path:
+        if self._run_dir is None:
+            raise RuntimeError("GradientConcentrationProbe: the run directory is known from fit start on")
+        return self._run_dir
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        if not hasattr(pl_module, "probing"):
+            raise AttributeError(
+                f"GradientConcentrationProbe: {type(pl_module).__name__} has no `probing` attribute; the module "
+                "must skip its training step (return None) while `probing` is True"
+            )
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        root = self.output_dir or trainer.log_dir or trainer.default_root_dir
+        self._run_dir = Path(trainer.strategy.broadcast(str(root), src=0))
+        existing = self._run_dir / PARTITION_FILE
+        skip = False
+        if trainer.is_global_zero and existing.exists():
+            try:
+                self.partition = load_partition(existing)
+                skip = True
+            except PartitionFormatError as err:
+                log.warning("probe: %s is not a valid partition (%s); probing again", existing, err)
+        self._skip = bool(trainer.strategy.broadcast(skip, src=0))
+        if self._skip:
+            self.partition = trainer.strategy.broadcast(self.partition, src=0)
+            log.info("probe: %s exists; using it, no probe epoch", existing)
+        if not isinstance(getattr(pl_module, self.model_attr, None), torch.nn.Module):
+            raise AttributeError(
+                f"GradientConcentrationProbe: {type(pl_module).__name__}.{self.model_attr} is not a torch module"
+            )
+
+    # ------------------------------------------------------------------ probe epoch
+    def _is_probe_epoch(self, trainer: L.Trainer) -> bool:
+        return not self._skip and trainer.current_epoch < self.probe_epochs
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._active = self._is_probe_epoch(trainer)
+        pl_module.probing = self._active
+        if self._active:
+            self._records, self._seconds = [], 0.0
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if not self._active:
+            return
+        start = time.perf_counter()
+        records, self._unit_names = probe_batch(getattr(pl_module, self.model_attr), batch, self.units)
+        self._records.extend(records)
+        self._seconds += time.perf_counter() - start
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self._active:
+            return
+        self._active = False
+        pl_module.probing = False
+        if trainer.current_epoch != self.probe_epochs - 1:
+            return
+        gathered = self._gather(trainer, self._records)
+        partition = None
+        if trainer.is_global_zero:
+            if not gathered:
+                raise RuntimeError("GradientConcentrationProbe: the probe epoch saw no sample")
+            partition = finalize_probe(
+                gathered,
+                self._unit_names,
+                self.router,
+                self.run_dir,
+                {"probe_seconds_rank0": round(self._seconds, 3), "world_size": trainer.world_size},
+            )
+            self._log_to_tensorboard(trainer, gathered, partition)
+            log.info(
+                "probe: %d trajectories → %d SFT / %d RL (%s), written to %s",
+                len(gathered), len(partition.sft_ids), len(partition.rl_ids), self.router, self.run_dir,
+            )
+        trainer.strategy.barrier("prism_probe_partition")
+        self.partition = trainer.strategy.broadcast(partition, src=0)
+        self._records = []
+
+    @staticmethod
+    def _gather(trainer: L.Trainer, records: list[ProbeRecord]) -> list[ProbeRecord]:
+        """All ranks' records on rank 0, one per id (other ranks get an empty list)."""
+        if trainer.world_size == 1 or not (dist.is_available() and dist.is_initialized()):
+            return dedupe_records(records)
+        parts: list[Any] | None = [None] * trainer.world_size if trainer.is_global_zero else None
+        dist.gather_object(records, parts, dst=0)
+        if not trainer.is_global_zero:
+            return []
+        return dedupe_records(r for part in parts or [] for r in part)
+
+    def _log_to_tensorboard(self, trainer: L.Trainer, records: Sequence[ProbeRecord], partition: Partition) -> None:
+        loggers = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
+        if not loggers:
+            return
+        import matplotlib.pyplot as plt
+
+        score = histogram_score(self.router)
+        values = [r.score(score) for r in records]
+        finite = torch.tensor([v for v in values if v == v and abs(v) != float("inf")], dtype=torch.float64)
+        for lg in loggers:
+            exp = lg.experiment
+            if finite.numel():
+                exp.add_histogram(f"probe/{score}", finite, global_step=trainer.global_step)
+            if partition.threshold is not None and abs(partition.threshold) != float("inf"):
+                exp.add_scalar(f"probe/{score}_threshold", partition.threshold, global_step=trainer.global_step)
+            exp.add_scalar("probe/n_rl", len(partition.rl_ids), global_step=trainer.global_step)
+            exp.add_scalar("probe/n_sft", len(partition.sft_ids), global_step=trainer.global_step)
+            fig = score_histogram_figure(values, partition.threshold, score)
+            try:
+                exp.add_figure(f"probe/{score}_histogram", fig, global_step=trainer.global_step)
+            finally:
+                plt.close(fig)

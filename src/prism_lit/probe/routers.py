@@ -1,0 +1,202 @@
+"""Routers: probe records → Partition (D_SFT / D_RL). Chosen in YAML by class_path, e.g.
+
+    router:
+      class_path: prism_lit.probe.PrismRouter
+      init_args: {score: gini, rl_fraction: 0.5}
+
+Score-threshold rule (PRISM, magnitude; inverse mirrors it): with f = rl_fraction and t the (1 − f)
+quantile of the scores (linear interpolation between order statistics, as numpy/torch `quantile`),
+
+    RL  iff  s > t          SFT  iff  s ≤ t
+
+so f = 0.5 is the paper's median split (for an even count the median is the mean of the two middle
+scores; for an odd count the middle trajectory goes to SFT). Ties: every trajectory whose score equals t
+goes to SFT, so with tied scores D_RL can be smaller than f·n — never larger. f = 1 sends all to RL, f = 0
+none. A record whose score is not finite (NaN: e.g. the kurtosis of a constant norm vector, or a
+trajectory without trained tokens) cannot be ranked: it goes to SFT, with a warning, and does not enter
+the quantile.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import warnings
+from typing import Literal, Sequence
+
+from prism_lit.probe.partition import Partition
+from prism_lit.probe.records import ProbeRecord
+
+__all__ = [
+    "Router",
+    "PrismRouter",
+    "InverseRouter",
+    "MagnitudeRouter",
+    "RandomRouter",
+    "AllSFTRouter",
+    "AllRLRouter",
+    "quantile",
+]
+
+ConcentrationScore = Literal["gini", "kurtosis", "cv"]
+
+
+def quantile(values: Sequence[float], q: float) -> float:
+    """The q-quantile of `values` with linear interpolation between order statistics (numpy's default)."""
+    if not values:
+        raise ValueError("quantile of an empty sequence")
+    if not 0.0 <= q <= 1.0:
+        raise ValueError(f"quantile: q must lie in [0, 1], got {q}")
+    s = sorted(values)
+    pos = q * (len(s) - 1)
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+
+
+def _check_fraction(rl_fraction: float) -> float:
+    if not 0.0 <= rl_fraction <= 1.0:
+        raise ValueError(f"rl_fraction must lie in [0, 1], got {rl_fraction}")
+    return float(rl_fraction)
+
+
+def _check_unique(records: Sequence[ProbeRecord]) -> None:
+    ids = [r.id for r in records]
+    if len(set(ids)) != len(ids):
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        raise ValueError(f"router: duplicate trajectory ids in the probe records: {dup[:5]}")
+
+
+def _partition(
+    records: Sequence[ProbeRecord],
+    rl: set[str],
+    router: str,
+    score: str | None,
+    threshold: float | None,
+    rl_fraction: float | None,
+) -> Partition:
+    return Partition(
+        router=router,
+        score=score,
+        threshold=threshold,
+        rl_fraction=rl_fraction,
+        sft_ids=sorted(r.id for r in records if r.id not in rl),
+        rl_ids=sorted(r.id for r in records if r.id in rl),
+        task_of={r.id: r.task_id for r in records},
+        task_type_of={r.id: r.task_type for r in records},
+    )
+
+
+class Router:
+    """Base class: `route(records) -> Partition`. Subclasses set `name` (written into partition.json)."""
+
+    name: str = "router"
+
+    def route(self, records: Sequence[ProbeRecord]) -> Partition:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"{type(self).__name__}({args})"
+
+
+class _ThresholdRouter(Router):
+    """RL iff sign·score > the (1 − rl_fraction) quantile of sign·score (sign −1 inverts the order)."""
+
+    sign = 1.0
+
+    def __init__(self, score: str, rl_fraction: float) -> None:
+        self.score = score
+        self.rl_fraction = _check_fraction(rl_fraction)
+
+    def route(self, records: Sequence[ProbeRecord]) -> Partition:
+        _check_unique(records)
+        values = {r.id: self.sign * r.score(self.score) for r in records}
+        finite = {i: v for i, v in values.items() if math.isfinite(v)}
+        unranked = sorted(set(values) - set(finite))
+        if unranked:
+            warnings.warn(
+                f"{type(self).__name__}: {len(unranked)} trajectories have a non-finite '{self.score}' "
+                f"(e.g. {unranked[:3]}); they go to SFT",
+                stacklevel=2,
+            )
+        if not finite:
+            return _partition(records, set(), self.name, self.score, None, self.rl_fraction)
+        t = -math.inf if self.rl_fraction == 1.0 else quantile(list(finite.values()), 1.0 - self.rl_fraction)
+        rl = {i for i, v in finite.items() if v > t}
+        return _partition(records, rl, self.name, self.score, self.sign * t, self.rl_fraction)
+
+
+class PrismRouter(_ThresholdRouter):
+    """PRISM: high gradient concentration → RL. RL iff score > the (1 − rl_fraction) quantile (median at 0.5).
+
+    score: "gini" (paper default), "kurtosis" or "cv". Ties at the threshold go to SFT (module docstring).
+    """
+
+    name = "prism"
+
+    def __init__(self, score: ConcentrationScore = "gini", rl_fraction: float = 0.5) -> None:
+        if score not in ("gini", "kurtosis", "cv"):
+            raise ValueError(f"PrismRouter: score must be gini, kurtosis or cv, got {score!r}")
+        super().__init__(score, rl_fraction)
+
+
+class InverseRouter(_ThresholdRouter):
+    """Ablation: low concentration → RL. RL iff score < the rl_fraction quantile (threshold); ties → SFT."""
+
+    name = "inverse"
+    sign = -1.0
+
+    def __init__(self, score: ConcentrationScore = "gini", rl_fraction: float = 0.5) -> None:
+        if score not in ("gini", "kurtosis", "cv"):
+            raise ValueError(f"InverseRouter: score must be gini, kurtosis or cv, got {score!r}")
+        super().__init__(score, rl_fraction)
+
+
+class MagnitudeRouter(_ThresholdRouter):
+    """Ablation: large gradients → RL. RL iff the L2 norm over all units > the (1 − rl_fraction) quantile."""
+
+    name = "magnitude"
+
+    def __init__(self, rl_fraction: float = 0.5) -> None:
+        super().__init__("l2", rl_fraction)
+
+
+class RandomRouter(Router):
+    """Baseline: exactly round(rl_fraction · n) trajectories drawn at random (seeded) → RL.
+
+    The draw depends only on the seed and the set of ids (not on record order).
+    """
+
+    name = "random"
+
+    def __init__(self, rl_fraction: float = 0.5, seed: int = 0) -> None:
+        self.rl_fraction = _check_fraction(rl_fraction)
+        self.seed = seed
+
+    def route(self, records: Sequence[ProbeRecord]) -> Partition:
+        _check_unique(records)
+        ids = sorted(r.id for r in records)
+        k = math.floor(self.rl_fraction * len(ids) + 0.5)
+        rl = set(random.Random(self.seed).sample(ids, k))
+        return _partition(records, rl, self.name, None, None, self.rl_fraction)
+
+
+class AllSFTRouter(Router):
+    """Baseline: every trajectory → SFT (plain SFT on 100 %)."""
+
+    name = "all_sft"
+
+    def route(self, records: Sequence[ProbeRecord]) -> Partition:
+        _check_unique(records)
+        return _partition(records, set(), self.name, None, None, 0.0)
+
+
+class AllRLRouter(Router):
+    """Baseline: every trajectory → RL (RL on all tasks)."""
+
+    name = "all_rl"
+
+    def route(self, records: Sequence[ProbeRecord]) -> Partition:
+        _check_unique(records)
+        return _partition(records, {r.id for r in records}, self.name, None, None, 1.0)

@@ -1,0 +1,293 @@
+"""Per-sample, per-unit gradient norms of a causal LM in one batched forward + backward.
+
+Unit u is a linear layer y = x Wᵤᵀ (+ b). For sample i with valid (trained) next-token targets V_i,
+its loss is L_i = (1/|V_i|) Σ_{t∈V_i} CE(logits_{i,t}, y_{i,t+1}), and
+
+    ∇_{Wᵤ} L_i = Σ_t δ_{i,t} x_{i,t}ᵀ        δ_{i,t} = ∂L_i/∂y_{i,t}  (output gradient at token t)
+
+Backpropagating Σ_i L_i once gives every sample's own δ_i, because nothing in a causal LM couples
+samples (attention, norms and the loss act within a sequence), so the batch never mixes gradients.
+Forward hooks keep x, a hook on each unit's output receives δ, and the norm is reduced at once, per
+layer, with whichever of these is cheaper (`_sq_norms`):
+
+- direct: G_i = δ_iᵀ x_i, ‖G_i‖²_F                      ~ T·d_in·d_out per sample, memory d_in·d_out
+- ghost:  ‖G_i‖²_F = Σ_{t,s} (x_t·x_s)(δ_t·δ_s)          ~ T²·(d_in + d_out) per sample, memory T²
+
+The backward asks autograd only for the gradient of the input embeddings, so no parameter gradient is
+computed or accumulated: weights and their `.grad` are untouched, frozen weights (peft base layers) are
+measured like any other, and a sharded weight (FSDP) is never needed — only activations are.
+"""
+
+from __future__ import annotations
+
+import re
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Iterator, Literal, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "DEFAULT_UNITS",
+    "UnitGradNorms",
+    "find_units",
+    "measure_unit_grad_norms",
+    "unit_grad_norms",
+    "per_sample_unit_grad_norms_naive",
+    "per_sample_losses",
+    "position_ids_from_mask",
+]
+
+#: The linear projections of a Llama/Qwen/Mistral block: N = 7 × layers units.
+DEFAULT_UNITS: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+IGNORE_INDEX = -100
+NormMethod = Literal["auto", "direct", "ghost"]
+
+
+@dataclass
+class UnitGradNorms:
+    """Result of one batched probe pass.
+
+    norms: [B, N] float64, ‖∇_{W_u} L_i‖_F; unit_names: the N unit names; loss: [B] float64, L_i (NaN when
+    the sample has no trained token); n_tokens: [B] long, |V_i|.
+    """
+
+    norms: torch.Tensor
+    unit_names: list[str]
+    loss: torch.Tensor
+    n_tokens: torch.Tensor
+
+
+def _root_module(model: nn.Module) -> nn.Module:
+    # peft.PeftModel: name units as in the base model, so plain and adapted models share unit names.
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
+
+
+def find_units(model: nn.Module, units: Sequence[str] | None = None) -> list[tuple[str, nn.Linear]]:
+    """The (name, linear layer) pairs probed in `model`, in module order.
+
+    `units` are regular expressions matched against a dotted suffix of each module's name (so "q_proj"
+    matches "model.layers.3.self_attn.q_proj" and r"layers\\.0\\..*" selects layer 0); default
+    `DEFAULT_UNITS`. A peft LoRA layer counts as its base layer: its weight is the unit.
+    """
+    patterns = tuple(DEFAULT_UNITS if units is None else units)
+    if not patterns:
+        raise ValueError("units: give at least one name pattern")
+    compiled = [re.compile(rf"(?:^|\.)(?:{p})$") for p in patterns]
+    found: list[tuple[str, nn.Linear]] = []
+    for name, module in _root_module(model).named_modules():
+        if not name or not any(c.search(name) for c in compiled):
+            continue
+        base = module
+        while hasattr(base, "base_layer"):
+            base = base.base_layer
+        if not isinstance(base, nn.Linear):
+            raise TypeError(f"unit '{name}' matched units {patterns} but is {type(base).__name__}, not nn.Linear")
+        found.append((name, base))
+    if not found:
+        raise ValueError(f"no linear layer of {type(model).__name__} matches units {patterns}")
+    return found
+
+
+def _check_batch(batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    for key in ("input_ids", "attention_mask", "labels"):
+        if key not in batch:
+            raise KeyError(f"batch: missing '{key}' (have {sorted(batch)})")
+    input_ids, attention_mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
+    if input_ids.dim() != 2 or attention_mask.shape != input_ids.shape or labels.shape != input_ids.shape:
+        raise ValueError(
+            "batch: input_ids, attention_mask and labels must share one [B, T] shape, got "
+            f"{tuple(input_ids.shape)}, {tuple(attention_mask.shape)}, {tuple(labels.shape)}"
+        )
+    if bool(((attention_mask == 0) & (labels != IGNORE_INDEX)).any()):
+        raise ValueError("batch: 'labels' must be -100 wherever attention_mask is 0 (a padded token is trained on)")
+    return input_ids, attention_mask, labels
+
+
+@contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode (no dropout, no gradient checkpointing) for the probe; restores each module's flag after."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions counted over real tokens only, so a left-padded sequence sees the positions it has alone."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def per_sample_losses(
+    logits: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean next-token cross-entropy per sample over its own valid targets (HF shift), and the target counts.
+
+    A target counts when its label is not -100 and the token predicting it is real: with left padding the
+    first real token would otherwise be "predicted" from a pad. A sample without targets gets loss 0 here
+    (so it adds nothing to a backward); callers report NaN.
+    """
+    logits = logits[:, :-1].float()
+    targets = labels[:, 1:]
+    valid = (targets != IGNORE_INDEX) & attention_mask[:, :-1].bool()
+    ce = F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="none"
+    ).view(targets.shape)
+    n_tokens = valid.sum(dim=1)
+    loss = (ce * valid).sum(dim=1) / n_tokens.clamp(min=1)
+    return loss, n_tokens
+
+
+def _use_ghost(t: int, d_in: int, d_out: int) -> bool:
+    return t * (d_in + d_out) < d_in * d_out
+
+
+def _sq_norms(x: torch.Tensor, g: torch.Tensor, method: NormMethod, max_elements: int) -> torch.Tensor:
+    """[B] float64: ‖Σ_t g_t x_tᵀ‖²_F per sample, in chunks of samples bounded by `max_elements` scratch."""
+    if x.dtype not in (torch.float32, torch.float64):
+        x, g = x.float(), g.float()
+    b, t, d_in = x.shape
+    d_out = g.shape[-1]
+    ghost = method == "ghost" or (method == "auto" and _use_ghost(t, d_in, d_out))
+    per_sample = 2 * t * t if ghost else d_in * d_out
+    chunk = max(1, max_elements // max(1, per_sample))
+    out = torch.empty(b, dtype=torch.float64, device=x.device)
+    for lo in range(0, b, chunk):
+        xs, gs = x[lo : lo + chunk], g[lo : lo + chunk]
+        if ghost:
+            gram_x = torch.bmm(xs, xs.transpose(1, 2)).double()
+            gram_g = torch.bmm(gs, gs.transpose(1, 2)).double()
+            out[lo : lo + chunk] = (gram_x * gram_g).sum(dim=(1, 2))
+        else:
+            grad = torch.bmm(gs.transpose(1, 2), xs)  # [b, d_out, d_in]: each sample's own weight gradient
+            out[lo : lo + chunk] = torch.linalg.vector_norm(grad.flatten(1), dim=1, dtype=torch.float64).square()
+    return out
+
+
+def measure_unit_grad_norms(
+    model: nn.Module,
+    batch: Mapping[str, Any],
+    units: Sequence[str] | None = None,
+    *,
+    method: NormMethod = "auto",
+    max_scratch_elements: int = 1 << 25,
+) -> UnitGradNorms:
+    """Per-sample, per-unit gradient norms, per-sample losses and target counts, in one forward + backward.
+
+    `batch` holds input_ids, attention_mask and labels ([B, T], labels aligned with input_ids, -100 = not
+    trained on; any padding side). `method` forces the direct or ghost reduction (default: the cheaper per
+    layer). The model runs in eval mode (restored after); weights and `.grad` are not modified.
+    """
+    input_ids, attention_mask, labels = _check_batch(batch)
+    targets = find_units(model, units)
+    b = input_ids.shape[0]
+    device = input_ids.device
+    sq = torch.zeros(b, len(targets), dtype=torch.float64, device=device)
+    keep = attention_mask.bool().unsqueeze(-1)
+    zero = torch.zeros((), device=device)
+    inputs: dict[int, torch.Tensor] = {}
+    called: set[int] = set()
+
+    def forward_hook(idx: int):
+        def hook(module: nn.Module, args: tuple, kwargs: dict, output: torch.Tensor) -> None:
+            if idx in called:
+                raise RuntimeError(f"unit '{targets[idx][0]}' ran twice in one forward; shared units are not supported")
+            called.add(idx)
+            x = args[0] if args else kwargs["input"]
+            if x.dim() != 3 or x.shape[0] != b or not output.requires_grad:
+                raise RuntimeError(
+                    f"unit '{targets[idx][0]}': expected a [B, T, d] input that carries a gradient, got "
+                    f"shape {tuple(x.shape)} (requires_grad={output.requires_grad})"
+                )
+            # Padded positions have x finite and δ exactly 0; masking also keeps a NaN there from spreading.
+            inputs[idx] = torch.where(keep, x.detach(), zero)
+            output.register_hook(backward_hook(idx))
+
+        return hook
+
+    def backward_hook(idx: int):
+        def hook(grad: torch.Tensor) -> None:
+            x = inputs.pop(idx)
+            sq[:, idx] = _sq_norms(x, torch.where(keep, grad, zero), method, max_scratch_elements)
+
+        return hook
+
+    handles = [m.register_forward_hook(forward_hook(i), with_kwargs=True) for i, (_, m) in enumerate(targets)]
+    try:
+        with _eval_mode(model), torch.enable_grad():
+            with torch.no_grad():
+                embeds = model.get_input_embeddings()(input_ids)
+            embeds = embeds.detach().requires_grad_(True)
+            out = model(
+                inputs_embeds=embeds,
+                attention_mask=attention_mask,
+                position_ids=position_ids_from_mask(attention_mask),
+                use_cache=False,
+            )
+            loss, n_tokens = per_sample_losses(out.logits, labels, attention_mask)
+            del out
+            # Σ_i L_i: its gradient w.r.t. sample i's activations is ∇L_i (samples do not interact).
+            torch.autograd.grad(loss.sum(), embeds)
+    finally:
+        for h in handles:
+            h.remove()
+        inputs.clear()
+    loss = loss.detach().double()
+    loss = torch.where(n_tokens > 0, loss, torch.full((), float("nan"), dtype=loss.dtype, device=device))
+    return UnitGradNorms(sq.sqrt(), [name for name, _ in targets], loss, n_tokens)
+
+
+def unit_grad_norms(
+    model: nn.Module, batch: Mapping[str, Any], units: Sequence[str] | None = None
+) -> tuple[torch.Tensor, list[str]]:
+    """[B, N] per-sample Frobenius norms ‖∇_{W_u} L_i‖_F and the N unit names (see measure_unit_grad_norms)."""
+    result = measure_unit_grad_norms(model, batch, units)
+    return result.norms, result.unit_names
+
+
+def per_sample_unit_grad_norms_naive(
+    model: nn.Module, batch: Mapping[str, Any], units: Sequence[str] | None = None
+) -> tuple[torch.Tensor, list[str]]:
+    """Reference oracle: one sample at a time, padding stripped, HF's own `labels=` loss, plain autograd on
+    each unit's `weight.grad`. Slow by design. Only unit weights require grad during the loop; every
+    parameter's requires_grad and the units' .grad are restored afterwards."""
+    input_ids, attention_mask, labels = _check_batch(batch)
+    targets = find_units(model, units)
+    weights = [m.weight for _, m in targets]
+    unit_ids = {id(w) for w in weights}
+    others = [p for p in model.parameters() if id(p) not in unit_ids]
+    saved = [(w.requires_grad, w.grad) for w in weights]
+    saved_others = [p.requires_grad for p in others]
+    norms = torch.zeros(input_ids.shape[0], len(targets), dtype=torch.float64)
+    try:
+        with _eval_mode(model), torch.enable_grad():
+            for p in others:
+                p.requires_grad_(False)
+            for w in weights:
+                w.requires_grad_(True)
+            for i in range(input_ids.shape[0]):
+                keep = attention_mask[i].bool()
+                lab = labels[i][keep]
+                if int((lab[1:] != IGNORE_INDEX).sum()) == 0:
+                    continue
+                for w in weights:
+                    w.grad = None
+                out = model(input_ids=input_ids[i][keep][None], labels=lab[None], use_cache=False)
+                out.loss.backward()
+                for u, w in enumerate(weights):
+                    if w.grad is not None:
+                        norms[i, u] = torch.linalg.vector_norm(w.grad, dtype=torch.float64)
+    finally:
+        for w, (req, grad) in zip(weights, saved):
+            w.grad = grad
+            w.requires_grad_(req)
+        for p, req in zip(others, saved_others):
+            p.requires_grad_(req)
+    return norms, [name for name, _ in targets]
