@@ -70,7 +70,6 @@ class AgentProtocol:
     show_admissible: bool = True
     numbered_actions: bool = False
     max_admissible: int = 40
-    _templates: tuple[str, ...] = field(default=("search[", "click[", "think["), repr=False)
 
     def __post_init__(self) -> None:
         if self.reply_format not in ("action", "thought_action", "think_tags", "bare"):
