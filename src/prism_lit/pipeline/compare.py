@@ -1,0 +1,168 @@
+"""``prism-lit compare``: run several pipeline configs over seeds and write the paper-style table and plots.
+
+The task corpus and the base model depend only on the env settings and the seed, so they are built once per
+seed in ``<out_dir>/shared/seed<k>/`` and linked into every method's run dir; each method then runs its own
+probe, routing, SFT, RL and evaluation (their wall-clock is what the table compares). Every run dir resumes,
+so a killed comparison continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+from pathlib import Path
+from typing import Any
+
+from prism_lit.io import atomic_write_json, atomic_write_text
+
+SHARED_STAGES = ("tasks", "base")
+
+
+def _parse_pipeline_config(path: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The pipeline's keyword arguments from a YAML config (validated by the pipeline's own signature)."""
+    from jsonargparse import ArgumentParser
+
+    from prism_lit.pipeline.run import pipeline
+
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_function_arguments(pipeline)
+    parser.add_argument("--config", action="config")
+    args = ["--config", path] + [f"--{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in overrides.items()]
+    cfg = parser.parse_args(args)
+    init = parser.instantiate_classes(cfg)
+    return {k: v for k, v in vars(init).items() if k != "config"}
+
+
+def _link_shared(shared: Path, run_dir: Path) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for stage in SHARED_STAGES:
+        target = run_dir / stage
+        if not target.exists():
+            os.symlink(os.path.relpath(shared / stage, run_dir), target)
+
+
+def compare(
+    configs: list[str],
+    seeds: list[int] = [0, 1, 2],
+    out_dir: str = "runs/compare",
+    reference: str = "rl-100",
+) -> dict[str, Any]:
+    """Run every config for every seed; write ``comparison.json``, ``comparison.md`` and plots in ``out_dir``.
+
+    Args:
+        configs: pipeline YAML files, one per method (their ``method`` names the rows).
+        seeds: seeds; each gets its own corpus, base model and runs.
+        out_dir: where the runs, the table and the plots go.
+        reference: the method whose total compute is the speed-up's denominator (RL on 100 % in the paper).
+    """
+    from prism_lit.pipeline.run import pipeline
+
+    out = Path(out_dir)
+    for seed in seeds:
+        shared = out / "shared" / f"seed{seed}"
+        first = _parse_pipeline_config(configs[0], {"seed": seed, "run_dir": str(shared)})
+        pipeline(**{**first, "stop_after": SHARED_STAGES[-1]})
+        for config in configs:
+            kwargs = _parse_pipeline_config(config, {"seed": seed})
+            run_dir = out / kwargs["method"] / f"seed{seed}"
+            _link_shared(shared, run_dir)
+            pipeline(**{**kwargs, "run_dir": str(run_dir)})
+    table = summarize(out, reference)
+    atomic_write_json(out / "comparison.json", table)
+    atomic_write_text(out / "comparison.md", comparison_markdown(table))
+    plot_pareto(table, out / "pareto.png")
+    return {"table": str(out / "comparison.md"), "methods": list(table["methods"])}
+
+
+def _mean_std(values: list[float]) -> dict[str, float | int | None]:
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    if not values:
+        return {"mean": None, "std": None, "n": 0}
+    return {"mean": statistics.fmean(values), "std": statistics.pstdev(values) if len(values) > 1 else 0.0,
+            "n": len(values)}
+
+
+def summarize(out: Path, reference: str) -> dict[str, Any]:
+    """Mean and spread over seeds of every metric, per method."""
+    methods: dict[str, dict[str, Any]] = {}
+    for report_path in sorted(out.glob("*/seed*/report.json")):
+        report = json.loads(report_path.read_text())
+        method = report["method"]
+        row = methods.setdefault(method, {"runs": [], "metrics": {}})
+        row["runs"].append(str(report_path.parent))
+        metrics: dict[str, float] = {}
+        for split, m in next(iter(report["eval"].values()), {}).items():
+            metrics[f"{split}/success_rate"] = m.get("success_rate")
+            metrics[f"{split}/score"] = m.get("score")
+            for task_type, tm in (m.get("per_task_type") or {}).items():
+                metrics[f"{split}/{task_type}/success_rate"] = tm.get("success_rate")
+        for stage, seconds in report["compute_seconds"].items():
+            metrics[f"seconds/{stage}"] = seconds
+        for key, value in metrics.items():
+            row["metrics"].setdefault(key, []).append(value)
+    for row in methods.values():
+        row["metrics"] = {k: _mean_std(v) for k, v in row["metrics"].items()}
+    ref = methods.get(reference, {}).get("metrics", {}).get("seconds/total", {}).get("mean")
+    for row in methods.values():
+        total = row["metrics"].get("seconds/total", {}).get("mean")
+        row["speedup_vs_reference"] = (ref / total) if ref and total else None
+    return {"reference": reference, "methods": methods}
+
+
+def _cell(stat: dict[str, Any] | None, scale: float = 100.0, digits: int = 1) -> str:
+    if not stat or stat.get("mean") is None:
+        return "–"
+    return f"{stat['mean'] * scale:.{digits}f} ± {stat['std'] * scale:.{digits}f}"
+
+
+def comparison_markdown(table: dict[str, Any]) -> str:
+    methods = table["methods"]
+    keys = sorted({k for row in methods.values() for k in row["metrics"]})
+    quality = [k for k in keys if not k.startswith("seconds/")]
+    lines = ["| method | " + " | ".join(quality) + " | probe s | SFT s | RL s | total s | speed-up vs "
+             f"{table['reference']} |", "|---" * (len(quality) + 6) + "|"]
+    for name, row in methods.items():
+        m = row["metrics"]
+        cells = [_cell(m.get(k)) for k in quality]
+        secs = [_cell(m.get(f"seconds/{s}"), 1.0, 0) for s in ("probe", "sft", "rl", "total")]
+        speed = f"{row['speedup_vs_reference']:.2f}×" if row.get("speedup_vs_reference") else "–"
+        lines.append(f"| {name} | " + " | ".join(cells + secs + [speed]) + " |")
+    n_seeds = max((len(r["runs"]) for r in methods.values()), default=0)
+    lines += ["", f"Success rates and scores in %, mean ± standard deviation over {n_seeds} seed(s); seconds of "
+                  "wall-clock per stage (probe + SFT + RL = total)."]
+    return "\n".join(lines) + "\n"
+
+
+def plot_pareto(table: dict[str, Any], out: Path) -> None:
+    """Success vs training compute, one point per method (mean over seeds, error bars = std)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for name, row in table["methods"].items():
+        m = row["metrics"]
+        total = m.get("seconds/total", {})
+        success_keys = [k for k in m if k.endswith("/success_rate") and k.count("/") == 1]
+        if not success_keys or total.get("mean") is None:
+            continue
+        success = m[success_keys[0]]
+        if success.get("mean") is None:
+            continue
+        ax.errorbar(total["mean"], success["mean"] * 100, xerr=total["std"], yerr=success["std"] * 100, fmt="o",
+                    capsize=3)
+        ax.annotate(name, (total["mean"], success["mean"] * 100), textcoords="offset points", xytext=(5, 4),
+                    fontsize=8)
+    ax.set_xlabel("training wall-clock, probe + SFT + RL (s)")
+    ax.set_ylabel("success rate (%)")
+    ax.set_title("Success vs compute")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(out)
