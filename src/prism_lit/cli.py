@@ -35,7 +35,7 @@ def _trainer_defaults() -> dict[str, Any]:
     }
 
 
-def _lightning_cli(args: list[str] | None = None):
+def _cli_class():
     from lightning.pytorch.cli import LightningCLI
 
     class PrismCLI(LightningCLI):
@@ -51,15 +51,37 @@ def _lightning_cli(args: list[str] | None = None):
                     c for c in config.trainer.callbacks if "ProgressBar" not in str(c.get("class_path", ""))
                 ]
 
-    return PrismCLI(
-        model_class=None,
-        datamodule_class=None,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        save_config_kwargs={"overwrite": True},
-        parser_kwargs={"description": DESCRIPTION, "formatter_class": _raw_formatter()},
-        args=args,
-    )
+    return PrismCLI
+
+
+def _cli_kwargs() -> dict[str, Any]:
+    return {
+        "model_class": None,
+        "datamodule_class": None,
+        "subclass_mode_model": True,
+        "subclass_mode_data": True,
+        "save_config_kwargs": {"overwrite": True},
+        "parser_kwargs": {"description": DESCRIPTION, "formatter_class": _raw_formatter()},
+    }
+
+
+def _lightning_cli(args: list[str] | None = None):
+    return _cli_class()(**_cli_kwargs(), args=args)
+
+
+def load_fit_config(path: str, instantiate: bool = True):
+    """Parse (and by default instantiate) a ``prism-lit fit`` config without running it; used by the config tests.
+
+    Returns the LightningCLI object (``.config``, and ``.model``/``.datamodule``/``.trainer`` when instantiated).
+    """
+    base = _cli_class()
+
+    class ParseOnly(base):
+        def instantiate_classes(self) -> None:
+            if instantiate:
+                super().instantiate_classes()
+
+    return ParseOnly(**_cli_kwargs(), run=False, args=["--config", path])
 
 
 def _raw_formatter():

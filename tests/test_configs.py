@@ -1,0 +1,50 @@
+"""Every shipped YAML in configs/ is parsed (and, where it runs on this CPU, instantiated) — litgpt's habit."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+CONFIGS = sorted((Path(__file__).parent.parent / "configs").rglob("*.yaml"))
+
+
+def _kind(config: dict) -> str:
+    if "model" in config or "trainer" in config and "data" in config:
+        return "fit"
+    if "run_dir" in config or "probe" in config or "env" in config:
+        return "pipeline"
+    if "configs" in config:
+        return "compare"
+    raise AssertionError("unknown config kind")
+
+
+def test_there_are_configs():
+    assert len(CONFIGS) >= 3
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[str(p.relative_to(p.parents[1])) for p in CONFIGS])
+def test_config_parses(path, monkeypatch):
+    monkeypatch.chdir(path.parents[1] if path.parent.name == "configs" else path.parents[2])
+    config = yaml.safe_load(path.read_text())
+    kind = _kind(config)
+    if kind == "fit":
+        from prism_lit.cli import load_fit_config
+
+        trainer = config.get("trainer", {})
+        gpu_only = trainer.get("accelerator") in ("gpu", "cuda") or "FSDPStrategy" in str(trainer.get("strategy"))
+        cli = load_fit_config(str(path), instantiate=not gpu_only)
+        assert cli.config.model.class_path
+        if not gpu_only:
+            assert cli.model is not None and cli.datamodule is not None
+    elif kind == "pipeline":
+        from prism_lit.pipeline.compare import _parse_pipeline_config
+
+        kwargs = _parse_pipeline_config(str(path), {})
+        assert kwargs["method"]
+        from prism_lit.pipeline.stages import instantiate
+
+        instantiate(kwargs["probe"].router)  # the router's class_path and init args are valid
+    else:
+        from prism_lit.pipeline.compare import compare  # noqa: F401
+        for sub in config["configs"]:
+            assert Path(sub).is_file(), sub
