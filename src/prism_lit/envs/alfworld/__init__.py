@@ -1,1 +1,37 @@
-"""."""
+"""ALFWorld on the real engine (alfworld 0.4.2 + TextWorld), with a procedural game generator.
+
+Public API (imported lazily, so ``import prism_lit.envs.alfworld`` works without the alfworld extra):
+
+- :class:`ALFWorldEnv` (``gymnasium.make("prism_lit/ALFWorld-v0", split=..., ...)``)
+- :func:`generate_games` (build ALFWorld games into a json_2.1.1-style tree / the user cache)
+- :class:`ALFWorldExpert` (planner oracle for expert trajectories)
+- :data:`TASK_TYPES`, :data:`SPLITS`, :data:`GENERATOR_VERSION`
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prism_lit.envs.alfworld.cache import GENERATOR_VERSION
+from prism_lit.envs.alfworld.layouts import TASK_TYPES
+
+SPLITS = ("train", "valid_seen", "valid_unseen")
+
+_LAZY = {
+    "ALFWorldEnv": "prism_lit.envs.alfworld.env",
+    "generate_games": "prism_lit.envs.alfworld.generator",
+    "ALFWorldExpert": "prism_lit.envs.alfworld.expert",
+    "find_games": "prism_lit.envs.alfworld.games",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'prism_lit.envs.alfworld' has no attribute {name!r}")
+
+
+__all__ = ["ALFWorldEnv", "ALFWorldExpert", "generate_games", "find_games", "TASK_TYPES", "SPLITS",
+           "GENERATOR_VERSION"]
