@@ -9,6 +9,7 @@ as ``Mug_bar__minus_01_dot_00...`` read "mug 1") -> ``AlfredExpert`` in planner 
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import os
 from functools import lru_cache
@@ -85,14 +86,24 @@ def read_game_file(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def _fast_pddl_env_class(pddl_env_cls: type, pddl_logic: Any) -> type:
-    """TextWorld's ``PddlEnv`` with its two pure, slow steps memoised: parsing the logic and translating PDDL.
+    """TextWorld's ``PddlEnv`` with its pure, slow steps memoised; its behaviour is unchanged.
 
-    ``PddlEnv.load`` parses alfworld's domain + grammar with tatsu (~0.1 s) and every ``reset`` translates the
-    problem to SAS twice (~0.08 s). Both depend only on their input text, so they are cached (bounded LRU): a
-    second load of a game and every reset after the first cost milliseconds. Behaviour is unchanged.
+    Measured on small games: ``load`` parses alfworld's domain + grammar with tatsu (~0.1 s), every ``reset``
+    translates the problem to SAS twice (~0.08 s), and every step re-parses the grammar's rule strings and
+    conjunctive queries with tatsu for each admissible command and deep-copies its derivation contexts (most of
+    a step's ~10 ms). The parses are functions of their input text only, so they are cached (bounded LRU), and
+    contexts get fresh dicts instead of deep copies (see ``shallow_context``). The module attributes TextWorld looks
+    up at call time are swapped only for the duration of our own calls (``_fast_paths``) and restored after, so
+    other users of textworld in the process are unaffected.
     """
+    import textworld.envs.pddl.textgen as textgen
+    from textworld.logic import Rule
+
     downward = pddl_logic.fast_downward
     translate = downward.pddl2sas
+    parse_symbols = textgen._parse_and_convert
+    copy_context = textgen.copy_context
+    parse_query = Rule.__dict__["parse_conjunctive_query"]  # the classmethod object itself, to restore it
 
     @lru_cache(maxsize=64)
     def game_logic(domain: str, grammar: str) -> Any:
@@ -102,14 +113,42 @@ def _fast_pddl_env_class(pddl_env_cls: type, pddl_logic: Any) -> type:
     def cached_translate(domain: str, problem: str, verbose: bool = False, optimize: bool = False) -> Any:
         return translate(domain, problem, verbose=verbose, optimize=optimize)
 
+    @lru_cache(maxsize=4096)
+    def _symbols(text: str, rule_name: str, trace: bool) -> Any:
+        return parse_symbols(text, rule_name=rule_name, trace=trace)
+
+    def cached_symbols(text: str, rule_name: str = "symbols", trace: bool = False) -> Any:
+        # derive() sets a context on every returned symbol: hand out a fresh copy of the parsed list.
+        return copy.deepcopy(_symbols(text, rule_name, bool(trace)))
+
+    @lru_cache(maxsize=4096)
+    def _query(expr: str) -> Any:
+        return parse_query.__func__(Rule, expr)
+
+    def shallow_context(context: dict) -> dict:
+        # textgen deep-copies the variables / mapping dicts of every context it derives, but only ever adds
+        # keys to those dicts (never mutates the EntityInfo / Variable values): fresh dicts are enough.
+        return {
+            "state": context["state"],
+            "facts": context["facts"],
+            "variables": dict(context["variables"]),
+            "mapping": dict(context["mapping"]),
+            "entity_infos": context["entity_infos"],
+        }
+
     @contextlib.contextmanager
-    def memoised_translation():
-        # PddlState looks pddl2sas up on the fast_downward module at call time; swap it only for this call.
+    def fast_paths():
         downward.pddl2sas = cached_translate
+        textgen._parse_and_convert = cached_symbols
+        textgen.copy_context = shallow_context
+        Rule.parse_conjunctive_query = staticmethod(_query)
         try:
             yield
         finally:
             downward.pddl2sas = translate
+            textgen._parse_and_convert = parse_symbols
+            textgen.copy_context = copy_context
+            Rule.parse_conjunctive_query = parse_query
 
     class FastPddlEnv(pddl_env_cls):
         def load(self, filename: str) -> None:
@@ -119,13 +158,17 @@ def _fast_pddl_env_class(pddl_env_cls: type, pddl_logic: Any) -> type:
             self._game_data = data
             self.walkthrough = data.get("walkthrough", None)
             self._logic = game_logic(data["pddl_domain"], data["grammar"])
-            with memoised_translation():
+            with fast_paths():
                 self._pddl_state = pddl_logic.PddlState(self.downward_lib, data["pddl_problem"], self._logic)
             self._entity_infos = self._get_entity_infos()
 
         def reset(self):
-            with memoised_translation():
+            with fast_paths():
                 return super().reset()
+
+        def step(self, command: str):
+            with fast_paths():
+                return super().step(command)
 
     return FastPddlEnv
 
