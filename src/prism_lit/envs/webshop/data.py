@@ -46,6 +46,10 @@ GOAL_SHUFFLE_SEED = 233
 UPSTREAM_HUMAN_GOALS = 12087
 UPSTREAM_TEST, UPSTREAM_EVAL = 500, 1000
 SPLITS = ("train", "eval", "test")
+# keys upstream's clean_product_keys drops from scraped records
+_DROPPED_KEYS = ("product_information", "brand", "brand_url", "list_price", "availability_quantity",
+                 "availability_status", "total_reviews", "total_answered_questions", "seller_id", "seller_name",
+                 "fulfilled_by_amazon", "fast_track_message", "aplus_present", "small_description_old")
 
 
 class WebShopDataError(ValueError):
@@ -154,7 +158,7 @@ def process_products(
         if asin == "nan" or len(asin) > 10 or asin in seen:
             continue
         seen.add(asin)
-        p = dict(raw)
+        p = {k: v for k, v in raw.items() if k not in _DROPPED_KEYS}
         p["Title"] = raw["name"]
         p["Description"] = raw["full_description"] or ""
         p["Reviews"] = []

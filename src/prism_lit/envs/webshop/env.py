@@ -87,7 +87,7 @@ class WebShopEnv(gym.Env):
         show_attrs: show the ``Attributes`` tab on item pages (upstream's ``show_attrs``).
     """
 
-    metadata = {"render_modes": ["ansi"]}
+    metadata = {"render_modes": ["ansi"], "render_fps": 4}
 
     def __init__(
         self,
