@@ -139,8 +139,12 @@ def write_expert_dataset(
     if n_tasks < 1:
         raise ValueError(f"write_expert_dataset: n_tasks must be >= 1, got {n_tasks}")
     family, gym_id, expert_path = resolve_env(env_id)
+    kwargs = dict(env_kwargs or {})
+    if kwargs.get("split", split) != split:
+        raise ValueError(f"write_expert_dataset: split={split!r} but env_kwargs has split={kwargs['split']!r}")
+    kwargs["split"] = split
     start = time.perf_counter()
-    env = gym.make(gym_id, split=split, **(env_kwargs or {}))
+    env = gym.make(gym_id, **kwargs)
     try:
         factory = expert_factory or _load_class(expert_path)
         expert = factory(env)

@@ -1,0 +1,54 @@
+"""WebShopExpert wins every generated task, in every category and split."""
+
+import collections
+
+import gymnasium as gym
+import pytest
+
+import prism_lit.envs  # noqa: F401
+from prism_lit.envs import WEBSHOP_ID
+from prism_lit.envs.webshop.expert import WebShopExpert
+from prism_lit.envs.webshop.generator import CATEGORIES
+
+
+def play(env, expert, task_id):
+    obs, info = env.reset(options={"task_id": task_id})
+    expert.reset(obs, info)
+    actions = []
+    while True:
+        action, thought = expert.act(obs, info)
+        assert thought
+        actions.append(action)
+        obs, reward, terminated, truncated, info = env.step(action)
+        assert info["valid_action"], (task_id, action)
+        if terminated or truncated:
+            return reward, info, actions
+
+
+@pytest.mark.parametrize("split", ["train", "eval", "test"])
+def test_expert_wins_every_task_of_a_small_catalogue(split):
+    env = gym.make(WEBSHOP_ID, num_products=300, catalogue_seed=9, split=split)
+    expert = WebShopExpert(env)
+    wins = collections.Counter()
+    for task_id in env.unwrapped.task_ids:
+        reward, info, actions = play(env, expert, task_id)
+        assert reward == 1.0 and info["won"], (task_id, actions)
+        assert actions[0].startswith("search[") and actions[-1] == "click[buy now]"
+        wins[info["task_type"]] += 1
+    if split == "train":
+        assert set(wins) == set(CATEGORIES)
+
+
+def test_expert_wins_on_default_catalogue_every_category():
+    env = gym.make(WEBSHOP_ID)  # 1,000 products, 2,000 goals
+    expert = WebShopExpert(env)
+    ids = env.unwrapped.task_ids
+    by_type = collections.Counter()
+    lengths = []
+    for task_id in ids[::4]:
+        reward, info, actions = play(env, expert, task_id)
+        assert info["won"], (task_id, actions)
+        by_type[info["task_type"]] += 1
+        lengths.append(len(actions))
+    assert set(by_type) == set(CATEGORIES) and min(by_type.values()) > 50
+    assert max(lengths) <= env.spec.max_episode_steps
