@@ -1,7 +1,9 @@
 """GradientConcentrationProbe: the PRISM probe as a Lightning callback.
 
 During the first `probe_epochs` epochs the callback sets `pl_module.probing = True` (the module's
-training_step then returns None: no backward, no optimizer step) and measures, in on_train_batch_start,
+training_step then returns None: no backward, no optimizer step) and switches the module to manual
+optimization for those epochs: Lightning refuses a None step under DDP in automatic optimization, and in
+manual mode no optimizer or scheduler steps and global_step stays 0. It measures, in on_train_batch_start,
 each sample's per-unit gradient norms on the untouched base model (its own forward + backward, no
 parameter gradient; see unit_norms.py). At the end of the last probe epoch the records of all ranks are
 gathered on rank 0, deduplicated by id, routed, and written to the run directory (probe.jsonl,
@@ -69,6 +71,7 @@ class GradientConcentrationProbe(L.Callback):
         self._records: list[ProbeRecord] = []
         self._unit_names: list[str] = []
         self._seconds = 0.0
+        self._automatic: bool | None = None
 
     # ------------------------------------------------------------------ set-up
     @property
@@ -115,6 +118,15 @@ class GradientConcentrationProbe(L.Callback):
         pl_module.probing = self._active
         if self._active:
             self._records, self._seconds = [], 0.0
+            self._automatic = pl_module.automatic_optimization
+            pl_module.automatic_optimization = False
+
+    def _end_probe_epoch(self, pl_module: L.LightningModule) -> None:
+        self._active = False
+        pl_module.probing = False
+        if self._automatic is not None:
+            pl_module.automatic_optimization = self._automatic
+            self._automatic = None
 
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
@@ -129,8 +141,7 @@ class GradientConcentrationProbe(L.Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self._active:
             return
-        self._active = False
-        pl_module.probing = False
+        self._end_probe_epoch(pl_module)
         if trainer.current_epoch != self.probe_epochs - 1:
             return
         gathered = self._gather(trainer, self._records)
@@ -187,3 +198,7 @@ class GradientConcentrationProbe(L.Callback):
                 exp.add_figure(f"probe/{score}_histogram", fig, global_step=trainer.global_step)
             finally:
                 plt.close(fig)
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self._active:  # fit ended inside a probe epoch (exception, interrupt): leave the module as it was
+            self._end_probe_epoch(pl_module)
