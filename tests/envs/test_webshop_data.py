@@ -80,11 +80,11 @@ def test_upstream_loader_processes_records_like_upstream(tmp_path):
     assert table["Price"] == "$80.0 to $120.0"
     assert 80.0 <= data.prices["B000000002"] <= 120.0
     assert tea["Price"] == "$100.0" and tea["Attributes"] == ["DUMMY_ATTR"]
-    # the larger of two of the first four multiples of 10 above the price
     # human goals: one per instruction with attributes, price clause appended, '.' stripped
     assert len(data.goals) == 2
     goal = next(g for g in data.goals if g["asin"] == "B000000001")
     assert goal["instruction_text"].startswith("i need a sulfate free shampoo in 8 ounce, and price lower than ")
+    # price_upper: the larger of two of the first four multiples of 10 above the price (20, 30, 40, 50)
     assert goal["price_upper"] in (30.0, 40.0, 50.0) and goal["goal_options"] == ["8 ounce"]
     assert goal["name"] == "Tea Tree Shampoo" and goal["query"] == "shampoo"
 
