@@ -273,3 +273,21 @@ def test_reference_games_replay_to_a_win(grammar, traj):
     info, total, _ = play_expert(e, expert, info["task_id"])
     assert info["won"] and total == 1.0
     e.close()
+
+
+def test_expert_dataset_through_the_shared_protocol(games_root, tmp_path):
+    """The project's expert recorder writes winning ALFWorld SFT trajectories with our expert (built as cls(env))."""
+    from prism_lit.data.schema import read_trajectories
+    from prism_lit.envs.experts import write_expert_dataset
+    from prism_lit.envs.protocol import AgentProtocol
+
+    protocol = AgentProtocol(env="alfworld", reply_format="thought_action")
+    out = tmp_path / "alfworld_expert.jsonl"
+    stats = write_expert_dataset("alfworld", 12, out, protocol, split="train", seed=0,
+                                 env_kwargs={"data_dir": str(games_root)})
+    assert stats["count"] == 12 and stats["win_rate"] == 1.0
+    trajectories = read_trajectories(out)
+    assert {t.task_type for t in trajectories} == set(TASK_TYPES)
+    first = trajectories[0]
+    assert first.messages[1].role == "user" and "Your task is to:" in first.messages[1].content
+    assert first.messages[2].role == "assistant" and "Thought:" in first.messages[2].content
