@@ -142,7 +142,9 @@ def test_search_works_from_any_page_as_upstream_text_env(env):
     asin = env.admissible_actions[2]
     env.step(asin)
     obs, _, _, _, info = env.step("search[coffee table]")
-    assert info["page"] == "search_results" and env.purchase_state == {"asin": None, "options": {}, "page": "search_results"}
+    state = env.purchase_state
+    assert info["page"] == "search_results" and state["asin"] is None and state["options"] == {}
+    assert state["keywords"] == "coffee table" and state["page_num"] == 1 and state["num_results"] > 0
 
 
 def test_parse_action_is_upstreams_regex():

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import random
 import time
 from typing import Any, Callable, Protocol
 
@@ -150,8 +151,6 @@ def write_expert_dataset(
         expert = factory(env)
         task_ids = list(getattr(env.unwrapped, "task_ids", None) or [])
         if task_ids:
-            import random
-
             order = list(task_ids)
             random.Random(seed).shuffle(order)
         trajectories = []

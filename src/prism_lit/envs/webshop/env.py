@@ -139,6 +139,7 @@ class WebShopEnv(gym.Env):
         self.task_id = ""
         self._page: pages.Page | None = None
         self._done = False
+        self.last_reward_info: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ task selection
     def _goal_index(self, task_id: str) -> int:
@@ -171,6 +172,7 @@ class WebShopEnv(gym.Env):
         self._options: dict[str, str] = {}
         self._score = 0.0
         self._done = False
+        self.last_reward_info: dict[str, Any] | None = None
         self._page = pages.search_page(self.goal["instruction_text"])
         return self._page.text, self._info(valid=True)
 
@@ -251,8 +253,9 @@ class WebShopEnv(gym.Env):
 
     @property
     def purchase_state(self) -> dict[str, Any]:
-        """Current product and chosen options (what ``click[buy now]`` would buy)."""
-        return {"asin": self._asin, "options": dict(self._options), "page": self._page.name}
+        """Session state (oracle/debug use): page, search keywords, results page and count, product, options."""
+        return {"page": self._page.name, "keywords": self._keywords, "page_num": self._page_num,
+                "num_results": len(self._results), "asin": self._asin, "options": dict(self._options)}
 
     def _info(self, valid: bool) -> dict[str, Any]:
         return {

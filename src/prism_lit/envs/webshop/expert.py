@@ -47,7 +47,8 @@ class WebShopExpert:
         if page == "search_results":
             if f"click[{target.lower()}]" in admissible:
                 return f"click[{target.lower()}]", f"{target} matches the instruction, I should open it."
-            if f"click[{NEXT_PAGE.lower()}]" in admissible and self._shop._page_num * self._shop.results_per_page < len(self._shop._results):
+            shown = state["page_num"] * self._shop.results_per_page
+            if f"click[{NEXT_PAGE.lower()}]" in admissible and shown < state["num_results"]:
                 return f"click[{NEXT_PAGE.lower()}]", "The product is not on this page, I should look at the next one."
             return "click[back to search]", "The product is not in these results, I should search again."
         if page == "item_page":
