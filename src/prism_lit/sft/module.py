@@ -18,7 +18,13 @@ from typing import Any, Literal
 import lightning as L
 import torch
 
-from prism_lit.policy import PolicySpec, ensure_policy_files, export_policy, load_model, load_tokenizer
+from prism_lit.distributed import apply_fsdp2, export_sharded_policy, is_fsdp2_sharded, is_sharded
+from prism_lit.policy import (
+    EmbeddedModelSpec, LoraSpec, PolicySpec, ensure_policy_files, export_policy, load_model, load_tokenizer,
+)
+
+# the saved hyper-parameters hold these dataclasses; resuming loads checkpoints with torch.load(weights_only=True)
+torch.serialization.add_safe_globals([PolicySpec, LoraSpec, EmbeddedModelSpec])
 
 
 class SFTModule(L.LightningModule):
@@ -75,6 +81,9 @@ class SFTModule(L.LightningModule):
         if self.model is None:
             self.model = load_model(self.policy)
             self.model.train()  # from_pretrained returns eval mode
+        if self.device_mesh is not None and not is_fsdp2_sharded(self.model):
+            # ModelParallelStrategy: FSDP2, one fully_shard unit per decoder layer, then the root
+            apply_fsdp2(self.model, self.device_mesh)
 
     @property
     def is_adapter(self) -> bool:
@@ -147,6 +156,10 @@ class SFTModule(L.LightningModule):
         return f"{root}/export"
 
     def on_fit_end(self) -> None:
-        if self.trainer.global_step > 0 and self.trainer.is_global_zero:  # a probe-only run has nothing to export
-            export_policy(self.model, self.tokenizer, self.resolved_export_dir())
+        if self.trainer.global_step > 0:  # a probe-only run has nothing to export
+            out_dir = self.resolved_export_dir()  # every rank: trainer.log_dir is a broadcast
+            if is_sharded(self.model):  # FSDP: every rank joins the gather, rank 0 writes
+                export_sharded_policy(self.trainer.strategy.model, self.model, self.tokenizer, out_dir)
+            elif self.trainer.is_global_zero:
+                export_policy(self.model, self.tokenizer, out_dir)
         self.trainer.strategy.barrier("sft_export")
