@@ -85,6 +85,15 @@ def read_game_file(path: str | os.PathLike) -> dict[str, Any]:
     return data
 
 
+_CACHES: list[Any] = []
+
+
+def clear_caches() -> None:
+    """Drop the engine's memoised parses and translations (frees memory; the next resets are cold again)."""
+    for cache in _CACHES:
+        cache.cache_clear()
+
+
 def _fast_pddl_env_class(pddl_env_cls: type, pddl_logic: Any) -> type:
     """TextWorld's ``PddlEnv`` with its pure, slow steps memoised; its behaviour is unchanged.
 
@@ -105,11 +114,12 @@ def _fast_pddl_env_class(pddl_env_cls: type, pddl_logic: Any) -> type:
     copy_context = textgen.copy_context
     parse_query = Rule.__dict__["parse_conjunctive_query"]  # the classmethod object itself, to restore it
 
-    @lru_cache(maxsize=64)
+    # ~0.2 MB per parsed game logic: a few hundred games stay cached.
+    @lru_cache(maxsize=512)
     def game_logic(domain: str, grammar: str) -> Any:
         return pddl_logic.GameLogic(domain=domain, grammar=grammar)
 
-    @lru_cache(maxsize=256)
+    @lru_cache(maxsize=1024)
     def cached_translate(domain: str, problem: str, verbose: bool = False, optimize: bool = False) -> Any:
         return translate(domain, problem, verbose=verbose, optimize=optimize)
 
@@ -135,6 +145,8 @@ def _fast_pddl_env_class(pddl_env_cls: type, pddl_logic: Any) -> type:
             "mapping": dict(context["mapping"]),
             "entity_infos": context["entity_infos"],
         }
+
+    _CACHES.extend([game_logic, cached_translate, _symbols, _query])
 
     @contextlib.contextmanager
     def fast_paths():

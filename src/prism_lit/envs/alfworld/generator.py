@@ -271,25 +271,27 @@ def build_game_file(game_dir: Path, problem: str, task_desc: str, solver) -> dic
         "solvable": None,
         "walkthrough": None,
     }
-    # alfworld's expert wrapper reads traj_data.json next to the game file, so the solver loads a draft file.
-    draft = game_dir / ".game.draft.tw-pddl"
+    # alfworld's expert wrapper reads traj_data.json next to the game file, so the solver loads a draft file
+    # (one per process: several processes may build the same cache at once and write identical games).
+    draft = game_dir / f".game.draft.{os.getpid()}.tw-pddl"
     atomic_write_text(draft, json.dumps(gamedata))
-    solver.load(draft, force=True)
-    state = solver.reset()
-    plan = list(state.get("extra.expert_plan") or [])
-    if not plan:
-        raise GenerationError(f"{game_dir}: the planner found no plan")
-    state = solver.reset()
-    for command in plan:
-        if command not in state["admissible_commands"]:
-            raise GenerationError(f"{game_dir}: walkthrough command {command!r} is not admissible")
-        state = solver.step(command)
-    if not state["won"]:
-        raise GenerationError(f"{game_dir}: the walkthrough {plan} does not win")
+    try:
+        solver.load(draft, force=True)
+        plan = list(solver.reset().get("extra.expert_plan") or [])
+        if not plan:
+            raise GenerationError(f"{game_dir}: the planner found no plan")
+        state = solver.reset()
+        for command in plan:
+            if command not in state["admissible_commands"]:
+                raise GenerationError(f"{game_dir}: walkthrough command {command!r} is not admissible")
+            state = solver.step(command)
+        if not state["won"]:
+            raise GenerationError(f"{game_dir}: the walkthrough {plan} does not win")
+    finally:
+        draft.unlink(missing_ok=True)
     gamedata["solvable"] = True
     gamedata["walkthrough"] = plan
     atomic_write_text(game_dir / "game.tw-pddl", json.dumps(gamedata))
-    draft.unlink()
     return gamedata
 
 
