@@ -124,3 +124,11 @@ def test_bad_batches_are_named():
     batch["labels"][1, -1] = 5  # a padded position that is trained on
     with pytest.raises(ValueError, match="attention_mask is 0"):
         unit_grad_norms(tiny_llama(), batch)
+
+
+def test_non_finite_model_is_an_error_not_a_score():
+    model = tiny_llama()
+    with torch.no_grad():
+        model.model.layers[1].mlp.up_proj.weight[0, 0] = float("nan")
+    with pytest.raises(FloatingPointError, match="non-finite gradient norms for samples"):
+        unit_grad_norms(model, padded_batch("right"))

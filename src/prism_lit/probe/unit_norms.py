@@ -13,8 +13,8 @@ layer, with whichever of these is cheaper (`_sq_norms`):
 - direct: G_i = δ_iᵀ x_i, ‖G_i‖²_F                      ~ T·d_in·d_out per sample, memory d_in·d_out
 - ghost:  ‖G_i‖²_F = Σ_{t,s} (x_t·x_s)(δ_t·δ_s)          ~ T²·(d_in + d_out) per sample, memory T²
 
-The backward asks autograd only for the gradient of the input embeddings, so no parameter gradient is
-computed or accumulated: weights and their `.grad` are untouched, frozen weights (peft base layers) are
+The backward asks autograd only for the gradient of the input embeddings (made a leaf by a hook), so no
+parameter gradient is computed or accumulated: weights and their `.grad` are untouched, frozen weights (peft base layers) are
 measured like any other, and a sharded weight (FSDP) is never needed — only activations are.
 """
 
@@ -134,14 +134,18 @@ def per_sample_losses(
     first real token would otherwise be "predicted" from a pad. A sample without targets gets loss 0 here
     (so it adds nothing to a backward); callers report NaN.
     """
-    logits = logits[:, :-1].float()
-    targets = labels[:, 1:]
-    valid = (targets != IGNORE_INDEX) & attention_mask[:, :-1].bool()
+    # Shift the targets, not the logits: slicing [B, T, V] logits would copy them.
+    ignore = torch.full_like(labels[:, :1], IGNORE_INDEX)
+    targets = torch.cat([labels[:, 1:], ignore], dim=1)
+    predictor_real = attention_mask.bool()
+    targets = torch.where(predictor_real, targets, IGNORE_INDEX)
+    valid = targets != IGNORE_INDEX
     ce = F.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="none"
+        logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=IGNORE_INDEX,
+        reduction="none",
     ).view(targets.shape)
     n_tokens = valid.sum(dim=1)
-    loss = (ce * valid).sum(dim=1) / n_tokens.clamp(min=1)
+    loss = ce.sum(dim=1) / n_tokens.clamp(min=1)
     return loss, n_tokens
 
 
@@ -190,8 +194,6 @@ def measure_unit_grad_norms(
     b = input_ids.shape[0]
     device = input_ids.device
     sq = torch.zeros(b, len(targets), dtype=torch.float64, device=device)
-    keep = attention_mask.bool().unsqueeze(-1)
-    zero = torch.zeros((), device=device)
     inputs: dict[int, torch.Tensor] = {}
     called: set[int] = set()
 
@@ -206,8 +208,8 @@ def measure_unit_grad_norms(
                     f"unit '{targets[idx][0]}': expected a [B, T, d] input that carries a gradient, got "
                     f"shape {tuple(x.shape)} (requires_grad={output.requires_grad})"
                 )
-            # Padded positions have x finite and δ exactly 0; masking also keeps a NaN there from spreading.
-            inputs[idx] = torch.where(keep, x.detach(), zero)
+            # No masking needed: at padded positions δ is exactly 0 (their outputs reach no trained target).
+            inputs[idx] = x.detach()
             output.register_hook(backward_hook(idx))
 
         return hook
@@ -215,30 +217,47 @@ def measure_unit_grad_norms(
     def backward_hook(idx: int):
         def hook(grad: torch.Tensor) -> None:
             x = inputs.pop(idx)
-            sq[:, idx] = _sq_norms(x, torch.where(keep, grad, zero), method, max_scratch_elements)
+            sq[:, idx] = _sq_norms(x, grad, method, max_scratch_elements)
 
         return hook
 
+    embeds: list[torch.Tensor] = []
+
+    def embedding_hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        # The graph starts here: a leaf that needs a gradient, so the backward reaches every unit even when
+        # all weights are frozen, and stops before the embedding weight. Hooking (instead of passing
+        # inputs_embeds) keeps the embedding inside the model's own forward, where FSDP unshards it.
+        leaf = output.detach().requires_grad_(True)
+        embeds.append(leaf)
+        return leaf
+
     handles = [m.register_forward_hook(forward_hook(i), with_kwargs=True) for i, (_, m) in enumerate(targets)]
+    handles.append(model.get_input_embeddings().register_forward_hook(embedding_hook))
     try:
         with _eval_mode(model), torch.enable_grad():
-            with torch.no_grad():
-                embeds = model.get_input_embeddings()(input_ids)
-            embeds = embeds.detach().requires_grad_(True)
             out = model(
-                inputs_embeds=embeds,
+                input_ids=input_ids,
                 attention_mask=attention_mask,
                 position_ids=position_ids_from_mask(attention_mask),
                 use_cache=False,
             )
+            if len(embeds) != 1:
+                raise RuntimeError(f"the input embedding ran {len(embeds)} times in one forward; expected once")
             loss, n_tokens = per_sample_losses(out.logits, labels, attention_mask)
             del out
-            # Σ_i L_i: its gradient w.r.t. sample i's activations is ∇L_i (samples do not interact).
-            torch.autograd.grad(loss.sum(), embeds)
+            # Σ_i L_i: its gradient w.r.t. sample i's activations is ∇L_i (samples do not interact). Asking
+            # for the embeddings' gradient only: no parameter gradient is computed or accumulated.
+            torch.autograd.grad(loss.sum(), embeds[0])
     finally:
         for h in handles:
             h.remove()
         inputs.clear()
+    bad = ~torch.isfinite(sq).all(dim=1)
+    if bool(bad.any()):
+        raise FloatingPointError(
+            f"non-finite gradient norms for samples {bad.nonzero().flatten().tolist()} of the batch: the model "
+            "produced NaN/inf activations or gradients (check the dtype, and attention over fully padded rows)"
+        )
     loss = loss.detach().double()
     loss = torch.where(n_tokens > 0, loss, torch.full((), float("nan"), dtype=loss.dtype, device=device))
     return UnitGradNorms(sq.sqrt(), [name for name, _ in targets], loss, n_tokens)
