@@ -291,3 +291,20 @@ def test_expert_dataset_through_the_shared_protocol(games_root, tmp_path):
     first = trajectories[0]
     assert first.messages[1].role == "user" and "Your task is to:" in first.messages[1].content
     assert first.messages[2].role == "assistant" and "Thought:" in first.messages[2].content
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("size", ["small", "medium"])
+def test_expert_wins_all_games_of_all_splits_at_scale(tmp_path, size):
+    """~90 games per size across the three splits: every walkthrough and every planner episode wins."""
+    for split in ("train", "valid_seen", "valid_unseen"):
+        generate_games(tmp_path, n_per_type=5, split=split, seed=21, size=size)
+        e = gym.make("prism_lit/ALFWorld-v0", split=split, data_dir=tmp_path)
+        expert = ALFWorldExpert(e)
+        types = set()
+        for task_id in e.unwrapped.task_ids:
+            info, total, steps = play_expert(e, expert, task_id)
+            assert info["won"] and total == 1.0 and steps <= 12, task_id
+            types.add(info["task_type"])
+        assert types == set(TASK_TYPES) and len(e.unwrapped.task_ids) == 30
+        e.close()
