@@ -1,0 +1,126 @@
+"""Advantage estimators for the policy-gradient family (one advantage per episode, or per step for GiGPO).
+
+All take episode returns ``R`` (1-D) and, where grouped, the group id of each episode (the G episodes of one
+task with one env seed share a group).
+
+- ``reinforce``: ``A_i = R_i - mean(R)`` over the whole batch (batch-mean baseline).
+- ``rloo``: ``A_i = R_i - mean_{j != i, same group} R_j`` (leave-one-out; = ``G/(G-1) (R_i - mean_group)``).
+- ``grpo``: ``A_i = (R_i - mean_group) / (std_group + eps)`` with the unbiased std (as verl); a group whose
+  returns are all equal gets 0. ``norm_by_std=False`` gives Dr. GRPO's mean-only centring.
+- ``gigpo``: GRPO's episode advantage plus ``step_weight`` times a step-level advantage: steps of the same group
+  that start from the same observation ("anchor state") form a step group, and their discounted returns-to-go
+  are normalised inside it (GiGPO, Feng et al. 2025).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Literal, Sequence
+
+import torch
+
+Estimator = Literal["reinforce", "rloo", "grpo", "gigpo"]
+ESTIMATORS = ("reinforce", "rloo", "grpo", "gigpo")
+
+
+def reinforce_advantages(returns: torch.Tensor) -> torch.Tensor:
+    """Return minus the batch mean."""
+    returns = returns.double()
+    return (returns - returns.mean()).float()
+
+
+def _group_index(groups: Sequence[int] | torch.Tensor) -> torch.Tensor:
+    groups = torch.as_tensor(list(groups) if not isinstance(groups, torch.Tensor) else groups)
+    return torch.unique(groups, return_inverse=True)[1]
+
+
+def rloo_advantages(returns: torch.Tensor, groups: Sequence[int] | torch.Tensor) -> torch.Tensor:
+    """Leave-one-out baseline inside each group (every group needs >= 2 episodes)."""
+    returns = returns.double()
+    index = _group_index(groups)
+    n = int(index.max()) + 1
+    sums = torch.zeros(n, dtype=returns.dtype).index_add_(0, index, returns)
+    counts = torch.zeros(n, dtype=returns.dtype).index_add_(0, index, torch.ones_like(returns))
+    if bool((counts < 2).any()):
+        raise ValueError("rloo advantages need at least 2 episodes per group (group_size >= 2)")
+    baseline = (sums[index] - returns) / (counts[index] - 1)
+    return (returns - baseline).float()
+
+
+def grpo_advantages(
+    returns: torch.Tensor, groups: Sequence[int] | torch.Tensor, norm_by_std: bool = True, eps: float = 1e-6
+) -> torch.Tensor:
+    """Group-normalised returns (see the module docstring)."""
+    returns = returns.double()
+    index = _group_index(groups)
+    adv = torch.zeros_like(returns)
+    for g in range(int(index.max()) + 1):
+        sel = index == g
+        r = returns[sel]
+        if r.numel() < 2:
+            continue  # a lone episode has no group to compare against
+        centred = r - r.mean()
+        adv[sel] = centred / (r.std(unbiased=True) + eps) if norm_by_std else centred
+    return adv.float()
+
+
+def discounted_returns_to_go(rewards: Sequence[float], gamma: float) -> list[float]:
+    out, running = [0.0] * len(rewards), 0.0
+    for t in range(len(rewards) - 1, -1, -1):
+        running = float(rewards[t]) + gamma * running
+        out[t] = running
+    return out
+
+
+def gigpo_step_advantages(
+    step_rewards: Sequence[Sequence[float]],
+    step_anchors: Sequence[Sequence[str]],
+    groups: Sequence[int],
+    gamma: float = 0.95,
+    norm_by_std: bool = True,
+    eps: float = 1e-6,
+) -> list[list[float]]:
+    """Step-level advantages: discounted return-to-go normalised among steps with the same (group, anchor state)."""
+    rtg = [discounted_returns_to_go(r, gamma) for r in step_rewards]
+    buckets: dict[tuple[int, str], list[tuple[int, int]]] = defaultdict(list)
+    for e, (anchors, group) in enumerate(zip(step_anchors, groups)):
+        for t, anchor in enumerate(anchors):
+            buckets[(int(group), anchor)].append((e, t))
+    out = [[0.0] * len(r) for r in step_rewards]
+    for members in buckets.values():
+        if len(members) < 2:
+            continue
+        values = torch.tensor([rtg[e][t] for e, t in members], dtype=torch.float64)
+        centred = values - values.mean()
+        normed = centred / (values.std(unbiased=True) + eps) if norm_by_std else centred
+        for (e, t), a in zip(members, normed.tolist()):
+            out[e][t] = a
+    return out
+
+
+def compute_step_advantages(
+    estimator: Estimator,
+    step_rewards: Sequence[Sequence[float]],
+    groups: Sequence[int],
+    step_anchors: Sequence[Sequence[str]] | None = None,
+    norm_by_std: bool = True,
+    gamma: float = 0.95,
+    step_weight: float = 1.0,
+) -> list[list[float]]:
+    """Per-episode, per-step advantages for ``estimator``; the episode advantage is broadcast to its steps."""
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"advantage estimator {estimator!r} is unknown; choose one of {ESTIMATORS}")
+    returns = torch.tensor([float(sum(r)) for r in step_rewards], dtype=torch.float64)
+    if estimator == "reinforce":
+        episode_adv = reinforce_advantages(returns)
+    elif estimator == "rloo":
+        episode_adv = rloo_advantages(returns, groups)
+    else:
+        episode_adv = grpo_advantages(returns, groups, norm_by_std=norm_by_std)
+    out = [[float(a)] * len(r) for a, r in zip(episode_adv.tolist(), step_rewards)]
+    if estimator == "gigpo":
+        if step_anchors is None:
+            raise ValueError("gigpo needs the anchor observation of every step")
+        step_adv = gigpo_step_advantages(step_rewards, step_anchors, groups, gamma=gamma, norm_by_std=norm_by_std)
+        out = [[a + step_weight * s for a, s in zip(row, srow)] for row, srow in zip(out, step_adv)]
+    return out

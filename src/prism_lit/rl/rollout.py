@@ -1,0 +1,299 @@
+"""The multi-turn rollout engine: many episodes at once, one batched generation per env step.
+
+Per step, for every live episode: the prompt is built by the shared :class:`AgentProtocol` (system prompt, the
+task's first observation, the last ``history_turns`` turns, the current observation with its admissible actions)
+and rendered with the tokenizer's chat template; all prompts are generated in one left-padded batch with a KV
+cache (:func:`prism_lit.rl.generation.generate`); each reply is parsed by the protocol and the env is stepped.
+A malformed reply (``parse_action`` returns ``None``) gets ``invalid_action_penalty`` subtracted from its reward
+and the reply text is still sent to the env (envs answer garbage with a normal observation), so the episode goes on.
+
+Everything the losses need is recorded per step (:class:`Step`): prompt ids, action ids, the rollout policy's
+log-probs of the action tokens, reward, done, validity. Environment tokens are never trained on: only
+``action_ids`` are.
+
+Group rollouts: :func:`group_tasks` repeats each task ``G`` times with the same env seed (GRPO / RLOO / GiGPO).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import gymnasium as gym
+import torch
+
+from prism_lit.envs.protocol import AgentProtocol, Turn
+from prism_lit.rl.generation import generate
+
+
+@dataclass
+class RolloutConfig:
+    """How episodes are played.
+
+    Args:
+        temperature: sampling temperature for training rollouts (log-probs use the same temperature).
+        top_p: nucleus sampling mass for training rollouts (1.0 = off).
+        max_new_tokens: reply length cap per step.
+        max_steps: cap on env steps per episode (``None``: the env's own time limit only).
+        invalid_action_penalty: subtracted from the step's reward when the reply cannot be parsed (verl-agent: 0.1).
+        max_prompt_tokens: drop the oldest history turns until a prompt fits (``None``: the model's
+            ``max_position_embeddings - max_new_tokens``).
+        generation_batch_size: at most this many prompts per generation call (``None``: all live episodes).
+    """
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 48
+    max_steps: int | None = None
+    invalid_action_penalty: float = 0.1
+    max_prompt_tokens: int | None = None
+    generation_batch_size: int | None = None
+
+
+@dataclass
+class Step:
+    """One env step of one episode."""
+
+    prompt_ids: list[int]
+    action_ids: list[int]
+    logprobs: list[float]
+    observation: str  # the rendered user message shown for this step
+    reply: str
+    action: str | None  # parsed action; None = malformed
+    reward: float  # env reward minus the penalty when malformed
+    env_reward: float
+    done: bool
+    valid: bool
+
+
+@dataclass
+class Episode:
+    """One played episode and the facts the metrics need."""
+
+    task_id: str
+    seed: int
+    group: int
+    task_type: str = ""
+    steps: list[Step] = field(default_factory=list)
+    won: bool = False
+    score: float = 0.0
+    truncated: bool = False
+
+    @property
+    def ret(self) -> float:
+        """Undiscounted return (env rewards plus penalties)."""
+        return float(sum(s.reward for s in self.steps))
+
+    @property
+    def num_invalid(self) -> int:
+        return sum(not s.valid for s in self.steps)
+
+
+@dataclass
+class RolloutStats:
+    """Wall-clock split and counts of the last :meth:`RolloutEngine.run`."""
+
+    generation_s: float = 0.0
+    env_s: float = 0.0
+    prompt_s: float = 0.0
+    env_steps: int = 0
+    generated_tokens: int = 0
+    prompt_tokens: int = 0
+    generation_calls: int = 0
+
+
+def group_tasks(task_ids: Sequence[str], seeds: Sequence[int], group_size: int) -> list[tuple[str, int, int]]:
+    """``(task_id, seed, group)`` rows: each task ``group_size`` times with its seed; ``group`` = task position."""
+    if len(task_ids) != len(seeds):
+        raise ValueError(f"group_tasks: {len(task_ids)} task ids but {len(seeds)} seeds")
+    if group_size < 1:
+        raise ValueError(f"group_size must be >= 1, got {group_size}")
+    return [(t, int(s), g) for g, (t, s) in enumerate(zip(task_ids, seeds)) for _ in range(group_size)]
+
+
+def make_env(env_id: str, env_kwargs: dict[str, Any] | None = None) -> gym.Env:
+    """``gym.make`` with the prism_lit ids registered (the guess-word test env included)."""
+    import prism_lit.envs  # noqa: F401  registers WebShop / ALFWorld
+    import prism_lit.envs.guess_word  # noqa: F401  registers the test env
+
+    return gym.make(env_id, **dict(env_kwargs or {}))
+
+
+def env_task_ids(env: gym.Env) -> list[str]:
+    """The task ids an env instance can play (its ``task_ids`` attribute)."""
+    ids = getattr(env.unwrapped, "task_ids", None)
+    if callable(ids):
+        ids = ids()
+    if ids is None:
+        raise AttributeError(
+            f"{type(env.unwrapped).__name__} has no `task_ids`; give the task ids explicitly (RLTaskDataModule.task_ids)"
+        )
+    return [str(t) for t in ids]
+
+
+def chat_prompt_ids(tokenizer, messages: list[dict[str, str]]) -> list[int]:
+    """Token ids of ``messages`` with the generation prompt (handles BatchEncoding from transformers 5)."""
+    out = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    if hasattr(out, "keys"):
+        out = out["input_ids"]
+    return list(out)
+
+
+class RolloutEngine:
+    """Plays batches of episodes of one env with a policy. Env instances are created once and reused."""
+
+    def __init__(
+        self,
+        env_id: str,
+        protocol: AgentProtocol,
+        tokenizer,
+        config: RolloutConfig | None = None,
+        env_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        self.env_id = env_id
+        self.env_kwargs = dict(env_kwargs or {})
+        self.protocol = protocol
+        self.tokenizer = tokenizer
+        self.config = config or RolloutConfig()
+        self.envs: list[gym.Env] = []
+        self.stats = RolloutStats()
+        stop_ids = {tokenizer.eos_token_id}
+        im_end = tokenizer.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in tokenizer.get_vocab() else None
+        if im_end is not None:
+            stop_ids.add(im_end)
+        self.stop_token_ids = sorted(i for i in stop_ids if i is not None)
+
+    def _ensure_envs(self, n: int) -> None:
+        while len(self.envs) < n:
+            self.envs.append(make_env(self.env_id, self.env_kwargs))
+
+    def close(self) -> None:
+        for env in self.envs:
+            env.close()
+        self.envs = []
+
+    def _prompt(self, turns: list[Turn], current: str, limit: int) -> list[int]:
+        """Prompt ids; the oldest history turns (never the first one, it holds the task) go until it fits."""
+        history = min(self.protocol.history_turns, max(len(turns) - 1, 0))
+        while True:
+            kept = list(turns[:1]) + (list(turns[1:])[-history:] if history > 0 else [])
+            ids = chat_prompt_ids(self.tokenizer, self.protocol.build_messages(kept, current))
+            if len(ids) <= limit:
+                return ids
+            if history == 0:
+                raise ValueError(
+                    f"rollout: a prompt of {len(ids)} tokens does not fit max_prompt_tokens={limit} even with no "
+                    "history; raise the limit (or the model's context), or shorten observations"
+                )
+            history -= 1
+
+    def _prompt_limit(self, model) -> int:
+        if self.config.max_prompt_tokens is not None:
+            return self.config.max_prompt_tokens
+        config = getattr(model, "config", None)
+        max_pos = getattr(config, "max_position_embeddings", None) or 1_000_000
+        return max_pos - self.config.max_new_tokens
+
+    def run(
+        self,
+        model,
+        tasks: Sequence[tuple[str, int, int]],
+        *,
+        greedy: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> list[Episode]:
+        """Play one episode per ``(task_id, seed, group)`` row, all at once; return them in row order."""
+        cfg = self.config
+        self.stats = RolloutStats()
+        self._ensure_envs(len(tasks))
+        limit = self._prompt_limit(model)
+        was_training = model.training
+        model.eval()
+        episodes = [Episode(task_id=t, seed=s, group=g) for t, s, g in tasks]
+        turns: list[list[Turn]] = [[] for _ in tasks]
+        current: list[str] = [""] * len(tasks)
+        admissible: list[list[str]] = [[] for _ in tasks]
+        live: list[int] = []
+        start = time.perf_counter()
+        for i, (task_id, seed, _) in enumerate(tasks):
+            obs, info = self.envs[i].reset(seed=seed, options={"task_id": task_id})
+            admissible[i] = list(info.get("admissible_actions") or [])
+            current[i] = self.protocol.render_observation(obs, admissible[i])
+            episodes[i].task_type = str(info.get("task_type", ""))
+            live.append(i)
+        self.stats.env_s += time.perf_counter() - start
+        try:
+            while live:
+                t0 = time.perf_counter()
+                prompts = [self._prompt(turns[i], current[i], limit) for i in live]
+                t1 = time.perf_counter()
+                gens = []
+                chunk = cfg.generation_batch_size or len(prompts)
+                for lo in range(0, len(prompts), chunk):
+                    gens.extend(
+                        generate(
+                            model, prompts[lo:lo + chunk], pad_token_id=self.tokenizer.pad_token_id,
+                            stop_token_ids=self.stop_token_ids, max_new_tokens=cfg.max_new_tokens,
+                            temperature=cfg.temperature, top_p=cfg.top_p, greedy=greedy, generator=generator,
+                            tokenizer=self.tokenizer, stop_strings=self.protocol.stop_strings,
+                        )
+                    )
+                    self.stats.generation_calls += 1
+                t2 = time.perf_counter()
+                self.stats.prompt_s += t1 - t0
+                self.stats.generation_s += t2 - t1
+                still_live = []
+                for i, prompt, gen in zip(live, prompts, gens):
+                    reply = self.tokenizer.decode(gen.token_ids, skip_special_tokens=True).strip()
+                    action = self.protocol.parse_action(reply, admissible[i])
+                    valid = action is not None
+                    obs, env_reward, terminated, truncated, info = self.envs[i].step(action if valid else reply)
+                    reward = float(env_reward) - (0.0 if valid else cfg.invalid_action_penalty)
+                    episode = episodes[i]
+                    hit_cap = cfg.max_steps is not None and len(episode.steps) + 1 >= cfg.max_steps
+                    done = bool(terminated or truncated or hit_cap)
+                    episode.steps.append(
+                        Step(prompt_ids=prompt, action_ids=list(gen.token_ids), logprobs=list(gen.logprobs),
+                             observation=current[i], reply=reply, action=action, reward=reward,
+                             env_reward=float(env_reward), done=done, valid=valid)
+                    )
+                    self.stats.prompt_tokens += len(prompt)
+                    self.stats.generated_tokens += len(gen.token_ids)
+                    self.stats.env_steps += 1
+                    turns[i].append(Turn(observation=current[i], reply=reply))
+                    admissible[i] = list(info.get("admissible_actions") or [])
+                    current[i] = self.protocol.render_observation(obs, admissible[i])
+                    if done:
+                        episode.won = bool(info.get("won", False))
+                        episode.score = float(info.get("score", 1.0 if episode.won else 0.0))
+                        episode.truncated = bool(truncated or (hit_cap and not terminated))
+                        episode.task_type = str(info.get("task_type", episode.task_type))
+                    else:
+                        still_live.append(i)
+                self.stats.env_s += time.perf_counter() - t2
+                live = still_live
+        finally:
+            model.train(was_training)
+        return episodes
+
+
+def episode_table(episodes: Sequence[Episode], max_episodes: int = 4, max_chars: int = 300) -> str:
+    """A Markdown table of sample episodes (step, observation, reply, reward) for TensorBoard's text tab."""
+
+    def cell(text: str) -> str:
+        text = " ".join(str(text).split())
+        text = text if len(text) <= max_chars else text[: max_chars - 3] + "..."
+        return text.replace("|", "\\|")
+
+    lines = []
+    for ep in list(episodes)[:max_episodes]:
+        lines.append(f"**{cell(ep.task_id)}** ({ep.task_type}) won={ep.won} score={ep.score:.2f} "
+                     f"return={ep.ret:.2f} steps={len(ep.steps)}\n")
+        lines.append("| step | observation | reply | reward |")
+        lines.append("|---|---|---|---|")
+        for k, step in enumerate(ep.steps):
+            flag = "" if step.valid else " (malformed)"
+            lines.append(f"| {k} | {cell(step.observation)} | {cell(step.reply)}{flag} | {step.reward:.2f} |")
+        lines.append("")
+    return "\n".join(lines)
