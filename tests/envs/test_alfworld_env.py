@@ -63,8 +63,10 @@ def test_make_sets_time_limit_and_text_spaces(env):
 
 
 def test_check_env_passes(games_root):
-    e = ALFWorldEnv("train", data_dir=games_root)
-    check_env(e, skip_render_check=True)
+    e = ALFWorldEnv("train", data_dir=games_root, render_mode="ansi")
+    check_env(e)
+    obs, _ = e.reset(seed=0)
+    assert e.render() == obs
     e.close()
 
 

@@ -50,7 +50,7 @@ class ALFWorldEnv(gym.Env[str, str]):
         render_mode: ``ansi`` (``render()`` returns the last observation) or ``human`` (prints it).
     """
 
-    metadata = {"render_modes": ["ansi", "human"]}
+    metadata = {"render_modes": ["ansi", "human"], "render_fps": 4}
     env_name = "alfworld"
 
     def __init__(
