@@ -102,8 +102,9 @@ def _fast_pddl_env_class(pddl_env_cls: type, pddl_logic: Any) -> type:
     conjunctive queries with tatsu for each admissible command and deep-copies its derivation contexts (most of
     a step's ~10 ms). The parses are functions of their input text only, so they are cached (bounded LRU), and
     contexts get fresh dicts instead of deep copies (see ``shallow_context``). The module attributes TextWorld looks
-    up at call time are swapped only for the duration of our own calls (``_fast_paths``) and restored after, so
-    other users of textworld in the process are unaffected.
+    up at call time are swapped only for the duration of our own calls (``fast_paths``) and restored after, so
+    other users of textworld in the process are unaffected. Envs stepped from several threads at once stay
+    correct (an overlapping call may just run on the stock, slower functions).
     """
     import textworld.envs.pddl.textgen as textgen
     from textworld.logic import Rule
