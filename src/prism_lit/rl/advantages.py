@@ -59,6 +59,8 @@ def grpo_advantages(
         r = returns[sel]
         if r.numel() < 2:
             continue  # a lone episode has no group to compare against
+        if bool(r.max() == r.min()):
+            continue  # all-equal returns: no signal (and no 0/0 when eps is 0)
         centred = r - r.mean()
         adv[sel] = centred / (r.std(unbiased=True) + eps) if norm_by_std else centred
     return adv.float()
@@ -91,6 +93,8 @@ def gigpo_step_advantages(
         if len(members) < 2:
             continue
         values = torch.tensor([rtg[e][t] for e, t in members], dtype=torch.float64)
+        if bool(values.max() == values.min()):
+            continue
         centred = values - values.mean()
         normed = centred / (values.std(unbiased=True) + eps) if norm_by_std else centred
         for (e, t), a in zip(members, normed.tolist()):

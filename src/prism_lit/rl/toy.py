@@ -59,7 +59,7 @@ def guess_word_corpus(protocol=None, **env_kwargs) -> list[str]:
 
     protocol = protocol or AgentProtocol(env="guess_word", reply_format="bare")
     env = GuessWordEnv(**env_kwargs)
-    texts = [protocol.system, "system user assistant", "Admissible actions: - 1. 2. 3. 4. 5. 6. 7. 8. 9."]
+    texts = [protocol.system, "system user assistant"]
     for task_id in env.task_ids:
         obs, info = env.reset(seed=0, options={"task_id": task_id})
         texts.append(protocol.render_observation(obs, info["admissible_actions"]))
