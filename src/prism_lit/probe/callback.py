@@ -17,6 +17,7 @@ nothing is probed and `probing` stays False from the first epoch on.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -104,6 +105,11 @@ class GradientConcentrationProbe(L.Callback):
         if self._skip:
             self.partition = trainer.strategy.broadcast(self.partition, src=0)
             log.info("probe: %s exists; using it, no probe epoch", existing)
+        elif trainer.current_epoch >= self.probe_epochs:
+            log.warning(
+                "probe: resuming at epoch %d, past the probe epoch(s), but %s is missing: nothing will be probed "
+                "and the DataModule serves every trajectory", trainer.current_epoch, existing,
+            )
         if not isinstance(getattr(pl_module, self.model_attr, None), torch.nn.Module):
             raise AttributeError(
                 f"GradientConcentrationProbe: {type(pl_module).__name__}.{self.model_attr} is not a torch module"
@@ -184,12 +190,12 @@ class GradientConcentrationProbe(L.Callback):
 
         score = histogram_score(self.router)
         values = [r.score(score) for r in records]
-        finite = torch.tensor([v for v in values if v == v and abs(v) != float("inf")], dtype=torch.float64)
+        finite = torch.tensor([v for v in values if math.isfinite(v)], dtype=torch.float64)
         for lg in loggers:
             exp = lg.experiment
             if finite.numel():
                 exp.add_histogram(f"probe/{score}", finite, global_step=trainer.global_step)
-            if partition.threshold is not None and abs(partition.threshold) != float("inf"):
+            if partition.threshold is not None and math.isfinite(partition.threshold):
                 exp.add_scalar(f"probe/{score}_threshold", partition.threshold, global_step=trainer.global_step)
             exp.add_scalar("probe/n_rl", len(partition.rl_ids), global_step=trainer.global_step)
             exp.add_scalar("probe/n_sft", len(partition.sft_ids), global_step=trainer.global_step)
