@@ -72,7 +72,7 @@ def make_tasks(ctx: PipelineContext) -> dict[str, Any]:
         fresh = [t for t in read_trajectories(out / "pretrain_all.jsonl") if t.task_id not in corpus_tasks]
         write_trajectories(out / "pretrain.jsonl", fresh[: ctx.base.pretrain_tasks])
         (out / "pretrain_all.jsonl").unlink()
-        info["pretrain"] = {**stats, "count": len(fresh[: ctx.base.pretrain_tasks]),
+        info["pretrain"] = {**stats, "path": str(out / "pretrain.jsonl"), "count": len(fresh[: ctx.base.pretrain_tasks]),
                             "task_types": ctx.base.familiar_task_types}
     return info
 
@@ -202,8 +202,11 @@ def train_rl(ctx: PipelineContext) -> dict[str, Any]:
         ctx.rl.module, policy=start, protocol=ctx.env.protocol, env_id=ctx.env_id,
         env_kwargs={**ctx.env.kwargs, "split": ctx.env.train_split}, export_dir=str(stage / "export"),
     )
-    data = RLTaskDataModule(task_ids=tasks, seed=ctx.seed, **ctx.rl.data)
-    trainer = _trainer(ctx, stage, max_steps=ctx.rl.max_steps, max_epochs=-1)
+    data = RLTaskDataModule(env_id=ctx.env_id, env_kwargs={**ctx.env.kwargs, "split": ctx.env.train_split},
+                            task_ids=tasks, seed=ctx.seed, **ctx.rl.data)
+    # the eval stage measures every policy on fixed panels; no validation loop inside RL training
+    trainer = _trainer(ctx, stage, max_steps=ctx.rl.max_steps, max_epochs=-1, limit_val_batches=0,
+                       num_sanity_val_steps=0)
     trainer.fit(module, data, ckpt_path=_last_ckpt(stage))
     return {"trained": True, "steps": trainer.global_step, "n_tasks": len(tasks),
             "adapter": start.adapter_path is not None}
@@ -224,6 +227,19 @@ def panel_task_ids(ctx: PipelineContext, split: str, n: int) -> list[str]:
     return ids[:n]
 
 
+def report_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """evaluate_policy's metrics under the report's names, with the per-task-type rates grouped."""
+    per_type: dict[str, dict[str, float]] = {}
+    for key, value in metrics.items():
+        if "/" in key:
+            name, task_type = key.split("/", 1)
+            per_type.setdefault(task_type, {})["score" if name == "mean_score" else name] = value
+    return {
+        "success_rate": metrics["success_rate"], "score": metrics["mean_score"], "mean_steps": metrics["mean_steps"],
+        "invalid_rate": metrics["invalid_action_rate"], "episodes": metrics["episodes"], "per_task_type": per_type,
+    }
+
+
 def evaluate(ctx: PipelineContext) -> dict[str, Any]:
     from prism_lit.policy import load_policy
     from prism_lit.rl.evaluation import evaluate_policy
@@ -237,11 +253,11 @@ def evaluate(ctx: PipelineContext) -> dict[str, Any]:
         model.eval()
         results[name] = {}
         for split, n in ctx.env.eval_splits.items():
-            results[name][split] = evaluate_policy(
+            metrics = evaluate_policy(
                 model, tokenizer, ctx.env.protocol, ctx.env_id, {**ctx.env.kwargs, "split": split},
                 panel_task_ids(ctx, split, n), max_steps=ctx.eval.max_steps, batch_size=ctx.eval.batch_size,
-                seed=ctx.seed,
             )
+            results[name][split] = report_metrics(metrics)
     from prism_lit.io import atomic_write_json
 
     atomic_write_json(ctx.path("eval", "eval.json"), results)
