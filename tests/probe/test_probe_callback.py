@@ -20,6 +20,15 @@ from prism_lit.sft import SFTModule
 from conftest import TINY_TRAJECTORIES
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny ops on a shared 2-core box: a second OpenMP thread waiting for a busy core costs 100× here."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 class Spy(L.Callback):
     """Snapshots the weights when training starts; records the ids trained on and `probing` per epoch."""
 

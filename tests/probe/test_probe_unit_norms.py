@@ -6,6 +6,16 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from prism_lit.probe import find_units, measure_unit_grad_norms, per_sample_unit_grad_norms_naive, unit_grad_norms
 
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny ops on a shared 2-core box: a second OpenMP thread waiting for a busy core costs 100× here."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 VOCAB = 101
 LENGTHS = [13, 6, 10, 3, 9]
 
