@@ -45,21 +45,28 @@ def build_model(args: argparse.Namespace, seed: int = 0):
 
     torch.manual_seed(seed)
     cfg = LlamaConfig(
-        vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.intermediate,
-        num_hidden_layers=args.layers, num_attention_heads=args.heads, num_key_value_heads=args.heads,
-        max_position_embeddings=max(2048, args.seq), attn_implementation=args.attn,
+        vocab_size=args.vocab,
+        hidden_size=args.hidden,
+        intermediate_size=args.intermediate,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.heads,
+        num_key_value_heads=args.heads,
+        max_position_embeddings=max(2048, args.seq),
+        attn_implementation=args.attn,
     )
     model = LlamaForCausalLM(cfg).float()
     if args.lora:
         from peft import LoraConfig, get_peft_model
 
         targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-        model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=targets, task_type="CAUSAL_LM"))
+        model = get_peft_model(
+            model, LoraConfig(r=8, lora_alpha=16, target_modules=targets, task_type="CAUSAL_LM")
+        )
     return model
 
 
 def build_batches(args: argparse.Namespace) -> list[dict]:
-    """Right-padded batches of random tokens, lengths uniform in [0.75·seq, seq], the first 30 % not trained."""
+    """Right-padded batches of random tokens, lengths uniform in [0.75·seq, seq], first 30 % not trained."""
     g = torch.Generator().manual_seed(1234)
     batches = []
     for b in range(args.samples // args.batch):
@@ -71,11 +78,16 @@ def build_batches(args: argparse.Namespace) -> list[dict]:
             tokens = torch.randint(1, args.vocab, (n,), generator=g)
             ids[row, :n], mask[row, :n] = tokens, 1
             labels[row, int(0.3 * n) : n] = tokens[int(0.3 * n) :]
-        batches.append({
-            "input_ids": ids, "attention_mask": mask, "labels": labels,
-            "id": [f"s{b}-{r}" for r in range(args.batch)], "task_id": ["t"] * args.batch,
-            "task_type": ["x"] * args.batch,
-        })
+        batches.append(
+            {
+                "input_ids": ids,
+                "attention_mask": mask,
+                "labels": labels,
+                "id": [f"s{b}-{r}" for r in range(args.batch)],
+                "task_id": ["t"] * args.batch,
+                "task_type": ["x"] * args.batch,
+            }
+        )
     return batches
 
 
@@ -150,23 +162,37 @@ def memory_child(args: argparse.Namespace) -> None:
     peak = peak_rss_bytes()
     extra = max(0, peak - before)
     state = state_bytes(runner)
-    print(json.dumps({"mode": args.memory_child, "rss_before_mb": before / 2**20, "peak_rss_mb": peak / 2**20,
-                      "step_peak_extra_mb": extra / 2**20, "state_mb": state / 2**20,
-                      "step_total_mb": (extra + state) / 2**20}))
+    print(
+        json.dumps(
+            {
+                "mode": args.memory_child,
+                "rss_before_mb": before / 2**20,
+                "peak_rss_mb": peak / 2**20,
+                "step_peak_extra_mb": extra / 2**20,
+                "state_mb": state / 2**20,
+                "step_total_mb": (extra + state) / 2**20,
+            }
+        )
+    )
 
 
 def measure_memory(args: argparse.Namespace, argv: list[str]) -> dict[str, dict]:
     out = {}
     for mode in args.modes:
         proc = subprocess.run(
-            [sys.executable, __file__, *argv, "--memory-child", mode], capture_output=True, text=True, check=True
+            [sys.executable, __file__, *argv, "--memory-child", mode],
+            capture_output=True,
+            text=True,
+            check=True,
         )
         out[mode] = json.loads(proc.stdout.strip().splitlines()[-1])
     return out
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--heads", type=int, default=4)
@@ -177,11 +203,17 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"])
-    parser.add_argument("--lora", action="store_true", help="SFT trains a LoRA adapter (r=8) on all 7 projections")
+    parser.add_argument(
+        "--lora", action="store_true", help="SFT trains a LoRA adapter (r=8) on all 7 projections"
+    )
     parser.add_argument("--modes", default="sft,probe,naive")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads (default 1: on a shared 2-core machine, OpenMP threads that wait for "
-                             "a busy core spin and make 2-thread timings erratic)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (default 1: on a shared 2-core machine, OpenMP threads that wait for "
+        "a busy core spin and make 2-thread timings erratic)",
+    )
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--memory-child", choices=MODES, help=argparse.SUPPRESS)
@@ -206,8 +238,11 @@ def main() -> None:
     med = {m: statistics.median(t) for m, t in times.items()}
     result = {
         "config": {k: v for k, v in vars(args).items() if k not in ("memory_child", "json")},
-        "params": n_params, "tokens_per_epoch": tokens, "torch_threads": torch.get_num_threads(),
-        "epoch_seconds": times, "median_seconds": med,
+        "params": n_params,
+        "tokens_per_epoch": tokens,
+        "torch_threads": torch.get_num_threads(),
+        "epoch_seconds": times,
+        "median_seconds": med,
         "tokens_per_second": {m: tokens / s for m, s in med.items()},
     }
     if "sft" in med:
@@ -221,17 +256,21 @@ def main() -> None:
             base = mem["sft"]["step_total_mb"]
             result["memory_ratio_vs_sft_step"] = {m: mem[m]["step_total_mb"] / base for m in mem}
 
-    print(f"model: {n_params / 1e6:.2f}M params (hidden {args.hidden}, {args.layers} layers, vocab {args.vocab}"
-          f"{', LoRA SFT' if args.lora else ''}); {len(batches)} batches × {args.batch} × ≤{args.seq} tokens "
-          f"= {tokens} tokens/epoch; {args.repeats} repeats; {torch.get_num_threads()} threads")
+    print(
+        f"model: {n_params / 1e6:.2f}M params (hidden {args.hidden}, {args.layers} layers, vocab {args.vocab}"
+        f"{', LoRA SFT' if args.lora else ''}); {len(batches)} batches × {args.batch} × ≤{args.seq} tokens "
+        f"= {tokens} tokens/epoch; {args.repeats} repeats; {torch.get_num_threads()} threads"
+    )
     for m in args.modes:
         line = f"{m:>6}: median {med[m]:7.3f} s/epoch  ({tokens / med[m]:8.0f} tok/s)"
         if "sft" in med:
             line += f"  × SFT {med[m] / med['sft']:.2f}"
         if "memory" in result:
             mm = result["memory"][m]
-            line += (f"  | step: +{mm['step_peak_extra_mb']:.1f} MB transient + {mm['state_mb']:.1f} MB state"
-                     f" = {mm['step_total_mb']:.1f} MB")
+            line += (
+                f"  | step: +{mm['step_peak_extra_mb']:.1f} MB transient + {mm['state_mb']:.1f} MB state"
+                f" = {mm['step_total_mb']:.1f} MB"
+            )
             if "sft" in result["memory"]:
                 line += f" (× SFT step {result['memory_ratio_vs_sft_step'][m]:.2f})"
         print(line)

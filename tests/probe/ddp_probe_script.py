@@ -38,9 +38,16 @@ def main(policy_dir: str, trajectories: str, run_dir: str, devices: int, strateg
         train_files=[trajectories], batch_size=3, partition_path=os.path.join(run_dir, "partition.json")
     )
     trainer = L.Trainer(
-        max_epochs=1, accelerator="cpu", devices=devices, strategy=chosen,
-        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        default_root_dir=run_dir, reload_dataloaders_every_n_epochs=1,
+        max_epochs=1,
+        accelerator="cpu",
+        devices=devices,
+        strategy=chosen,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=run_dir,
+        reload_dataloaders_every_n_epochs=1,
         callbacks=[GradientConcentrationProbe(router=PrismRouter("gini"), output_dir=run_dir)],
     )
     trainer.fit(module, data)

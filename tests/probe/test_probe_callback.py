@@ -3,6 +3,7 @@
 import lightning as L
 import pytest
 import torch
+from conftest import TINY_TRAJECTORIES
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from prism_lit.data.datamodule import TrajectoryDataModule
@@ -16,8 +17,6 @@ from prism_lit.probe import (
     run_probe,
 )
 from prism_lit.sft import SFTModule
-
-from conftest import TINY_TRAJECTORIES
 
 
 @pytest.fixture(autouse=True)
@@ -52,9 +51,15 @@ def fit(policy, run_dir, epochs, router=None, logger=False):
     spy = Spy()
     probe = GradientConcentrationProbe(router=router, output_dir=str(run_dir))
     trainer = L.Trainer(
-        max_epochs=epochs, accelerator="cpu", logger=logger, enable_checkpointing=False,
-        default_root_dir=run_dir, enable_progress_bar=False, enable_model_summary=False,
-        reload_dataloaders_every_n_epochs=1, callbacks=[probe, spy],
+        max_epochs=epochs,
+        accelerator="cpu",
+        logger=logger,
+        enable_checkpointing=False,
+        default_root_dir=run_dir,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        reload_dataloaders_every_n_epochs=1,
+        callbacks=[probe, spy],
     )
     trainer.fit(module, data)
     return module, data, trainer, spy, probe
@@ -105,7 +110,9 @@ def test_probe_only_run_leaves_weights_bit_identical_and_writes_run_files(tiny_p
 
 def test_probe_epoch_then_sft_serves_only_sft_ids_and_resume_skips_probe(tiny_policy_dir, tmp_path):
     policy = PolicySpec(path=str(tiny_policy_dir))
-    module, data, trainer, spy, probe = fit(policy, tmp_path, epochs=2, router=MagnitudeRouter(rl_fraction=0.25))
+    module, data, trainer, spy, probe = fit(
+        policy, tmp_path, epochs=2, router=MagnitudeRouter(rl_fraction=0.25)
+    )
     partition = load_partition(tmp_path / "partition.json")
     assert partition.router == "magnitude" and len(partition.rl_ids) == 6
     assert sorted(spy.ids[0]) == sorted(data.train_rows["id"])  # the probe epoch sees everything once
@@ -132,7 +139,12 @@ def test_module_without_probing_flag_is_refused(tmp_path):
         def configure_optimizers(self):
             return torch.optim.SGD(self.parameters(), lr=0.1)
 
-    trainer = L.Trainer(max_epochs=1, logger=False, callbacks=[GradientConcentrationProbe()],
-                        enable_progress_bar=False, default_root_dir=tmp_path)
+    trainer = L.Trainer(
+        max_epochs=1,
+        logger=False,
+        callbacks=[GradientConcentrationProbe()],
+        enable_progress_bar=False,
+        default_root_dir=tmp_path,
+    )
     with pytest.raises(AttributeError, match="probing"):
         trainer.fit(Plain(), torch.utils.data.DataLoader([torch.zeros(2)]))

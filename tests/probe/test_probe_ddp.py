@@ -1,4 +1,4 @@
-"""The probe on 2 processes (CPU, gloo; DDP and FSDP2) gives the same records and partition as on 1 process."""
+"""The probe on 2 CPU processes (gloo; DDP and FSDP2) gives the same records and partition as on 1."""
 
 import json
 import os
@@ -7,10 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import TINY_TRAJECTORIES
 
 from prism_lit.probe import load_partition, read_probe_records
-
-from conftest import TINY_TRAJECTORIES
 
 SCRIPT = Path(__file__).with_name("ddp_probe_script.py")
 
@@ -18,8 +17,19 @@ SCRIPT = Path(__file__).with_name("ddp_probe_script.py")
 def run_script(policy_dir, run_dir, devices, strategy="ddp"):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), str(policy_dir), str(TINY_TRAJECTORIES), str(run_dir), str(devices), strategy],
-        capture_output=True, text=True, timeout=300, env=env,
+        [
+            sys.executable,
+            str(SCRIPT),
+            str(policy_dir),
+            str(TINY_TRAJECTORIES),
+            str(run_dir),
+            str(devices),
+            strategy,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert f"probe done world_size={devices} global_step=0" in proc.stdout

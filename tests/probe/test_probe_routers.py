@@ -13,7 +13,6 @@ from prism_lit.probe import (
     AllSFTRouter,
     InverseRouter,
     MagnitudeRouter,
-    Partition,
     PartitionFormatError,
     PrismRouter,
     ProbeRecord,
@@ -27,8 +26,16 @@ from prism_lit.probe import (
 
 def record(i, gini=0.0, kurtosis=3.0, cv=1.0, l2=1.0, task=None, loss=1.0):
     return ProbeRecord(
-        id=f"t{i:03d}", task_id=task or f"task/{i % 4}", task_type=f"type{i % 2}", norms=[1.0, 2.0],
-        gini=gini, kurtosis=kurtosis, cv=cv, l2=l2, loss=loss, n_tokens=7,
+        id=f"t{i:03d}",
+        task_id=task or f"task/{i % 4}",
+        task_type=f"type{i % 2}",
+        norms=[1.0, 2.0],
+        gini=gini,
+        kurtosis=kurtosis,
+        cv=cv,
+        l2=l2,
+        loss=loss,
+        n_tokens=7,
     )
 
 
@@ -72,7 +79,9 @@ def test_non_finite_scores_go_to_sft_with_warning():
 def test_inverse_is_the_mirror_of_prism():
     recs = [record(i, gini=g) for i, g in enumerate([0.5, 0.1, 0.9, 0.3, 0.7, 0.2])]
     p = InverseRouter().route(recs)
-    assert p.rl_ids == ["t001", "t003", "t005"] and p.threshold == pytest.approx(0.4) and p.router == "inverse"
+    assert (
+        p.rl_ids == ["t001", "t003", "t005"] and p.threshold == pytest.approx(0.4) and p.router == "inverse"
+    )
     assert all(r.gini < p.threshold for r in recs if r.id in p.rl_ids)
 
 

@@ -1,4 +1,4 @@
-"""Gini / kurtosis / CV against hand-computed values and a plain-Python reference; edge cases as documented."""
+"""Gini / kurtosis / CV against hand-computed values and a plain-Python reference; documented edge cases."""
 
 import math
 

@@ -4,7 +4,12 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from prism_lit.probe import find_units, measure_unit_grad_norms, per_sample_unit_grad_norms_naive, unit_grad_norms
+from prism_lit.probe import (
+    find_units,
+    measure_unit_grad_norms,
+    per_sample_unit_grad_norms_naive,
+    unit_grad_norms,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -23,8 +28,14 @@ LENGTHS = [13, 6, 10, 3, 9]
 def tiny_llama(attn: str = "eager", seed: int = 0) -> LlamaForCausalLM:
     torch.manual_seed(seed)
     cfg = LlamaConfig(
-        vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=64, attn_implementation=attn,
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        attn_implementation=attn,
     )
     return LlamaForCausalLM(cfg).float()
 
@@ -74,9 +85,13 @@ def test_auto_method_equals_naive_and_losses_equal_hf_loss():
     for i, n in enumerate(LENGTHS):
         keep = batch["attention_mask"][i].bool()
         with torch.no_grad():
-            hf = model(input_ids=batch["input_ids"][i][keep][None], labels=batch["labels"][i][keep][None]).loss
+            hf = model(
+                input_ids=batch["input_ids"][i][keep][None], labels=batch["labels"][i][keep][None]
+            ).loss
         assert result.loss[i].item() == pytest.approx(hf.item(), rel=1e-5)
-        assert result.n_tokens[i].item() == n - 1 - max(0, n // 3 - 1)  # targets: tokens 1.. n-1 not in the prompt
+        assert result.n_tokens[i].item() == n - 1 - max(
+            0, n // 3 - 1
+        )  # targets: tokens 1.. n-1 not in the prompt
 
 
 @pytest.mark.parametrize("side", ["right", "left"])
@@ -122,7 +137,10 @@ def test_unit_patterns_select_layers():
     names = [n for n, _ in find_units(model, [r"layers\.1\..*_proj"])]
     assert names == [n for n, _ in find_units(model) if ".layers.1." in n] and len(names) == 7
     norms, names2 = unit_grad_norms(model, padded_batch("right"), units=["down_proj"])
-    assert names2 == ["model.layers.0.mlp.down_proj", "model.layers.1.mlp.down_proj"] and norms.shape == (5, 2)
+    assert names2 == ["model.layers.0.mlp.down_proj", "model.layers.1.mlp.down_proj"] and norms.shape == (
+        5,
+        2,
+    )
     with pytest.raises(ValueError, match="no linear layer"):
         find_units(model, ["nonexistent_proj"])
 

@@ -19,8 +19,9 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import lightning as L
 import torch
@@ -31,7 +32,13 @@ from prism_lit.probe.partition import Partition, PartitionFormatError, load_part
 from prism_lit.probe.plots import score_histogram_figure
 from prism_lit.probe.records import ProbeRecord
 from prism_lit.probe.routers import PrismRouter, Router
-from prism_lit.probe.runner import PARTITION_FILE, dedupe_records, finalize_probe, histogram_score, probe_batch
+from prism_lit.probe.runner import (
+    PARTITION_FILE,
+    dedupe_records,
+    finalize_probe,
+    histogram_score,
+    probe_batch,
+)
 
 __all__ = ["GradientConcentrationProbe"]
 
@@ -86,8 +93,8 @@ class GradientConcentrationProbe(L.Callback):
             return
         if not hasattr(pl_module, "probing"):
             raise AttributeError(
-                f"GradientConcentrationProbe: {type(pl_module).__name__} has no `probing` attribute; the module "
-                "must skip its training step (return None) while `probing` is True"
+                f"GradientConcentrationProbe: {type(pl_module).__name__} has no `probing` attribute; the "
+                "module must skip its training step (return None) while `probing` is True"
             )
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -107,12 +114,15 @@ class GradientConcentrationProbe(L.Callback):
             log.info("probe: %s exists; using it, no probe epoch", existing)
         elif trainer.current_epoch >= self.probe_epochs:
             log.warning(
-                "probe: resuming at epoch %d, past the probe epoch(s), but %s is missing: nothing will be probed "
-                "and the DataModule serves every trajectory", trainer.current_epoch, existing,
+                "probe: resuming at epoch %d, past the probe epoch(s), but %s is missing: nothing will be "
+                "probed and the DataModule serves every trajectory",
+                trainer.current_epoch,
+                existing,
             )
         if not isinstance(getattr(pl_module, self.model_attr, None), torch.nn.Module):
             raise AttributeError(
-                f"GradientConcentrationProbe: {type(pl_module).__name__}.{self.model_attr} is not a torch module"
+                f"GradientConcentrationProbe: {type(pl_module).__name__}.{self.model_attr} "
+                "is not a torch module"
             )
 
     # ------------------------------------------------------------------ probe epoch
@@ -165,7 +175,11 @@ class GradientConcentrationProbe(L.Callback):
             self._log_to_tensorboard(trainer, gathered, partition)
             log.info(
                 "probe: %d trajectories → %d SFT / %d RL (%s), written to %s",
-                len(gathered), len(partition.sft_ids), len(partition.rl_ids), self.router, self.run_dir,
+                len(gathered),
+                len(partition.sft_ids),
+                len(partition.rl_ids),
+                self.router,
+                self.run_dir,
             )
         trainer.strategy.barrier("prism_probe_partition")
         self.partition = trainer.strategy.broadcast(partition, src=0)
@@ -182,7 +196,9 @@ class GradientConcentrationProbe(L.Callback):
             return []
         return dedupe_records(r for part in parts or [] for r in part)
 
-    def _log_to_tensorboard(self, trainer: L.Trainer, records: Sequence[ProbeRecord], partition: Partition) -> None:
+    def _log_to_tensorboard(
+        self, trainer: L.Trainer, records: Sequence[ProbeRecord], partition: Partition
+    ) -> None:
         loggers = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
         if not loggers:
             return
@@ -196,7 +212,9 @@ class GradientConcentrationProbe(L.Callback):
             if finite.numel():
                 exp.add_histogram(f"probe/{score}", finite, global_step=trainer.global_step)
             if partition.threshold is not None and math.isfinite(partition.threshold):
-                exp.add_scalar(f"probe/{score}_threshold", partition.threshold, global_step=trainer.global_step)
+                exp.add_scalar(
+                    f"probe/{score}_threshold", partition.threshold, global_step=trainer.global_step
+                )
             exp.add_scalar("probe/n_rl", len(partition.rl_ids), global_step=trainer.global_step)
             exp.add_scalar("probe/n_sft", len(partition.sft_ids), global_step=trainer.global_step)
             fig = score_histogram_figure(values, partition.threshold, score)

@@ -96,7 +96,7 @@ class Partition:
         return sorted({self.task_of[i] for i in self.sft_ids})
 
     def to_json(self) -> dict[str, Any]:
-        """The JSON object of the file format (an infinite threshold is written as the string "inf"/"-inf")."""
+        """The JSON object of the file format (an infinite threshold is written as "inf" / "-inf")."""
         threshold: float | str | None = self.threshold
         if threshold is not None and not math.isfinite(threshold):
             threshold = None if math.isnan(threshold) else ("inf" if threshold > 0 else "-inf")
@@ -114,7 +114,7 @@ class Partition:
 
 
 def save_partition(path: str | os.PathLike, partition: Partition) -> None:
-    """Write `partition` to `path` atomically (a reader sees the old file or the new one, never a torn one)."""
+    """Write `partition` to `path` atomically (a reader sees the old file or the new one)."""
     partition.validate()
     atomic_write_json(path, partition.to_json())
 

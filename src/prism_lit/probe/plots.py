@@ -6,8 +6,8 @@ import io
 import math
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import matplotlib
 
@@ -27,11 +27,15 @@ def score_histogram_figure(
     ax.hist(finite, bins=max(10, min(50, len(finite) // 4 or 1)), color="#4c72b0", alpha=0.85)
     if threshold is not None and math.isfinite(threshold):
         n_above = sum(s > threshold for s in finite)
-        ax.axvline(threshold, color="#c44e52", linestyle="--", label=f"threshold {threshold:.4g} ({n_above} above)")
+        ax.axvline(
+            threshold, color="#c44e52", linestyle="--", label=f"threshold {threshold:.4g} ({n_above} above)"
+        )
         ax.legend(loc="upper right", fontsize=8)
     ax.set_xlabel(score_name)
     ax.set_ylabel("trajectories")
-    ax.set_title(title or f"PRISM probe: {score_name} of per-unit gradient norms (n={len(finite)})", fontsize=9)
+    ax.set_title(
+        title or f"PRISM probe: {score_name} of per-unit gradient norms (n={len(finite)})", fontsize=9
+    )
     fig.tight_layout()
     return fig
 

@@ -18,9 +18,10 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import torch
 
@@ -59,7 +60,9 @@ def _metadata(batch: Mapping[str, Any], size: int) -> dict[str, list[str]]:
     meta = {}
     for key in METADATA_KEYS:
         if key not in batch:
-            raise KeyError(f"batch: missing metadata '{key}' (a list of {size} strings; have {sorted(batch)})")
+            raise KeyError(
+                f"batch: missing metadata '{key}' (a list of {size} strings; have {sorted(batch)})"
+            )
         values = list(batch[key])
         if len(values) != size:
             raise ValueError(f"batch: metadata '{key}' has {len(values)} entries for {size} samples")

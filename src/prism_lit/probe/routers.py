@@ -22,7 +22,8 @@ from __future__ import annotations
 import math
 import random
 import warnings
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 from prism_lit.probe.partition import Partition
 from prism_lit.probe.records import ProbeRecord

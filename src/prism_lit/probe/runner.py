@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -84,9 +85,7 @@ def finalize_probe(
         **(extra_meta or {}),
     }
     atomic_write_json(out / PROBE_META_FILE, meta)
-    save_score_histogram(
-        out / HISTOGRAM_FILE, [r.score(score) for r in records], partition.threshold, score
-    )
+    save_score_histogram(out / HISTOGRAM_FILE, [r.score(score) for r in records], partition.threshold, score)
     save_partition(out / PARTITION_FILE, partition)
     return partition
 

@@ -48,7 +48,7 @@ def _finish(result: torch.Tensor, row_finite: torch.Tensor, out_dtype: torch.dty
 
 
 def gini(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    """Gini coefficient Σ_i Σ_j |x_i − x_j| / (2 n² mean(x)) over `dim` (see module docstring for edge cases)."""
+    """Gini coefficient Σ_i Σ_j |x_i − x_j| / (2 n² mean(x)) over `dim` (edge cases: module docstring)."""
     v, row_finite, out_dtype = _prepare(x, dim, "gini")
     n = v.shape[-1]
     s, _ = torch.sort(v, dim=-1)
@@ -76,7 +76,9 @@ def kurtosis(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
     # A row is constant iff its variance is 0 up to rounding of the mean; compare against the row's scale.
     scale = v.abs().amax(dim=-1)
     constant = m2 <= (scale * 1e-12) ** 2
-    k = torch.where(constant, torch.full((), float("nan"), dtype=v.dtype), m4 / torch.where(constant, 1.0, m2) ** 2)
+    k = torch.where(
+        constant, torch.full((), float("nan"), dtype=v.dtype), m4 / torch.where(constant, 1.0, m2) ** 2
+    )
     return _finish(k, row_finite, out_dtype)
 
 

@@ -22,9 +22,10 @@ activations are. bf16/fp16 activations are reduced in fp32 (a bf16 tiny Llama la
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator, Literal, Mapping, Sequence
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -87,7 +88,9 @@ def find_units(model: nn.Module, units: Sequence[str] | None = None) -> list[tup
         while hasattr(base, "base_layer"):
             base = base.base_layer
         if not isinstance(base, nn.Linear):
-            raise TypeError(f"unit '{name}' matched units {patterns} but is {type(base).__name__}, not nn.Linear")
+            raise TypeError(
+                f"unit '{name}' matched units {patterns} but is {type(base).__name__}, not nn.Linear"
+            )
         found.append((name, base))
     if not found:
         raise ValueError(f"no linear layer of {type(model).__name__} matches units {patterns}")
@@ -105,7 +108,9 @@ def _check_batch(batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor, 
             f"{tuple(input_ids.shape)}, {tuple(attention_mask.shape)}, {tuple(labels.shape)}"
         )
     if bool(((attention_mask == 0) & (labels != IGNORE_INDEX)).any()):
-        raise ValueError("batch: 'labels' must be -100 wherever attention_mask is 0 (a padded token is trained on)")
+        raise ValueError(
+            "batch: 'labels' must be -100 wherever attention_mask is 0 (a padded token is trained on)"
+        )
     return input_ids, attention_mask, labels
 
 
@@ -142,7 +147,9 @@ def per_sample_losses(
     targets = torch.where(predictor_real, targets, IGNORE_INDEX)
     valid = targets != IGNORE_INDEX
     ce = F.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=IGNORE_INDEX,
+        logits.reshape(-1, logits.shape[-1]).float(),
+        targets.reshape(-1),
+        ignore_index=IGNORE_INDEX,
         reduction="none",
     ).view(targets.shape)
     n_tokens = valid.sum(dim=1)
@@ -172,7 +179,9 @@ def _sq_norms(x: torch.Tensor, g: torch.Tensor, method: NormMethod, max_elements
             out[lo : lo + chunk] = (gram_x * gram_g).sum(dim=(1, 2))
         else:
             grad = torch.bmm(gs.transpose(1, 2), xs)  # [b, d_out, d_in]: each sample's own weight gradient
-            out[lo : lo + chunk] = torch.linalg.vector_norm(grad.flatten(1), dim=1, dtype=torch.float64).square()
+            out[lo : lo + chunk] = torch.linalg.vector_norm(
+                grad.flatten(1), dim=1, dtype=torch.float64
+            ).square()
     return out
 
 
@@ -201,7 +210,9 @@ def measure_unit_grad_norms(
     def forward_hook(idx: int):
         def hook(module: nn.Module, args: tuple, kwargs: dict, output: torch.Tensor) -> None:
             if idx in called:
-                raise RuntimeError(f"unit '{targets[idx][0]}' ran twice in one forward; shared units are not supported")
+                raise RuntimeError(
+                    f"unit '{targets[idx][0]}' ran twice in one forward; shared units are not supported"
+                )
             called.add(idx)
             x = args[0] if args else kwargs["input"]
             if x.dim() != 3 or x.shape[0] != b or not output.requires_grad:
@@ -243,7 +254,9 @@ def measure_unit_grad_norms(
                 use_cache=False,
             )
             if len(embeds) != 1:
-                raise RuntimeError(f"the input embedding ran {len(embeds)} times in one forward; expected once")
+                raise RuntimeError(
+                    f"the input embedding ran {len(embeds)} times in one forward; expected once"
+                )
             loss, n_tokens = per_sample_losses(out.logits, labels, attention_mask)
             del out
             # Σ_i L_i: its gradient w.r.t. sample i's activations is ∇L_i (samples do not interact). Asking
@@ -256,8 +269,8 @@ def measure_unit_grad_norms(
     bad = ~torch.isfinite(sq).all(dim=1)
     if bool(bad.any()):
         raise FloatingPointError(
-            f"non-finite gradient norms for samples {bad.nonzero().flatten().tolist()} of the batch: the model "
-            "produced NaN/inf activations or gradients (check the dtype, and attention over fully padded rows)"
+            f"non-finite gradient norms for samples {bad.nonzero().flatten().tolist()} of the batch: the "
+            "model produced NaN/inf activations or gradients (check the dtype and attention over padding)"
         )
     loss = loss.detach().double()
     loss = torch.where(n_tokens > 0, loss, torch.full((), float("nan"), dtype=loss.dtype, device=device))
@@ -267,7 +280,7 @@ def measure_unit_grad_norms(
 def unit_grad_norms(
     model: nn.Module, batch: Mapping[str, Any], units: Sequence[str] | None = None
 ) -> tuple[torch.Tensor, list[str]]:
-    """[B, N] per-sample Frobenius norms ‖∇_{W_u} L_i‖_F and the N unit names (see measure_unit_grad_norms)."""
+    """[B, N] per-sample Frobenius norms ‖∇_{W_u} L_i‖_F and the N unit names (measure_unit_grad_norms)."""
     result = measure_unit_grad_norms(model, batch, units)
     return result.norms, result.unit_names
 
