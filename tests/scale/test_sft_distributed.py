@@ -1,0 +1,156 @@
+"""SFT under 2 CPU processes (gloo) equals 1 process with the same global batch; checkpoints move between world sizes.
+
+Every multi-process run is a subprocess running ``sft_dist_script.py`` (``strategy: ddp`` re-launches
+``sys.argv``). The oracle is the single-process run: 1 process × batch 8 versus 2 ranks × batch 4 over the same
+sample order. The loss is a per-rank token mean and DDP/FSDP average the ranks' gradients, so the data gives
+every sample the same number of trained tokens (asserted), which makes the two global losses identical.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import TINY_TRAJECTORIES
+
+SCRIPT = Path(__file__).with_name("sft_dist_script.py")
+ATOL = 2e-6  # float32 reduction order; one step moves weights by ~1e-3
+
+pytestmark = pytest.mark.slow  # each run starts 1-2 Python processes with torch + transformers (10-25 s)
+
+
+def write_equal_token_trajectories(path: Path, n: int = 16) -> Path:
+    """``n`` fixture trajectories whose assistant turns are ``Action: click[d]`` (digits are single tokens, so every
+    sample trains on the same number of tokens) and whose prompts differ in length (so batches are padded)."""
+    rows = [json.loads(line) for line in TINY_TRAJECTORIES.read_text().splitlines()][:n]
+    assert len(rows) == n
+    out = []
+    for i, row in enumerate(rows):
+        messages, turn = [], 0
+        for m in row["messages"]:
+            m = dict(m)
+            if m["role"] == "assistant":
+                m["content"] = f"Action: click[{(i + turn) % 10}]"
+                turn += 1
+            messages.append(m)
+        messages[1]["content"] += " [SEP] plain" * (i % 3)
+        out.append({**row, "messages": messages})
+    path.write_text("".join(json.dumps(r) + "\n" for r in out))
+    return path
+
+
+class Runs:
+    """Runs the script once per name (cached for the module) and checks it exited cleanly."""
+
+    def __init__(self, root: Path, policy: Path, data: Path) -> None:
+        self.root, self.policy, self.data = root, policy, data
+        self.done: dict[str, Path] = {}
+
+    def __call__(self, name: str, *args: str) -> Path:
+        if name in self.done:
+            return self.done[name]
+        out = self.root / name
+        cmd = [sys.executable, str(SCRIPT), "--policy", str(self.policy), "--data", str(self.data),
+               "--root", str(out), *args]
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=self.root, env=env)
+        assert result.returncode == 0, f"{name} failed:\n{result.stdout[-2000:]}\n{result.stderr[-6000:]}"
+        self.done[name] = out
+        return out
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_policy_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("sft_dist")
+    data = write_equal_token_trajectories(root / "equal_tokens.jsonl")
+    return Runs(root, tiny_policy_dir, data)
+
+
+def result(run: Path) -> dict:
+    return json.loads((run / "result.json").read_text())
+
+
+def assert_same_weights(a: Path, b: Path, file: str = "model.safetensors") -> None:
+    wa, wb = load_file(a / "export" / file), load_file(b / "export" / file)
+    assert sorted(wa) == sorted(wb)
+    worst = max((wa[k] - wb[k]).abs().max().item() for k in wa)
+    assert worst < ATOL, f"{a.name} vs {b.name}: max |Δw| = {worst}"
+
+
+def assert_trained(run: Path, base: Path, file: str = "model.safetensors") -> None:
+    trained, fresh = load_file(run / "export" / file), load_file(base / "model.safetensors")
+    assert max((trained[k] - fresh[k]).abs().max().item() for k in trained if k in fresh) > 100 * ATOL
+
+
+def test_data_gives_every_sample_the_same_trained_tokens(runs):
+    from transformers import AutoTokenizer
+
+    from prism_lit.data.datamodule import TrajectoryDataModule
+
+    data = TrajectoryDataModule(train_files=[str(runs.data)], bucket=False)
+    data.tokenizer = AutoTokenizer.from_pretrained(runs.policy)
+    data.setup("fit")
+    trained = {sum(t != -100 for t in labels) for labels in data.train_rows["labels"]}
+    assert len(trained) == 1 and len(set(data.train_rows["length"])) > 1
+
+
+def test_ddp_two_processes_match_one_process(runs, tiny_policy_dir):
+    single = runs("single", "--batch-size", "8")
+    ddp = runs("ddp", "--strategy", "ddp", "--devices", "2", "--batch-size", "4")
+    assert result(single)["global_step"] == result(ddp)["global_step"] == 2
+    assert result(ddp)["world_size"] == 2
+    assert_trained(single, tiny_policy_dir)
+    assert_same_weights(single, ddp)
+
+
+def test_fsdp2_two_processes_match_one_process_and_export_full_model(runs):
+    from transformers import AutoModelForCausalLM
+
+    single = runs("single", "--batch-size", "8")
+    fsdp = runs("fsdp2", "--strategy", "fsdp2", "--devices", "2", "--batch-size", "4")
+    assert result(fsdp)["world_size"] == 2
+    assert_same_weights(single, fsdp)  # the export gathered every shard: same keys (tied head once), same values
+    model = AutoModelForCausalLM.from_pretrained(fsdp / "export")
+    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+
+
+def test_fsdp2_lora_matches_one_process_with_adapter_only_checkpoint(runs):
+    single = runs("lora_single", "--lora", "--lr", "1e-2", "--batch-size", "8")
+    fsdp = runs("lora_fsdp2", "--lora", "--lr", "1e-2", "--strategy", "fsdp2", "--devices", "2", "--batch-size", "4")
+    assert_same_weights(single, fsdp, "adapter_model.safetensors")
+    adapter = load_file(fsdp / "export" / "adapter_model.safetensors")
+    assert max(v.abs().max().item() for k, v in adapter.items() if "lora_B" in k) > 1e-3  # B moved off zero
+    import prism_lit.sft  # noqa: F401  (allows the hyper-parameter dataclasses in a weights-only load)
+
+    checkpoint = torch.load(fsdp / "ckpt" / "last.ckpt", weights_only=True)
+    assert checkpoint["state_dict"] and all("lora_" in k for k in checkpoint["state_dict"])
+
+
+@pytest.mark.parametrize(
+    "first, then",
+    [
+        (("ddp", "--strategy", "ddp", "--devices", "2", "--batch-size", "4"), ("--batch-size", "8")),
+        (("single", "--batch-size", "8"), ("--strategy", "ddp", "--devices", "2", "--batch-size", "4")),
+        (("fsdp2", "--strategy", "fsdp2", "--devices", "2", "--batch-size", "4"), ("--batch-size", "8")),
+        (("single", "--batch-size", "8"), ("--strategy", "fsdp2", "--devices", "2", "--batch-size", "4")),
+        (("fsdp2_dcp", "--strategy", "fsdp2", "--devices", "2", "--batch-size", "4", "--distributed-checkpoint"),
+         ("--strategy", "fsdp2", "--devices", "1", "--batch-size", "8")),
+    ],
+    ids=["ddp2-to-1", "1-to-ddp2", "fsdp2-to-1", "1-to-fsdp2", "fsdp2-sharded-dir-to-1"],
+)
+def test_checkpoint_resumes_under_another_world_size(runs, first, then):
+    """Epoch 1 under one world size, epoch 2 resumed under another == 2 epochs in one process."""
+    reference = runs("single_2_epochs", "--batch-size", "8", "--max-epochs", "2")
+    name, *args = first
+    written = runs(name, *args)
+    resumed = runs(f"resume_{name}_{'_'.join(then)}", *then, "--max-epochs", "2",
+                   "--resume", str(written / "ckpt" / "last.ckpt"))
+    assert result(resumed)["global_step"] == result(reference)["global_step"] == 4
+    assert_same_weights(reference, resumed)
