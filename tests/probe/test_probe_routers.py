@@ -182,3 +182,32 @@ def test_probe_records_roundtrip_with_nan(tmp_path):
     path.write_text(path.read_text().replace('"gini": 0.25', '"gini": "x"'))
     with pytest.raises(ValueError, match=r"line 1, field 'gini'"):
         read_probe_records(path)
+
+
+@pytest.mark.parametrize(
+    "router, expected",
+    [
+        (
+            {"class_path": "prism_lit.probe.PrismRouter", "init_args": {"score": "cv", "rl_fraction": 0.3}},
+            PrismRouter,
+        ),
+        ({"class_path": "prism_lit.probe.InverseRouter"}, InverseRouter),
+        ({"class_path": "prism_lit.probe.MagnitudeRouter"}, MagnitudeRouter),
+        ({"class_path": "prism_lit.probe.RandomRouter", "init_args": {"seed": 7}}, RandomRouter),
+        ({"class_path": "prism_lit.probe.AllSFTRouter"}, AllSFTRouter),
+        ({"class_path": "prism_lit.probe.AllRLRouter"}, AllRLRouter),
+    ],
+)
+def test_router_is_chosen_by_class_path_in_config(router, expected):
+    from jsonargparse import ArgumentParser
+
+    from prism_lit.probe import GradientConcentrationProbe
+
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(GradientConcentrationProbe, "probe")
+    probe = parser.instantiate_classes(parser.parse_object({"probe": {"router": router}})).probe
+    assert type(probe.router) is expected
+    assert probe.router.route([record(i, gini=i / 10) for i in range(4)]).router == expected.name
+    bad = {"class_path": "prism_lit.probe.PrismRouter", "init_args": {"score": "l2"}}
+    with pytest.raises(Exception, match="score"):
+        parser.parse_object({"probe": {"router": bad}})
