@@ -98,8 +98,10 @@ class RLSettings:
         tasks: ``partition`` (tasks routed to RL) or ``all`` (every corpus task).
         module: the RL LightningModule as ``{"class_path": ..., "init_args": {...}}``; the pipeline fills in
             ``policy``, ``protocol``, ``env_id`` and ``env_kwargs``.
-        data: init args of the RL task DataModule (batch of tasks, ...); the pipeline fills in the task list.
-        max_steps: optimizer updates.
+        data: init args of the RL task DataModule (``tasks_per_batch``, ...); the pipeline fills in the task list.
+        epochs: passes over the RL tasks; the RL budget grows with the number of tasks routed to RL, as in the
+            paper's compute comparison (one iteration = ``tasks_per_batch`` tasks × ``group_size`` episodes).
+        max_steps: a fixed number of iterations instead (overrides ``epochs``).
     """
 
     enabled: bool = True
@@ -108,7 +110,8 @@ class RLSettings:
         default_factory=lambda: {"class_path": "prism_lit.rl.reinforce.ReinforceModule", "init_args": {}}
     )
     data: dict[str, Any] = field(default_factory=dict)
-    max_steps: int = 20
+    epochs: float = 1.0
+    max_steps: int | None = None
 
 
 @dataclass

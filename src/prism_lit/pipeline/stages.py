@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 import logging
 from pathlib import Path
 from typing import Any
@@ -205,10 +206,11 @@ def train_rl(ctx: PipelineContext) -> dict[str, Any]:
     data = RLTaskDataModule(env_id=ctx.env_id, env_kwargs={**ctx.env.kwargs, "split": ctx.env.train_split},
                             task_ids=tasks, seed=ctx.seed, **ctx.rl.data)
     # the eval stage measures every policy on fixed panels; no validation loop inside RL training
-    trainer = _trainer(ctx, stage, max_steps=ctx.rl.max_steps, max_epochs=-1, limit_val_batches=0,
+    iterations = ctx.rl.max_steps or max(1, math.ceil(ctx.rl.epochs * len(tasks) / data.tasks_per_batch))
+    trainer = _trainer(ctx, stage, max_steps=iterations, max_epochs=-1, limit_val_batches=0,
                        num_sanity_val_steps=0)
     trainer.fit(module, data, ckpt_path=_last_ckpt(stage))
-    return {"trained": True, "steps": trainer.global_step, "n_tasks": len(tasks),
+    return {"trained": True, "steps": trainer.global_step, "iterations": iterations, "n_tasks": len(tasks),
             "adapter": start.adapter_path is not None}
 
 
