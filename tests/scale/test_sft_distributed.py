@@ -154,3 +154,29 @@ def test_checkpoint_resumes_under_another_world_size(runs, first, then):
                    "--resume", str(written / "ckpt" / "last.ckpt"))
     assert result(resumed)["global_step"] == result(reference)["global_step"] == 4
     assert_same_weights(reference, resumed)
+
+
+@pytest.mark.parametrize("config, export_file", [("sft_ddp_cpu.yaml", "model.safetensors"),
+                                                 ("sft_fsdp2_cpu.yaml", "adapter_model.safetensors")])
+def test_shipped_cpu_config_runs_through_the_cli(runs, tmp_path, config, export_file):
+    """The shipped 2-process configs, with the tiny model and data swapped in by a second --config."""
+    import yaml
+
+    override = {
+        "trainer": {"max_epochs": 1, "enable_progress_bar": False,
+                    "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                               "init_args": {"save_dir": str(tmp_path / "runs"), "name": "cli"}}},
+        "model": {"init_args": {"policy": {"path": str(runs.policy), "embedded": None, "embedded_corpus": []}}},
+        "data": {"init_args": {"train_files": [str(runs.data)], "expert_data": None, "val_fraction": 0.25}},
+    }
+    (tmp_path / "override.yaml").write_text(yaml.safe_dump(override))
+    shipped = Path(__file__).parents[2] / "configs" / "scale" / config
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "prism_lit.cli", "fit", "--config", str(shipped),
+                             "--config", str(tmp_path / "override.yaml")],
+                            capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr[-6000:]
+    run = tmp_path / "runs" / "cli" / "version_0"  # one version dir: both ranks agreed on it
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert (run / "export" / export_file).is_file()
+    assert not (tmp_path / "runs" / "cli" / "version_1").exists()
