@@ -26,3 +26,14 @@ def gw_policy_dir(tmp_path_factory, gw_protocol):
                              intermediate_size=128, max_position_embeddings=512, seed=0)
     corpus = guess_word_corpus(gw_protocol) + guess_word_corpus(guess_word_protocol(show_admissible=True))
     return build_word_level_policy(tmp_path_factory.mktemp("gw") / "policy", corpus, spec)
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny models: one intra-op thread is fastest, and far faster on a shared, loaded CPU."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import random
 from contextlib import contextmanager, nullcontext
@@ -29,6 +30,17 @@ from prism_lit.rl.rollout import Episode, RolloutConfig, RolloutEngine, episode_
 from prism_lit.rl.scoring import TokenBatch, policy_forward
 
 CHECKPOINT_KEY = "prism_lit_rl"
+
+
+def _numpy_state_to_plain(state: tuple) -> dict[str, Any]:
+    """NumPy's RNG state as builtins, so checkpoints load with ``torch.load(weights_only=True)``."""
+    name, keys, pos, has_gauss, cached = state
+    return {"name": name, "keys": keys.tolist(), "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)}
+
+
+def _numpy_state_from_plain(state: dict[str, Any]) -> tuple:
+    return (state["name"], np.asarray(state["keys"], dtype=np.uint32), state["pos"], state["has_gauss"],
+            state["cached"])
 
 
 def _is_peft(model) -> bool:
@@ -93,6 +105,14 @@ class RLModuleBase(pl.LightningModule):
         self._metrics: dict[str, EpisodeMetrics] = {}
         self._samples: dict[str, list[Episode]] = {}
         self.iteration = 0  # RL iterations (rollout + update) done
+
+    def save_specs_as_hparams(self) -> None:
+        """Record the init args with the dataclass specs as plain dicts (checkpoints stay ``weights_only``-safe)."""
+        self.save_hyperparameters(ignore=["policy", "protocol", "rollout"])
+        self.hparams["policy"] = dataclasses.asdict(self.policy_spec)
+        self.hparams["protocol"] = {f.name: getattr(self.protocol, f.name)
+                                    for f in dataclasses.fields(self.protocol) if not f.name.startswith("_")}
+        self.hparams["rollout"] = dataclasses.asdict(self.rollout_config)
 
     # ------------------------------------------------------------------ model
     def configure_model(self) -> None:
@@ -272,7 +292,7 @@ class RLModuleBase(pl.LightningModule):
         checkpoint[CHECKPOINT_KEY] = {
             "iteration": self.iteration,
             "python_rng": random.getstate(),
-            "numpy_rng": np.random.get_state(),
+            "numpy_rng": _numpy_state_to_plain(np.random.get_state()),
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
             "sampling_generator": self._generator.get_state() if self._generator is not None else None,
@@ -287,7 +307,7 @@ class RLModuleBase(pl.LightningModule):
             raise KeyError(f"resume: the checkpoint lacks trainable weights {missing[:5]} (different LoRA settings?)")
         self.iteration = int(state["iteration"])
         random.setstate(state["python_rng"])
-        np.random.set_state(state["numpy_rng"])
+        np.random.set_state(_numpy_state_from_plain(state["numpy_rng"]))
         torch.set_rng_state(state["torch_rng"])
         if state.get("cuda_rng") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])

@@ -100,7 +100,7 @@ class PPOModule(RLModuleBase):
         self.loss_agg = loss_agg
         self.value_lr = value_lr
         self.value_head: nn.Linear | None = None
-        self.save_hyperparameters()
+        self.save_specs_as_hparams()
 
     def configure_extra_modules(self) -> None:
         hidden = self.model.config.get_text_config().hidden_size

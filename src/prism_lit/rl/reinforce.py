@@ -111,7 +111,7 @@ class ReinforceModule(RLModuleBase):
         self.clip_high = clip_high
         self.loss_agg = loss_agg
         self.skip_zero_advantage = skip_zero_advantage
-        self.save_hyperparameters()
+        self.save_specs_as_hparams()
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         optimizer = self.optimizers()
