@@ -20,8 +20,9 @@ import json
 import os
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -166,14 +167,11 @@ def bench_sft(model, args, device, autocast_dtype) -> dict:
            "seconds_per_step": seconds, "tokens_per_s": tokens / seconds}
     if device.type == "cuda":
         out["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
-    del optimizer
-    model.zero_grad(set_to_none=True)
+    model.zero_grad(set_to_none=True)  # the optimizer state goes with this frame
     return out
 
 
 def bench_probe(model, args, device) -> dict:
-    import torch
-
     from prism_lit.probe import per_sample_unit_grad_norms_naive, unit_grad_norms
 
     batch = random_batch(args.probe_batch, args.probe_seq, model.config.vocab_size, device, seed=2, ragged=True)

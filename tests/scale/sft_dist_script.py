@@ -28,6 +28,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-epochs", type=int, default=1)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--lora", action="store_true")
+    parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--precision", default="32-true", help="Trainer precision, e.g. bf16-mixed")
     parser.add_argument("--resume", default=None, help="checkpoint to resume from")
     parser.add_argument("--distributed-checkpoint", action="store_true",
                         help="fsdp2: one shard file per rank (a directory) instead of one full file")
@@ -58,13 +60,15 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.set_num_threads(1)  # two ranks share two cores
     L.seed_everything(0, verbose=False)
-    policy = PolicySpec(path=args.policy, lora=LoraSpec(r=4, alpha=8) if args.lora else None)
+    policy = PolicySpec(path=args.policy, lora=LoraSpec(r=4, alpha=8) if args.lora else None,
+                        gradient_checkpointing=args.gradient_checkpointing)
     module = SFTModule(policy=policy, lr=args.lr, export_dir=os.path.join(args.root, "export"))
     # plain (unbucketed) batches in a seeded order: batch k of size 2B is batches 2k and 2k+1 of size B, and the
     # distributed sampler hands batch 2k to rank 0 and 2k+1 to rank 1, so the global batch is the same
     data = TrajectoryDataModule(train_files=[args.data], batch_size=args.batch_size, bucket=False, seed=0)
     trainer = L.Trainer(
         accelerator="cpu", devices=args.devices, strategy=build_strategy(args), max_epochs=args.max_epochs,
+        precision=args.precision,
         logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=args.root,
         reload_dataloaders_every_n_epochs=1,  # a resumed run then sees the same epoch order as a continuous one
         callbacks=[ModelCheckpoint(dirpath=os.path.join(args.root, "ckpt"), save_last=True, save_top_k=0)],

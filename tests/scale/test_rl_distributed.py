@@ -34,7 +34,7 @@ def run(policy: Path, root: Path, *args: str) -> Path:
     root.mkdir(parents=True)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
     result = subprocess.run([sys.executable, str(SCRIPT), "--policy", str(policy), "--root", str(root), *args],
-                            capture_output=True, text=True, timeout=600, cwd=root, env=env)
+                            check=False, capture_output=True, text=True, timeout=600, cwd=root, env=env)
     assert result.returncode == 0, result.stderr[-6000:]
     return root
 
