@@ -20,7 +20,13 @@ import torch
 
 from prism_lit.distributed import apply_fsdp2, export_sharded_policy, is_fsdp2_sharded, is_sharded
 from prism_lit.policy import (
-    EmbeddedModelSpec, LoraSpec, PolicySpec, ensure_policy_files, export_policy, load_model, load_tokenizer,
+    EmbeddedModelSpec,
+    LoraSpec,
+    PolicySpec,
+    ensure_policy_files,
+    export_policy,
+    load_model,
+    load_tokenizer,
 )
 
 # the saved hyper-parameters hold these dataclasses; resuming loads checkpoints with torch.load(weights_only=True)
