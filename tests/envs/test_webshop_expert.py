@@ -52,3 +52,24 @@ def test_expert_wins_on_default_catalogue_every_category():
         lengths.append(len(actions))
     assert set(by_type) == set(CATEGORIES) and min(by_type.values()) > 50
     assert max(lengths) <= env.spec.max_episode_steps
+
+
+def test_short_query_expert_wins_and_searches_the_product_phrase(tmp_path):
+    from prism_lit.data.schema import read_trajectories
+    from prism_lit.envs.experts import write_expert_dataset
+    from prism_lit.envs.protocol import AgentProtocol
+    from prism_lit.envs.webshop.expert import short_query
+
+    assert short_query("i need height adjustable bookshelf with color: black, and price lower than 50.00 dollars") \
+        == "height adjustable bookshelf"
+    protocol = AgentProtocol(env="webshop", numbered_actions=True, number_pattern=r"^click\[b0")
+    stats = write_expert_dataset("webshop", 120, tmp_path / "x.jsonl", protocol, split="train",
+                                 env_kwargs={"num_products": 200, "results_per_page": 5},
+                                 expert_kwargs={"query": "short"})
+    assert stats["won"] == 120
+    replies = [m.content for t in read_trajectories(tmp_path / "x.jsonl") for m in t.messages if m.role == "assistant"]
+    searches = [r for r in replies if r.startswith("Action: search[")]
+    assert searches and all(len(r.split()) <= 10 for r in searches[:20])
+    # products by number, options and buy now written out
+    assert any(r.split(": ")[1].isdigit() for r in replies)
+    assert "Action: click[buy now]" in replies

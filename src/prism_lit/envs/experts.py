@@ -130,11 +130,13 @@ def write_expert_dataset(
     seed: int = 0,
     env_kwargs: dict[str, Any] | None = None,
     expert_factory: Callable[[gym.Env], Expert] | None = None,
+    expert_kwargs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Record expert episodes for ``n_tasks`` tasks of ``split`` and write them to ``out_path`` (JSONL).
 
     Tasks: when the env exposes ``task_ids`` (the ids of its split), distinct tasks are taken in a
     seed-shuffled order (cycling if ``n_tasks`` exceeds the split); otherwise the seeds ``seed + i`` pick them.
+    ``expert_kwargs`` go to the expert's constructor (e.g. ``{"query": "short"}`` for WebShop).
     Returns ``{"path", "count", "won", "win_rate", "mean_steps", "mean_reward", "seconds"}``.
     """
     if n_tasks < 1:
@@ -148,7 +150,7 @@ def write_expert_dataset(
     env = gym.make(gym_id, **kwargs)
     try:
         factory = expert_factory or _load_class(expert_path)
-        expert = factory(env)
+        expert = factory(env, **(expert_kwargs or {}))
         task_ids = list(getattr(env.unwrapped, "task_ids", None) or [])
         if task_ids:
             order = list(task_ids)

@@ -60,6 +60,9 @@ class AgentProtocol:
         history_turns: how many past (observation, reply) pairs are shown besides the first observation.
         show_admissible: append the admissible actions to each observation (AgentGym / verl-agent style).
         numbered_actions: number the admissible actions and accept the number as an answer.
+        number_pattern: with ``numbered_actions``, experts answer with the number only for actions matching this
+            regular expression (e.g. ``^click\\[b0`` for WebShop product IDs) and write the others out; ``None``:
+            every listed action by number. Parsing accepts either form.
         max_admissible: at most this many admissible actions are listed (the rest are still valid).
     """
 
@@ -69,6 +72,7 @@ class AgentProtocol:
     history_turns: int = 8
     show_admissible: bool = True
     numbered_actions: bool = False
+    number_pattern: str | None = None
     max_admissible: int = 40
 
     def __post_init__(self) -> None:
@@ -125,7 +129,7 @@ class AgentProtocol:
         shown = action
         if self.numbered_actions and admissible is not None:
             listed = self.listed_actions(admissible)
-            if action in listed:
+            if action in listed and (self.number_pattern is None or re.search(self.number_pattern, action)):
                 shown = str(listed.index(action) + 1)
         if self.reply_format == "bare":
             return shown

@@ -19,6 +19,7 @@ class EnvSettings:
         protocol: prompt and action format, shared by expert data, SFT, RL and evaluation.
         train_split: split the expert corpus and the RL tasks come from.
         eval_splits: split name -> number of tasks in its fixed evaluation panel.
+        expert_kwargs: keyword arguments of the env's expert (e.g. WebShop ``{"query": "short"}``).
     """
 
     id: str = "webshop"
@@ -26,6 +27,7 @@ class EnvSettings:
     protocol: AgentProtocol = field(default_factory=lambda: AgentProtocol(env="webshop"))
     train_split: str = "train"
     eval_splits: dict[str, int] = field(default_factory=lambda: {"test": 50})
+    expert_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -122,8 +124,10 @@ class EvalSettings:
         policies: which policies to evaluate: any of ``base``, ``sft``, ``final``.
         max_steps: episode step limit during evaluation; ``None`` = the env's registered limit.
         batch_size: episodes run at once.
+        max_new_tokens: reply length cap per step.
     """
 
     policies: list[str] = field(default_factory=lambda: ["base", "final"])
     max_steps: int | None = None
     batch_size: int = 25
+    max_new_tokens: int = 32

@@ -59,7 +59,7 @@ def make_tasks(ctx: PipelineContext) -> dict[str, Any]:
     info: dict[str, Any] = {}
     info["corpus"] = write_expert_dataset(
         ctx.env_id, ctx.probe.corpus_tasks, out / "corpus.jsonl", ctx.env.protocol,
-        split=ctx.env.train_split, seed=ctx.seed, env_kwargs=ctx.env.kwargs,
+        split=ctx.env.train_split, seed=ctx.seed, env_kwargs=ctx.env.kwargs, expert_kwargs=ctx.env.expert_kwargs,
     )
     if ctx.base.path is None:
         kwargs = dict(ctx.env.kwargs)
@@ -68,7 +68,7 @@ def make_tasks(ctx: PipelineContext) -> dict[str, Any]:
         corpus_tasks = {t.task_id for t in read_trajectories(out / "corpus.jsonl")}
         stats = write_expert_dataset(
             ctx.env_id, ctx.base.pretrain_tasks * 2, out / "pretrain_all.jsonl", ctx.env.protocol,
-            split=ctx.env.train_split, seed=ctx.seed + 7919, env_kwargs=kwargs,
+            split=ctx.env.train_split, seed=ctx.seed + 7919, env_kwargs=kwargs, expert_kwargs=ctx.env.expert_kwargs,
         )
         fresh = [t for t in read_trajectories(out / "pretrain_all.jsonl") if t.task_id not in corpus_tasks]
         write_trajectories(out / "pretrain.jsonl", fresh[: ctx.base.pretrain_tasks])
@@ -258,6 +258,7 @@ def evaluate(ctx: PipelineContext) -> dict[str, Any]:
             metrics = evaluate_policy(
                 model, tokenizer, ctx.env.protocol, ctx.env_id, {**ctx.env.kwargs, "split": split},
                 panel_task_ids(ctx, split, n), max_steps=ctx.eval.max_steps, batch_size=ctx.eval.batch_size,
+                max_new_tokens=ctx.eval.max_new_tokens,
             )
             results[name][split] = report_metrics(metrics)
     from prism_lit.io import atomic_write_json

@@ -1,0 +1,38 @@
+"""The agent protocol: rendering, history bounds, reply formats, numbered actions."""
+
+from prism_lit.envs.protocol import AgentProtocol, Turn
+
+
+def test_numbered_actions_round_trip_and_number_pattern():
+    admissible = ["click[back to search]", "click[b0abc12345]", "click[red]"]
+    p = AgentProtocol(numbered_actions=True)
+    assert p.format_reply("click[b0abc12345]", admissible=admissible) == "Action: 2"
+    assert p.parse_action("Action: 2", admissible) == "click[b0abc12345]"
+    assert p.parse_action("Action: click[red]", admissible) == "click[red]"
+    assert p.parse_action("Action: 9", admissible) == "9"  # out of range: passed through, the env rejects it
+    q = AgentProtocol(numbered_actions=True, number_pattern=r"^click\[b0")
+    assert q.format_reply("click[b0abc12345]", admissible=admissible) == "Action: 2"
+    assert q.format_reply("click[red]", admissible=admissible) == "Action: click[red]"
+    assert "2. click[b0abc12345]" in q.render_observation("page", admissible)
+
+
+def test_malformed_replies_are_none():
+    p = AgentProtocol()
+    assert p.parse_action("I think I will buy it", None) is None
+    assert p.parse_action("Action:   ", None) is None
+    t = AgentProtocol(reply_format="think_tags")
+    assert t.parse_action("<think>x</think><action>click[buy now]</action>") == "click[buy now]"
+    assert t.parse_action("<think>x</think>") is None
+    e = AgentProtocol(reply_format="thought_action")
+    assert e.parse_action(e.format_reply("look", "I should look.")) == "look"
+
+
+def test_history_keeps_first_observation_and_last_k_turns():
+    p = AgentProtocol(history_turns=2)
+    turns = [Turn(f"obs{i}", f"Action: a{i}") for i in range(5)]
+    messages = p.build_messages(turns, "obs5")
+    contents = [m["content"] for m in messages[1:]]
+    assert contents == ["obs0", "Action: a0", "obs3", "Action: a3", "obs4", "Action: a4", "obs5"]
+    assert [m["role"] for m in messages] == ["system"] + ["user", "assistant"] * 3 + ["user"]
+    full = AgentProtocol(history_turns=8).build_messages(turns, "obs5")
+    assert len(full) == 1 + 2 * 5 + 1
