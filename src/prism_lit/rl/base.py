@@ -119,6 +119,7 @@ class RLModuleBase(pl.LightningModule):
         if self.model is not None:
             return
         model, tokenizer = load_policy(self.policy_spec)
+        model.train()  # from_pretrained leaves eval mode; rollouts switch to eval themselves
         self.model = model
         self.tokenizer = tokenizer
         if self.kl_coef > 0 and not _is_peft(model):

@@ -70,3 +70,26 @@ def guess_word_corpus(protocol=None, **env_kwargs) -> list[str]:
             texts.append(probe.step(word)[0])
         texts.append(env.step("?")[0])
     return texts
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m prism_lit.rl.toy OUT_DIR``: build the guess-word word-level policy used by the smoke config."""
+    import argparse
+
+    from prism_lit.envs.protocol import AgentProtocol
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("out_dir")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    texts = []
+    for show in (False, True):
+        texts += guess_word_corpus(AgentProtocol(env="guess_word", reply_format="bare",
+                                                 system_prompt="Guess the word .", show_admissible=show))
+    spec = EmbeddedModelSpec(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+                             intermediate_size=128, max_position_embeddings=512, seed=args.seed)
+    print(build_word_level_policy(args.out_dir, texts, spec))
+
+
+if __name__ == "__main__":
+    main()
