@@ -1,0 +1,64 @@
+"""The pipeline end to end at a tiny size: every stage's artifact, the report's schema, resume after a stop."""
+
+import json
+
+import pytest
+
+from prism_lit.envs.protocol import AgentProtocol
+from prism_lit.pipeline.config import (
+    BaseModelSettings, EnvSettings, EvalSettings, ProbeSettings, RLSettings, SFTSettings,
+)
+from prism_lit.pipeline.run import STAGE_ORDER, pipeline, read_stage_marker
+from prism_lit.policy import EmbeddedModelSpec
+
+
+def _settings(tmp_path, router="prism_lit.probe.routers.PrismRouter"):
+    return dict(
+        run_dir=str(tmp_path / "run"),
+        env=EnvSettings(id="webshop", kwargs={"num_products": 60, "results_per_page": 3},
+                        protocol=AgentProtocol(env="webshop", numbered_actions=True, number_pattern=r"^click\[b0"),
+                        eval_splits={"test": 4}, expert_kwargs={"query": "short"}),
+        base=BaseModelSettings(embedded=EmbeddedModelSpec(vocab_size=400, hidden_size=32, num_hidden_layers=1,
+                                                          num_attention_heads=2, num_key_value_heads=2,
+                                                          intermediate_size=64),
+                               familiar_task_types=["beauty", "food"], pretrain_tasks=8, pretrain_epochs=1),
+        probe=ProbeSettings(corpus_tasks=12, batch_size=4,
+                            router={"class_path": router, "init_args": {}}),
+        sft=SFTSettings(epochs=1, batch_size=4),
+        rl=RLSettings(module={"class_path": "prism_lit.rl.reinforce.ReinforceModule",
+                              "init_args": {"group_size": 2, "lr": 1e-4,
+                                            "rollout": {"max_new_tokens": 8, "max_steps": 3}}},
+                      data={"tasks_per_batch": 2}, max_steps=1),
+        eval=EvalSettings(policies=["base", "final"], max_steps=3, batch_size=4, max_new_tokens=8),
+        trainer={"enable_progress_bar": False},
+    )
+
+
+def test_pipeline_runs_every_stage_writes_report_and_resumes(tmp_path):
+    settings = _settings(tmp_path)
+    pipeline(**settings, stop_after="probe")
+    run = tmp_path / "run"
+    assert read_stage_marker(run, "probe") is not None and read_stage_marker(run, "sft") is None
+    probe_seconds = read_stage_marker(run, "probe")["seconds"]
+    partition = json.loads((run / "probe" / "partition.json").read_text())
+    assert len(partition["sft_ids"]) == len(partition["rl_ids"]) == 6
+
+    pipeline(**settings)  # resumes: tasks/base/probe are skipped, the rest runs
+    assert read_stage_marker(run, "probe")["seconds"] == probe_seconds
+    for stage in STAGE_ORDER[:-1]:
+        assert read_stage_marker(run, stage) is not None, stage
+    assert (run / "sft" / "export" / "config.json").is_file()
+    assert (run / "rl" / "export").is_dir()
+    report = json.loads((run / "report.json").read_text())
+    assert set(report["stages"]) >= {"tasks", "base", "probe", "sft", "rl", "eval"}
+    for stage in ("probe", "sft", "rl"):
+        assert report["stages"][stage]["seconds"] > 0
+    test = report["eval"]["webshop"]["test"]
+    assert 0.0 <= test["success_rate"] <= 1.0 and 0.0 <= test["score"] <= 1.0 and test["episodes"] == 4
+    assert set(report["probe"]["by_task_type"]) and (run / "summary.md").read_text().startswith("# prism-gini")
+    assert (run / "plots" / "concentration_by_task_type.png").stat().st_size > 1000
+
+
+def test_unknown_stage_names_are_rejected(tmp_path):
+    with pytest.raises(ValueError, match="stop_after: unknown stage 'sfft'"):
+        pipeline(**_settings(tmp_path), stop_after="sfft")
