@@ -62,3 +62,41 @@ def test_pipeline_runs_every_stage_writes_report_and_resumes(tmp_path):
 def test_unknown_stage_names_are_rejected(tmp_path):
     with pytest.raises(ValueError, match="stop_after: unknown stage 'sfft'"):
         pipeline(**_settings(tmp_path), stop_after="sfft")
+
+
+@pytest.mark.slow
+def test_compare_runs_methods_over_seeds_and_writes_table(tmp_path, monkeypatch):
+    import yaml
+
+    from prism_lit.pipeline.compare import compare
+
+    configs = []
+    for method, router in (("prism-gini", "PrismRouter"), ("random", "RandomRouter")):
+        s = _settings(tmp_path)
+        config = {
+            "method": method,
+            "env": {"id": "webshop", "kwargs": s["env"].kwargs, "eval_splits": {"test": 3},
+                    "protocol": {"env": "webshop", "numbered_actions": True}},
+            "base": {"embedded": vars(s["base"].embedded), "familiar_task_types": ["beauty"], "pretrain_tasks": 6,
+                     "pretrain_epochs": 1},
+            "probe": {"corpus_tasks": 8, "batch_size": 4,
+                      "router": {"class_path": f"prism_lit.probe.routers.{router}", "init_args": {}}},
+            "sft": {"epochs": 1, "batch_size": 4},
+            "rl": {"module": s["rl"].module, "data": {"tasks_per_batch": 2}, "max_steps": 1},
+            "eval": {"policies": ["final"], "max_steps": 2, "batch_size": 3, "max_new_tokens": 6},
+            "trainer": {"enable_progress_bar": False},
+        }
+        path = tmp_path / f"{method}.yaml"
+        path.write_text(yaml.safe_dump(config))
+        configs.append(str(path))
+    out = tmp_path / "cmp"
+    compare(configs, seeds=[0, 1], out_dir=str(out), reference="random")
+    table = json.loads((out / "comparison.json").read_text())
+    assert set(table["methods"]) == {"prism-gini", "random"}
+    for row in table["methods"].values():
+        assert len(row["runs"]) == 2 and row["metrics"]["test/success_rate"]["n"] == 2
+    assert table["methods"]["random"]["speedup_vs_reference"] == pytest.approx(1.0)
+    assert "| prism-gini |" in (out / "comparison.md").read_text()
+    assert (out / "pareto.png").stat().st_size > 1000
+    # the corpus and base model were built once per seed and shared by both methods
+    assert (out / "prism-gini" / "seed0" / "base").is_symlink()
