@@ -14,7 +14,7 @@ from prism_lit.data.schema import TrajectoryFormatError
 from prism_lit.policy import LoraSpec, PolicySpec
 from prism_lit.sft import SFTModule
 
-from conftest import TINY_TRAJECTORIES
+TINY_TRAJECTORIES = Path(__file__).parents[1] / "fixtures" / "tiny_trajectories.jsonl"
 
 
 def _fit(policy, tmp_path, epochs, lr=3e-3):
