@@ -253,6 +253,17 @@ class LoraAwareWrapPolicy:
 
 
 # ---------------------------------------------------------------------- full weights for export
+WRAPPER_SEGMENTS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
+
+
+def clean_param_name(name: str) -> str:
+    """A parameter name without FSDP1 / activation-checkpoint / torch.compile wrapper segments, i.e. the key it
+    has in a state dict (``layers.0._fsdp_wrapped_module.mlp...`` → ``layers.0.mlp...``)."""
+    for segment in WRAPPER_SEGMENTS:
+        name = name.replace(segment, "")
+    return name
+
+
 def is_sharded(module: nn.Module) -> bool:
     """True when any parameter of ``module`` is a DTensor (FSDP2/TP) or any submodule is an FSDP1 unit."""
     from torch.distributed.fsdp import FullyShardedDataParallel
@@ -264,7 +275,8 @@ def is_sharded(module: nn.Module) -> bool:
 
 
 def gather_full_state_dict(root: nn.Module, prefix: str = "", trainable_only: bool = False) -> dict[str, Any]:
-    """The full (unsharded) state dict of ``root`` on rank 0, on CPU; an empty dict on the other ranks.
+    """The full (unsharded) state dict of ``root``, on CPU: on rank 0 only for GPU models (other ranks get an
+    empty dict), on every rank for CPU models.
 
     A collective: every rank must call it. Works for FSDP1, FSDP2, DDP and plain modules. Keys are returned
     without wrapper prefixes; ``prefix`` (e.g. ``"model."`` for the HF model inside a LightningModule) selects
@@ -273,7 +285,10 @@ def gather_full_state_dict(root: nn.Module, prefix: str = "", trainable_only: bo
     """
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    options = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=trainable_only)
+    on_cpu = all(p.device.type == "cpu" for p in root.parameters())
+    # offloading CPU tensors to the CPU makes FSDP1 free what it hands out (a segfault on clone); and all ranks
+    # then get the full dict, which costs nothing extra on CPU
+    options = StateDictOptions(full_state_dict=True, cpu_offload=not on_cpu, ignore_frozen_params=trainable_only)
     state = get_model_state_dict(root, options=options)
     if prefix:
         state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
@@ -285,13 +300,36 @@ def drop_tied_duplicates(model: nn.Module, state: dict[str, Any]) -> dict[str, A
     while ``save_pretrained`` on an unsharded model writes it once."""
     names: dict[int, list[str]] = {}
     for name, param in model.named_parameters(remove_duplicate=False):
-        names.setdefault(id(param), []).append(name)
+        names.setdefault(id(param), []).append(clean_param_name(name))
     aliases = {alias for group in names.values() for alias in group[1:]}
     return {k: v for k, v in state.items() if k not in aliases}
 
 
+def save_adapter(model, out_dir: Path, state_dict: dict[str, Any], adapter_name: str = "default") -> None:
+    """Write a peft adapter (``adapter_model.safetensors`` + ``adapter_config.json``) from a gathered state dict.
+
+    ``PeftModel.save_pretrained(state_dict=...)`` selects adapter entries by the model's module names, which under
+    FSDP1 carry wrapper segments, and then silently writes nothing; here the entries are the trainable parameters
+    by their clean names, and the keys are peft's (the adapter name removed), so ``PeftModel.from_pretrained``
+    loads them.
+    """
+    import copy
+
+    from safetensors.torch import save_file
+
+    trainable = {clean_param_name(n) for n, p in model.named_parameters() if p.requires_grad}
+    weights = {k.replace(f".{adapter_name}.", "."): v.contiguous() for k, v in state_dict.items() if k in trainable}
+    if not weights:
+        raise ValueError(f"save_adapter: no trainable entry of adapter {adapter_name!r} in the gathered state dict")
+    save_file(weights, str(out_dir / "adapter_model.safetensors"), metadata={"format": "pt"})
+    config = copy.copy(model.peft_config[adapter_name])
+    config.inference_mode = True
+    config.save_pretrained(str(out_dir))
+
+
 def save_pretrained_atomic(model, tokenizer, out_dir: str | os.PathLike, state_dict: dict[str, Any]) -> Path:
-    """``model.save_pretrained(state_dict=...)`` plus the tokenizer into ``out_dir``, atomically by rename.
+    """The model (``save_pretrained(state_dict=...)``) or adapter (:func:`save_adapter`) plus the tokenizer into
+    ``out_dir``, atomically by rename.
 
     Used for sharded models, whose parameters are shards: the gathered ``state_dict`` replaces them.
     """
@@ -299,7 +337,10 @@ def save_pretrained_atomic(model, tokenizer, out_dir: str | os.PathLike, state_d
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
     try:
-        model.save_pretrained(tmp, state_dict=drop_tied_duplicates(model, state_dict))
+        if hasattr(model, "peft_config"):
+            save_adapter(model, tmp, state_dict)
+        else:
+            model.save_pretrained(tmp, state_dict=drop_tied_duplicates(model, state_dict))
         tokenizer.save_pretrained(tmp)
         if out_dir.exists():
             shutil.rmtree(out_dir)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_TRAJECTORIES
+TINY_TRAJECTORIES = Path(__file__).parents[1] / "fixtures" / "tiny_trajectories.jsonl"
 from safetensors.torch import load_file
 
 SCRIPT = Path(__file__).with_name("sft_dist_script.py")
@@ -199,3 +199,31 @@ def test_shipped_cpu_config_runs_through_the_cli(runs, tmp_path, config, export_
     assert (run / "checkpoints" / "last.ckpt").is_file()
     assert (run / "export" / export_file).is_file()
     assert not (tmp_path / "runs" / "cli" / "version_1").exists()
+
+
+def test_fsdp1_lora_step_matches_one_process_and_exports_the_adapter(runs, tmp_path):
+    """FSDP1 as Lightning's FSDPStrategy applies it (root = the SFTModule, LoraAwareWrapPolicy, use_orig_params),
+    run by hand on CPU since Lightning refuses FSDP1 there: same adapter as one process, an adapter that
+    PeftModel loads, and adapter-only checkpoint entries under their clean names."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    script = Path(__file__).with_name("fsdp1_lora_script.py")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    outs = {}
+    for world in (1, 2):
+        out = tmp_path / f"world{world}"
+        out.mkdir()
+        result = subprocess.run([sys.executable, str(script), "--policy", str(runs.policy), "--data", str(runs.data),
+                                 "--root", str(out), "--world-size", str(world)],
+                                check=False, capture_output=True, text=True, timeout=600, env=env)
+        assert result.returncode == 0, result.stderr[-6000:]
+        outs[world] = out
+    assert_same_weights(outs[1], outs[2], "adapter_model.safetensors")
+    keys = [json.loads((outs[w] / "checkpoint_keys.json").read_text()) for w in (1, 2)]
+    assert keys[0] == keys[1] and len(keys[0]) == 2 * 7 * 2 and all(".lora_" in k for k in keys[0])
+    base = AutoModelForCausalLM.from_pretrained(runs.policy)
+    adapter = PeftModel.from_pretrained(base, outs[2] / "export")
+    trained = load_file(outs[2] / "export" / "adapter_model.safetensors")
+    loaded = {k.replace(".default.", "."): v for k, v in adapter.state_dict().items() if "lora_" in k}
+    assert set(loaded) == set(trained) and all(torch.equal(loaded[k], trained[k]) for k in trained)
