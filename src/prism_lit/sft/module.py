@@ -18,7 +18,13 @@ from typing import Any, Literal
 import lightning as L
 import torch
 
-from prism_lit.distributed import apply_fsdp2, export_sharded_policy, is_fsdp2_sharded, is_sharded
+from prism_lit.distributed import (
+    apply_fsdp2,
+    clean_param_name,
+    export_sharded_policy,
+    is_fsdp2_sharded,
+    is_sharded,
+)
 from prism_lit.policy import (
     EmbeddedModelSpec,
     LoraSpec,
@@ -152,7 +158,8 @@ class SFTModule(L.LightningModule):
     # ------------------------------------------------------------------ checkpoints and export
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.is_adapter:
-            trainable = {f"model.{n}" for n, p in self.model.named_parameters() if p.requires_grad}
+            # FSDP1 names parameters through its wrappers; checkpoint keys are the clean names
+            trainable = {f"model.{clean_param_name(n)}" for n, p in self.model.named_parameters() if p.requires_grad}
             checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
 
     def resolved_export_dir(self) -> str:
