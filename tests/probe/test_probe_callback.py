@@ -1,9 +1,9 @@
 """The probe epoch through a real Lightning Trainer with the real SFTModule and DataModule."""
 
+from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from conftest import TINY_TRAJECTORIES
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from prism_lit.data.datamodule import TrajectoryDataModule
@@ -17,6 +17,8 @@ from prism_lit.probe import (
     run_probe,
 )
 from prism_lit.sft import SFTModule
+
+TINY_TRAJECTORIES = Path(__file__).parents[1] / "fixtures" / "tiny_trajectories.jsonl"
 
 
 @pytest.fixture(autouse=True)

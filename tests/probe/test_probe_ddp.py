@@ -7,9 +7,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import TINY_TRAJECTORIES
 
 from prism_lit.probe import load_partition, read_probe_records
+
+TINY_TRAJECTORIES = Path(__file__).parents[1] / "fixtures" / "tiny_trajectories.jsonl"
 
 SCRIPT = Path(__file__).with_name("ddp_probe_script.py")
 

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 import torch
-TINY_TRAJECTORIES = Path(__file__).parents[1] / "fixtures" / "tiny_trajectories.jsonl"
 from safetensors.torch import load_file
+
+TINY_TRAJECTORIES = Path(__file__).parents[1] / "fixtures" / "tiny_trajectories.jsonl"
 
 SCRIPT = Path(__file__).with_name("sft_dist_script.py")
 ATOL = 2e-6  # float32 reduction order; one step moves weights by ~1e-3
