@@ -6,8 +6,8 @@ of 8), and reports
 
 - env steps/s and generated tokens/s of the rollout,
 - the share of wall-clock in env stepping, prompt building (chat template + tokenisation), generation and training,
-- plain ``model.generate`` (sampling, same max new tokens, same eos) on the *same* prompt batches, as a baseline
-  for the generation part.
+- the engine's generator against plain ``model.generate`` (sampling, same max new tokens, same eos) on the *same*
+  prompt batches, interleaved batch by batch (the machine is shared: interleaving exposes both to the same load).
 
 The model is the embedded default (``EmbeddedModelSpec()``: 1M-parameter Llama, 3k BPE vocabulary) with its
 tokenizer trained on the env's own observations; it is randomly initialised, so replies run to ``max_new_tokens``
@@ -34,7 +34,7 @@ import torch  # noqa: E402
 from prism_lit.envs import ALFWORLD_ID, WEBSHOP_ID  # noqa: E402
 from prism_lit.envs.protocol import AgentProtocol  # noqa: E402
 from prism_lit.policy import EmbeddedModelSpec, PolicySpec, build_embedded_default, load_policy  # noqa: E402
-from prism_lit.rl.generation import left_pad  # noqa: E402
+from prism_lit.rl.generation import generate, left_pad  # noqa: E402
 from prism_lit.rl.rollout import RolloutConfig, RolloutEngine, env_task_ids, group_tasks, make_env  # noqa: E402
 from prism_lit.rl.scoring import StepSample, collate_steps, policy_forward  # noqa: E402
 
@@ -97,23 +97,32 @@ def bench_env(name: str, args, workdir: Path) -> dict:
     model.zero_grad(set_to_none=True)
     model.eval()
 
-    # plain model.generate on the same prompt batches (step t of every episode still running at step t)
+    # the engine's generator vs plain model.generate on the same prompt batches (step t of every episode still
+    # running at step t), interleaved batch by batch so that load from other processes hits both alike
     by_step: dict[int, list[list[int]]] = {}
     for e in episodes:
         for t, s in enumerate(e.steps):
             by_step.setdefault(t, []).append(s.prompt_ids)
+    gen = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
-    hf_tokens, t0 = 0, time.perf_counter()
+    eng_tokens = hf_tokens = 0
+    eng_s = hf_s = 0.0
     with torch.no_grad():
         for prompts in by_step.values():
+            t0 = time.perf_counter()
+            outs = generate(model, prompts, pad_token_id=tokenizer.pad_token_id, stop_token_ids=engine.stop_token_ids,
+                            max_new_tokens=args.max_new_tokens, generator=gen, tokenizer=tokenizer,
+                            stop_strings=protocol.stop_strings)
+            eng_s += time.perf_counter() - t0
+            eng_tokens += sum(len(o.token_ids) for o in outs)
             ids, mask = left_pad(prompts, tokenizer.pad_token_id)
+            t0 = time.perf_counter()
             out = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=1.0, top_p=1.0,
                                  top_k=0, max_new_tokens=args.max_new_tokens, eos_token_id=tokenizer.eos_token_id,
                                  pad_token_id=tokenizer.pad_token_id)
-            new = out[:, ids.shape[1]:]
-            for row in new.tolist():
+            hf_s += time.perf_counter() - t0
+            for row in out[:, ids.shape[1]:].tolist():
                 hf_tokens += row.index(tokenizer.eos_token_id) + 1 if tokenizer.eos_token_id in row else len(row)
-    hf_s = time.perf_counter() - t0
     engine.close()
 
     total = rollout_s + train_s
@@ -127,9 +136,12 @@ def bench_env(name: str, args, workdir: Path) -> dict:
         "env_steps_per_s": round(stats.env_steps / rollout_s, 1),
         "generated_tokens_per_s": round(stats.generated_tokens / rollout_s, 1),
         "generation_tokens_per_s": round(stats.generated_tokens / stats.generation_s, 1),
-        "hf_generate_tokens_per_s": round(hf_tokens / hf_s, 1),
-        "hf_generate_s": round(hf_s, 2),
-        "engine_generation_s": round(stats.generation_s, 2),
+        "same_prompts": {
+            "engine_generate_tokens_per_s": round(eng_tokens / eng_s, 1),
+            "hf_generate_tokens_per_s": round(hf_tokens / hf_s, 1),
+            "engine_generate_s": round(eng_s, 2),
+            "hf_generate_s": round(hf_s, 2),
+        },
         "train_s": round(train_s, 2),
         "train_tokens_per_s": round(sum(len(s.prompt_ids) + len(s.action_ids) for s in samples) / train_s, 1),
         "share": {
