@@ -91,7 +91,7 @@ class RLModuleBase(pl.LightningModule):
         self.kl_estimator = kl_estimator
         self.entropy_coef = entropy_coef
         self.eval_max_steps = eval_max_steps
-        self.eval_task_types = eval_task_types if eval_task_types is not None else default_task_types(env_id)
+        self.eval_task_types = eval_task_types  # None: resolved from the env at the first evaluation
         self.sample_episodes = sample_episodes
         self.export_dir = export_dir
         self.seed = seed
@@ -232,6 +232,12 @@ class RLModuleBase(pl.LightningModule):
         return norm
 
     # ------------------------------------------------------------------ evaluation
+    def task_types(self) -> list[str]:
+        """Task types reported separately in evaluation (the same list on every rank)."""
+        if self.eval_task_types is None:
+            self.eval_task_types = default_task_types(self.env_id, self.env_kwargs)
+        return list(self.eval_task_types)
+
     def _eval_step(self, batch: dict[str, Any], stage: str) -> None:
         panel = batch["panel"]
         engine = self.eval_engine(batch["env_kwargs"])
@@ -239,7 +245,7 @@ class RLModuleBase(pl.LightningModule):
         episodes = engine.run(self.model, rows, greedy=True)
         key = f"{stage}/{panel}"
         if key not in self._metrics:
-            self._metrics[key] = EpisodeMetrics(self.eval_task_types).to(self.device)
+            self._metrics[key] = EpisodeMetrics(self.task_types()).to(self.device)
             self._samples[key] = []
         self._metrics[key].update(episodes)
         room = self.sample_episodes - len(self._samples[key])
@@ -250,7 +256,7 @@ class RLModuleBase(pl.LightningModule):
         names = getattr(self.trainer.datamodule, "eval_panel_names", None) if self._trainer else None
         for name in names or []:  # same metric objects on every rank, even one without batches of a panel
             key = f"{stage}/{name}"
-            self._metrics[key] = EpisodeMetrics(self.eval_task_types).to(self.device)
+            self._metrics[key] = EpisodeMetrics(self.task_types()).to(self.device)
             self._samples[key] = []
 
     def _eval_epoch_end(self, stage: str) -> None:

@@ -25,9 +25,24 @@ KNOWN_TASK_TYPES: dict[str, tuple[str, ...]] = {
 }
 
 
-def default_task_types(env_id: str) -> list[str]:
-    """The task types reported separately for ``env_id`` (others are pooled as ``other``)."""
-    return list(KNOWN_TASK_TYPES.get(env_id, ()))
+def default_task_types(env_id: str, env_kwargs: dict[str, Any] | None = None) -> list[str]:
+    """The task types reported separately for ``env_id`` (others are pooled as ``other``).
+
+    A known list (ALFWorld's six types, guess-word's two), else the env's own ``task_types`` attribute when
+    ``env_kwargs`` is given (WebShop: its goal categories), else none (everything pooled).
+    """
+    if env_id in KNOWN_TASK_TYPES:
+        return list(KNOWN_TASK_TYPES[env_id])
+    if env_kwargs is None:
+        return []
+    from prism_lit.rl.rollout import make_env
+
+    env = make_env(env_id, env_kwargs)
+    try:
+        types = getattr(env.unwrapped, "task_types", None)
+        return [str(t) for t in types] if isinstance(types, (list, tuple)) else []
+    finally:
+        env.close()
 
 
 class EpisodeMetrics(torchmetrics.Metric):
@@ -99,7 +114,8 @@ def evaluate_policy(
     """Greedy episodes of ``task_ids`` (env seed ``seeds[i]``, default 0..n-1); returns the metrics as floats.
 
     The dict has ``success_rate``, ``mean_score``, ``mean_steps``, ``invalid_action_rate``, ``mean_return``,
-    ``episodes``, per-type ``success_rate/<type>`` and ``mean_score/<type>``, and ``episodes_list`` (the
+    ``episodes``, per-type ``success_rate/<type>`` and ``mean_score/<type>`` (types: ``task_types``, default
+    :func:`default_task_types`; unlisted types are pooled as ``other``), and ``episodes_list`` (the
     :class:`Episode` objects) when ``return_episodes``.
     """
     task_ids = list(task_ids)
@@ -108,7 +124,9 @@ def evaluate_policy(
         raise ValueError(f"evaluate_policy: {len(task_ids)} task ids but {len(seeds)} seeds")
     engine = RolloutEngine(env_id, protocol, tokenizer, RolloutConfig(max_new_tokens=max_new_tokens,
                                                                        max_steps=max_steps), env_kwargs)
-    metric = EpisodeMetrics(default_task_types(env_id) if task_types is None else task_types)
+    if task_types is None:
+        task_types = default_task_types(env_id, env_kwargs or {})
+    metric = EpisodeMetrics(task_types)
     episodes: list[Episode] = []
     try:
         for lo in range(0, len(task_ids), batch_size):
