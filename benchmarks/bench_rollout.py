@@ -29,14 +29,14 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import torch  # noqa: E402
+import torch
 
-from prism_lit.envs import ALFWORLD_ID, WEBSHOP_ID  # noqa: E402
-from prism_lit.envs.protocol import AgentProtocol  # noqa: E402
-from prism_lit.policy import EmbeddedModelSpec, PolicySpec, build_embedded_default, load_policy  # noqa: E402
-from prism_lit.rl.generation import generate, left_pad  # noqa: E402
-from prism_lit.rl.rollout import RolloutConfig, RolloutEngine, env_task_ids, group_tasks, make_env  # noqa: E402
-from prism_lit.rl.scoring import StepSample, collate_steps, policy_forward  # noqa: E402
+from prism_lit.envs import ALFWORLD_ID, WEBSHOP_ID
+from prism_lit.envs.protocol import AgentProtocol
+from prism_lit.policy import EmbeddedModelSpec, PolicySpec, build_embedded_default, load_policy
+from prism_lit.rl.generation import generate, left_pad
+from prism_lit.rl.rollout import RolloutConfig, RolloutEngine, env_task_ids, group_tasks, make_env
+from prism_lit.rl.scoring import StepSample, collate_steps, policy_forward
 
 ENVS = {
     "webshop": (WEBSHOP_ID, {"num_products": 300, "results_per_page": 5}, 15),

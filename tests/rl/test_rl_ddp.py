@@ -4,7 +4,6 @@ import json
 
 import lightning.pytorch as pl
 import pytest
-import torch
 
 from prism_lit.envs.guess_word import GUESS_WORD_ID
 from prism_lit.policy import PolicySpec
@@ -32,7 +31,7 @@ def test_two_ranks_shard_tasks_and_stay_in_sync(tmp_path, gw_policy_dir, gw_prot
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                          num_sanity_val_steps=0, limit_val_batches=0, callbacks=[DumpPerRank(str(tmp_path))])
     trainer.fit(module, data)
-    ranks = [[json.loads(line) for line in open(tmp_path / f"rank{r}.jsonl")] for r in (0, 1)]
+    ranks = [[json.loads(line) for line in (tmp_path / f"rank{r}.jsonl").read_text().splitlines()] for r in (0, 1)]
     assert len(ranks[0]) == len(ranks[1]) == 2  # 2 iterations x (2 epochs x 1 minibatch of 8 steps)
     for a, b in zip(*ranks):
         assert not set(a["tasks"]) & set(b["tasks"])  # each task on one rank only

@@ -8,7 +8,14 @@ import torch
 
 from prism_lit.envs.guess_word import GUESS_WORD_ID
 from prism_lit.policy import LoraSpec, PolicySpec, load_policy
-from prism_lit.rl import EvalPanel, PPOModule, ReinforceModule, RLTaskDataModule, RolloutConfig, evaluate_policy
+from prism_lit.rl import (
+    EvalPanel,
+    PPOModule,
+    ReinforceModule,
+    RLTaskDataModule,
+    RolloutConfig,
+    evaluate_policy,
+)
 from prism_lit.rl.rollout import make_env
 
 TASKS = [f"guess_word/train/{i}" for i in range(8)]
@@ -173,7 +180,7 @@ def test_ppo_trains_a_value_head_resumes_and_exports(tmp_path, gw_policy_dir, gw
         module, RLTaskDataModule(GUESS_WORD_ID, env_kwargs=ONE_TRY, tasks_per_batch=4))
     assert module.iteration == 1 and rec.metrics[0]["train/value_loss"] > 0
     assert rec.metrics[0]["rollout/return"] == pytest.approx(-0.1) and rec.metrics[0]["rollout/invalid_rate"] == 1
-    assert float(module.value_head.weight.abs().sum()) > 0  # the value head learned something
+    assert float(module.value_head.weight.detach().abs().sum()) > 0  # the value head learned something
     exported, _ = load_policy(PolicySpec(path=str(tmp_path / "export")))
     for (n, p), q in zip(module.model.named_parameters(), exported.parameters()):
         assert torch.equal(p, q), n

@@ -3,14 +3,13 @@
 
 import pytest
 import torch
+from conftest import guess_word_protocol
 
 from prism_lit.envs.guess_word import GUESS_WORD_ID
 from prism_lit.policy import PolicySpec, load_policy
 from prism_lit.rl.generation import generate, left_pad
 from prism_lit.rl.rollout import RolloutConfig, RolloutEngine, episode_table, group_tasks
 from prism_lit.rl.scoring import StepSample, collate_steps, policy_forward
-
-from conftest import guess_word_protocol
 
 TASKS = [f"guess_word/train/{i}" for i in range(8)]
 
@@ -125,7 +124,7 @@ def test_long_prompts_drop_old_history_and_fail_clearly_when_nothing_fits(gw_pol
     engine = RolloutEngine(GUESS_WORD_ID, gw_protocol, tok, RolloutConfig(max_new_tokens=1))
     from prism_lit.envs.protocol import Turn
 
-    turns = [Turn(observation=f"Guess the word . Clue: pet that purrs", reply="dog") for _ in range(6)]
+    turns = [Turn(observation="Guess the word . Clue: pet that purrs", reply="dog") for _ in range(6)]
     full = engine._prompt(turns, "Guess the word . Clue: pet that barks", limit=10_000)
     cut = engine._prompt(turns, "Guess the word . Clue: pet that barks", limit=len(full) - 1)
     assert len(cut) < len(full)

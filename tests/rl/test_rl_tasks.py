@@ -1,6 +1,5 @@
 """RL task data: sharding without duplicates or losses, resumable stream, partitions, fixed panels."""
 
-import json
 
 import pytest
 

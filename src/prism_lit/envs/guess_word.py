@@ -17,7 +17,8 @@ Importing this module registers ``prism_lit/GuessWord-v0`` (idempotent; also ``r
 from __future__ import annotations
 
 import string
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import gymnasium as gym
 from gymnasium import spaces
@@ -101,7 +102,7 @@ class GuessWordEnv(gym.Env):
         return index
 
     def _info(self) -> dict[str, Any]:
-        word, _, category = self.words[self._index]
+        category = self.words[self._index][2]
         return {
             "admissible_actions": list(self._candidates),
             "won": self._won,

@@ -1,6 +1,11 @@
 """The RL stage: multi-turn rollouts, advantage estimators, GRPO/REINFORCE and PPO LightningModules, evaluation."""
 
-from prism_lit.rl.advantages import compute_step_advantages, grpo_advantages, reinforce_advantages, rloo_advantages
+from prism_lit.rl.advantages import (
+    compute_step_advantages,
+    grpo_advantages,
+    reinforce_advantages,
+    rloo_advantages,
+)
 from prism_lit.rl.evaluation import EpisodeMetrics, evaluate_policy
 from prism_lit.rl.ppo import PPOModule
 from prism_lit.rl.reinforce import ReinforceModule

@@ -15,7 +15,8 @@ task with one env seed share a group).
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 import torch
 

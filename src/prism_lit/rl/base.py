@@ -16,8 +16,9 @@ import copy
 import dataclasses
 import json
 import random
+from collections.abc import Sequence
 from contextlib import contextmanager, nullcontext
-from typing import Any, Sequence
+from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np

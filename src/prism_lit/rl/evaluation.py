@@ -7,7 +7,8 @@ plain function for the pipeline and scripts.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torchmetrics

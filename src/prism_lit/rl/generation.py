@@ -12,8 +12,8 @@ end-of-turn token (kept: the policy learns to stop), when its decoded text conta
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 

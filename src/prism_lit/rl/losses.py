@@ -26,9 +26,9 @@ def aggregate(
     values: torch.Tensor,
     mask: torch.Tensor,
     mode: LossAggregation,
-    num_tokens: int | float | None = None,
-    num_seqs: int | float | None = None,
-    norm_length: int | float | None = None,
+    num_tokens: float | None = None,
+    num_seqs: float | None = None,
+    norm_length: float | None = None,
 ) -> torch.Tensor:
     """Reduce per-token ``values`` to a scalar (see the module docstring); totals default to this batch's."""
     mask = mask.to(values.dtype)
@@ -56,9 +56,9 @@ def clipped_policy_loss(
     clip_low: float = 0.2,
     clip_high: float | None = None,
     mode: LossAggregation = "token-mean",
-    num_tokens: int | float | None = None,
-    num_seqs: int | float | None = None,
-    norm_length: int | float | None = None,
+    num_tokens: float | None = None,
+    num_seqs: float | None = None,
+    norm_length: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """PPO's clipped surrogate ``max(-A r, -A clip(r, 1-clip_low, 1+clip_high))`` per token, aggregated.
 

@@ -29,7 +29,14 @@ from torch import nn
 from prism_lit.envs.protocol import AgentProtocol
 from prism_lit.policy import PolicySpec
 from prism_lit.rl.base import RLModuleBase
-from prism_lit.rl.losses import LossAggregation, aggregate, clipped_policy_loss, clipped_value_loss, gae, kl_penalty
+from prism_lit.rl.losses import (
+    LossAggregation,
+    aggregate,
+    clipped_policy_loss,
+    clipped_value_loss,
+    gae,
+    kl_penalty,
+)
 from prism_lit.rl.rollout import RolloutConfig, group_tasks
 from prism_lit.rl.scoring import StepSample, collate_steps, policy_forward
 
@@ -163,8 +170,8 @@ class PPOModule(RLModuleBase):
             for lo in range(0, len(order), size):
                 minibatch = [samples[i] for i in order[lo:lo + size]]
                 num_tokens = sum(len(s.action_ids) for s in minibatch)
-                totals = dict(num_tokens=num_tokens, num_seqs=len(minibatch),
-                              norm_length=self.rollout_config.max_new_tokens)
+                totals = {"num_tokens": num_tokens, "num_seqs": len(minibatch),
+                          "norm_length": self.rollout_config.max_new_tokens}
                 step_logs: dict[str, float] = {}
                 with self.no_grad_sync():
                     for mlo in range(0, len(minibatch), self.micro_batch_size):

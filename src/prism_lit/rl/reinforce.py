@@ -148,8 +148,8 @@ class ReinforceModule(RLModuleBase):
             for lo in range(0, len(order), size):
                 minibatch = [samples[i] for i in order[lo:lo + size]]
                 num_tokens = sum(len(s.action_ids) for s in minibatch)
-                totals = dict(num_tokens=num_tokens, num_seqs=len(minibatch),
-                              norm_length=self.rollout_config.max_new_tokens)
+                totals = {"num_tokens": num_tokens, "num_seqs": len(minibatch),
+                          "norm_length": self.rollout_config.max_new_tokens}
                 step_logs: dict[str, float] = {}
                 with self.no_grad_sync():
                     for mlo in range(0, len(minibatch), self.micro_batch_size):

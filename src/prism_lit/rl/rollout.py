@@ -17,8 +17,9 @@ Group rollouts: :func:`group_tasks` repeats each task ``G`` times with the same 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import gymnasium as gym
 import torch
@@ -114,7 +115,7 @@ def group_tasks(task_ids: Sequence[str], seeds: Sequence[int], group_size: int) 
 
 def make_env(env_id: str, env_kwargs: dict[str, Any] | None = None) -> gym.Env:
     """``gym.make`` with the prism_lit ids registered (the guess-word test env included)."""
-    import prism_lit.envs  # noqa: F401  registers WebShop / ALFWorld
+    import prism_lit.envs
     import prism_lit.envs.guess_word  # noqa: F401  registers the test env
 
     return gym.make(env_id, **dict(env_kwargs or {}))

@@ -8,8 +8,8 @@ the one before them are projected to the vocabulary, which keeps memory small fo
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 
@@ -46,7 +46,7 @@ class TokenBatch:
     def prompt_len(self) -> int:
         return self.input_ids.shape[1] - self.action_ids.shape[1]
 
-    def to(self, device) -> "TokenBatch":
+    def to(self, device) -> TokenBatch:
         return TokenBatch(**{k: v.to(device) for k, v in self.__dict__.items()})
 
 

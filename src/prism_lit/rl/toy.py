@@ -9,8 +9,8 @@ special tokens), and a tiny Llama on top, saved in HF format so :func:`prism_lit
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from prism_lit.policy.embedded import CHATML_TEMPLATE, SPECIAL_TOKENS, EmbeddedModelSpec, build_model
 
