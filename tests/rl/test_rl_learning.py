@@ -46,6 +46,7 @@ def test_grpo_learns_guess_word_from_random_init(gw_policy_dir, gw_protocol):
                              rollout=RolloutConfig(max_new_tokens=3), group_size=16, advantage="grpo", lr=3e-3,
                              micro_batch_size=64)
     before, curve, after = _learn(module, gw_protocol, max_steps=200)
+    print(f"GRPO: greedy {before:.2f} -> {after:.2f}; sampled {curve[0]:.2f} -> {curve[-1]:.2f} in {len(curve)} it")
     assert before < 0.2 and curve[0] < 0.2, (before, curve[:3])
     assert after > 0.8, (after, curve)
 
@@ -56,5 +57,6 @@ def test_ppo_learns_guess_word_from_random_init(gw_policy_dir, gw_protocol):
                        rollout=RolloutConfig(max_new_tokens=3), group_size=16, lr=3e-3, value_lr=1e-2,
                        update_epochs=2, num_minibatches=1, entropy_coef=0.01, micro_batch_size=64)
     before, curve, after = _learn(module, gw_protocol, max_steps=400)
+    print(f"PPO: greedy {before:.2f} -> {after:.2f}; sampled {curve[0]:.2f} -> {curve[-1]:.2f} in {len(curve)} it")
     assert before < 0.2 and curve[0] < 0.2, (before, curve[:3])
     assert after > 0.8, (after, curve)
