@@ -25,6 +25,7 @@ import gymnasium as gym
 import torch
 
 from prism_lit.envs.protocol import AgentProtocol, Turn
+from prism_lit.envs.vector import EnvPool
 from prism_lit.rl.generation import generate
 
 
@@ -41,6 +42,8 @@ class RolloutConfig:
         max_prompt_tokens: drop the oldest history turns until a prompt fits (``None``: the model's
             ``max_position_embeddings - max_new_tokens``).
         generation_batch_size: at most this many prompts per generation call (``None``: all live episodes).
+        env_threads: step the envs in a thread pool of this size (:class:`~prism_lit.envs.vector.EnvPool`; 0 = in
+            turn, the default; threads help only envs that release the GIL).
     """
 
     temperature: float = 1.0
@@ -50,6 +53,7 @@ class RolloutConfig:
     invalid_action_penalty: float = 0.1
     max_prompt_tokens: int | None = None
     generation_batch_size: int | None = None
+    env_threads: int = 0
 
 
 @dataclass
@@ -97,7 +101,7 @@ class RolloutStats:
 
     generation_s: float = 0.0
     env_s: float = 0.0
-    prompt_s: float = 0.0
+    prompt_s: float = 0.0  # prompt building (chat template, tokenising) plus decoding and parsing replies
     env_steps: int = 0
     generated_tokens: int = 0
     prompt_tokens: int = 0
@@ -157,7 +161,7 @@ class RolloutEngine:
         self.protocol = protocol
         self.tokenizer = tokenizer
         self.config = config or RolloutConfig()
-        self.envs: list[gym.Env] = []
+        self._pools: dict[int, EnvPool] = {}
         self.stats = RolloutStats()
         stop_ids = {tokenizer.eos_token_id}
         im_end = tokenizer.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in tokenizer.get_vocab() else None
@@ -165,14 +169,17 @@ class RolloutEngine:
             stop_ids.add(im_end)
         self.stop_token_ids = sorted(i for i in stop_ids if i is not None)
 
-    def _ensure_envs(self, n: int) -> None:
-        while len(self.envs) < n:
-            self.envs.append(make_env(self.env_id, self.env_kwargs))
+    def pool(self, n: int) -> EnvPool:
+        """The pool of ``n`` envs (created on first use and kept: env construction can be costly)."""
+        if n not in self._pools:
+            fns = [lambda: make_env(self.env_id, self.env_kwargs) for _ in range(n)]
+            self._pools[n] = EnvPool(env_fns=fns, num_threads=self.config.env_threads)
+        return self._pools[n]
 
     def close(self) -> None:
-        for env in self.envs:
-            env.close()
-        self.envs = []
+        for pool in self._pools.values():
+            pool.close()
+        self._pools = {}
 
     def _prompt(self, turns: list[Turn], current: str, limit: int) -> list[int]:
         """Prompt ids; the oldest history turns (never the first one, it holds the task) go until it fits."""
@@ -207,23 +214,20 @@ class RolloutEngine:
         """Play one episode per ``(task_id, seed, group)`` row, all at once; return them in row order."""
         cfg = self.config
         self.stats = RolloutStats()
-        self._ensure_envs(len(tasks))
+        pool = self.pool(len(tasks))
         limit = self._prompt_limit(model)
         was_training = model.training
         model.eval()
         episodes = [Episode(task_id=t, seed=s, group=g) for t, s, g in tasks]
         turns: list[list[Turn]] = [[] for _ in tasks]
-        current: list[str] = [""] * len(tasks)
-        admissible: list[list[str]] = [[] for _ in tasks]
-        live: list[int] = []
         start = time.perf_counter()
-        for i, (task_id, seed, _) in enumerate(tasks):
-            obs, info = self.envs[i].reset(seed=seed, options={"task_id": task_id})
-            admissible[i] = list(info.get("admissible_actions") or [])
-            current[i] = self.protocol.render_observation(obs, admissible[i])
-            episodes[i].task_type = str(info.get("task_type", ""))
-            live.append(i)
+        observations, infos = pool.reset(seeds=[s for _, s, _ in tasks], options=[{"task_id": t} for t, _, _ in tasks])
         self.stats.env_s += time.perf_counter() - start
+        admissible = [list(info.get("admissible_actions") or []) for info in infos]
+        current = [self.protocol.render_observation(o, a) for o, a in zip(observations, admissible)]
+        for episode, info in zip(episodes, infos):
+            episode.task_type = str(info.get("task_type", ""))
+        live = list(range(len(tasks)))
         try:
             while live:
                 t0 = time.perf_counter()
@@ -242,37 +246,43 @@ class RolloutEngine:
                     )
                     self.stats.generation_calls += 1
                 t2 = time.perf_counter()
-                self.stats.prompt_s += t1 - t0
+                replies = [self.tokenizer.decode(g.token_ids, skip_special_tokens=True).strip() for g in gens]
+                actions = [self.protocol.parse_action(r, admissible[i]) for i, r in zip(live, replies)]
+                to_env: list[str | None] = [None] * len(tasks)
+                for i, reply, action in zip(live, replies, actions):
+                    to_env[i] = action if action is not None else reply  # envs answer garbage normally
+                t3 = time.perf_counter()
+                observations, rewards, terminated, truncated, infos = pool.step(to_env)
+                t4 = time.perf_counter()
+                self.stats.prompt_s += (t1 - t0) + (t3 - t2)
                 self.stats.generation_s += t2 - t1
+                self.stats.env_s += t4 - t3
                 still_live = []
-                for i, prompt, gen in zip(live, prompts, gens):
-                    reply = self.tokenizer.decode(gen.token_ids, skip_special_tokens=True).strip()
-                    action = self.protocol.parse_action(reply, admissible[i])
+                for i, prompt, gen, reply, action in zip(live, prompts, gens, replies, actions):
                     valid = action is not None
-                    obs, env_reward, terminated, truncated, info = self.envs[i].step(action if valid else reply)
-                    reward = float(env_reward) - (0.0 if valid else cfg.invalid_action_penalty)
+                    env_reward, info = float(rewards[i]), infos[i]
+                    reward = env_reward - (0.0 if valid else cfg.invalid_action_penalty)
                     episode = episodes[i]
                     hit_cap = cfg.max_steps is not None and len(episode.steps) + 1 >= cfg.max_steps
-                    done = bool(terminated or truncated or hit_cap)
+                    done = bool(terminated[i] or truncated[i] or hit_cap)
                     episode.steps.append(
                         Step(prompt_ids=prompt, action_ids=list(gen.token_ids), logprobs=list(gen.logprobs),
                              observation=current[i], reply=reply, action=action, reward=reward,
-                             env_reward=float(env_reward), done=done, valid=valid)
+                             env_reward=env_reward, done=done, valid=valid)
                     )
                     self.stats.prompt_tokens += len(prompt)
                     self.stats.generated_tokens += len(gen.token_ids)
                     self.stats.env_steps += 1
                     turns[i].append(Turn(observation=current[i], reply=reply))
                     admissible[i] = list(info.get("admissible_actions") or [])
-                    current[i] = self.protocol.render_observation(obs, admissible[i])
+                    current[i] = self.protocol.render_observation(observations[i], admissible[i])
                     if done:
                         episode.won = bool(info.get("won", False))
                         episode.score = float(info.get("score", 1.0 if episode.won else 0.0))
-                        episode.truncated = bool(truncated or (hit_cap and not terminated))
+                        episode.truncated = bool(truncated[i] or (hit_cap and not terminated[i]))
                         episode.task_type = str(info.get("task_type", episode.task_type))
                     else:
                         still_live.append(i)
-                self.stats.env_s += time.perf_counter() - t2
                 live = still_live
         finally:
             model.train(was_training)
