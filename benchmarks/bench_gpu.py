@@ -190,7 +190,10 @@ def bench_rollout(model, args, device, dtype) -> dict:
     prompts = random_batch(args.rollout_batch, args.prompt_len, model.config.vocab_size, "cpu", seed=3)["input_ids"]
     rows = [row.tolist() for row in prompts]
     generator = torch.Generator(device=device).manual_seed(0)
-    try:  # the RL stage's sampler (KV cache, fp32 log-probs of every sampled token)
+    import importlib.util
+
+    if importlib.util.find_spec("prism_lit.rl.generation") is not None:
+        # the RL stage's sampler (KV cache, fp32 log-probs of every sampled token); an import error is a real error
         from prism_lit.rl.generation import generate
 
         backend = "prism_lit.rl.generation.generate"
@@ -198,7 +201,7 @@ def bench_rollout(model, args, device, dtype) -> dict:
         def run() -> None:
             generate(model, rows, pad_token_id=0, stop_token_ids=[], max_new_tokens=args.new_tokens,
                      temperature=1.0, generator=generator)
-    except ImportError:
+    else:
         backend = "transformers generate"
         ids = prompts.to(device)
 
