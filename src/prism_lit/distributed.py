@@ -17,8 +17,6 @@ full, CPU-resident weights and writes them with ``save_pretrained(state_dict=...
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,8 @@ from typing import Any
 import torch
 from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import nn
+
+from prism_lit.io import atomic_directory
 
 DECODER_LAYER_SUFFIX = "DecoderLayer"
 
@@ -333,22 +333,13 @@ def save_pretrained_atomic(model, tokenizer, out_dir: str | os.PathLike, state_d
 
     Used for sharded models, whose parameters are shards: the gathered ``state_dict`` replaces them.
     """
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
-    try:
+    with atomic_directory(out_dir) as tmp:
         if hasattr(model, "peft_config"):
             save_adapter(model, tmp, state_dict)
         else:
             model.save_pretrained(tmp, state_dict=drop_tied_duplicates(model, state_dict))
         tokenizer.save_pretrained(tmp)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out_dir
+    return Path(out_dir)
 
 
 def export_sharded_policy(root: nn.Module, model, tokenizer, out_dir: str | os.PathLike, prefix: str = "model.") -> None:

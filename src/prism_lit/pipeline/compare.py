@@ -15,7 +15,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from prism_lit.io import atomic_write_json, atomic_write_text
+from prism_lit.io import atomic_write_json, atomic_write_text, save_figure
 
 SHARED_STAGES = ("tasks", "base")
 
@@ -45,7 +45,7 @@ def _link_shared(shared: Path, run_dir: Path) -> None:
 
 def compare(
     configs: list[str],
-    seeds: list[int] = [0, 1, 2],
+    seeds: list[int] | None = None,
     out_dir: str = "runs/compare",
     reference: str = "rl-100",
 ) -> dict[str, Any]:
@@ -53,13 +53,14 @@ def compare(
 
     Args:
         configs: pipeline YAML files, one per method (their ``method`` names the rows).
-        seeds: seeds; each gets its own corpus, base model and runs.
+        seeds: seeds (default ``[0, 1, 2]``); each gets its own corpus, base model and runs.
         out_dir: where the runs, the table and the plots go.
         reference: the method whose total compute is the speed-up's denominator (RL on 100 % in the paper).
     """
     from prism_lit.pipeline.run import pipeline
 
     out = Path(out_dir)
+    seeds = [0, 1, 2] if seeds is None else seeds
     for seed in seeds:
         shared = out / "shared" / f"seed{seed}"
         first = _parse_pipeline_config(configs[0], {"seed": seed, "run_dir": str(shared)})
@@ -161,8 +162,4 @@ def plot_pareto(table: dict[str, Any], out: Path) -> None:
     ax.set_title("Success vs compute")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(out)
+    save_figure(fig, out)

@@ -8,7 +8,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from prism_lit.io import atomic_write_json, atomic_write_text
+from prism_lit.io import atomic_write_json, atomic_write_text, save_figure
 
 TRAINING_STAGES = ("probe", "sft", "rl")
 
@@ -78,11 +78,7 @@ def plot_concentration_by_type(run_dir: Path, out: Path) -> Path | None:
     ax.set_title("Gradient concentration per task type (base model)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(out)
+    save_figure(fig, out)
     return out
 
 

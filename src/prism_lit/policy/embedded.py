@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable
+
+from prism_lit.io import atomic_directory
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
@@ -114,9 +116,6 @@ def build_embedded_default(
     out_dir: str | os.PathLike, texts: Iterable[str], spec: EmbeddedModelSpec | None = None
 ) -> Path:
     """Train the tokenizer on ``texts``, build the model and save both to ``out_dir`` (atomically, by rename)."""
-    import shutil
-    import tempfile
-
     spec = spec or EmbeddedModelSpec()
     out_dir = Path(out_dir)
     texts = list(texts)
@@ -124,16 +123,8 @@ def build_embedded_default(
         raise ValueError("build_embedded_default: the tokenizer corpus is empty; give it some text")
     tokenizer = train_tokenizer(texts, spec.vocab_size)
     model = build_model(tokenizer, spec)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
-    try:
+    with atomic_directory(out_dir) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / MARKER_FILE).write_text(json.dumps(asdict(spec), indent=2) + "\n")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir

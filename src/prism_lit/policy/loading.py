@@ -7,10 +7,12 @@ error that says so. ``trust_remote_code`` stays off unless the config asks for i
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
+from prism_lit.io import atomic_directory
 from prism_lit.policy.embedded import EmbeddedModelSpec, build_embedded_default, corpus_from_files
 
 DEFAULT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -148,22 +150,10 @@ def load_policy(spec: PolicySpec) -> tuple[Any, Any]:
 
 def export_policy(model, tokenizer, out_dir: str | os.PathLike) -> Path:
     """Save the adapter (peft) or the full model, plus the tokenizer, in HF format; atomic by rename."""
-    import shutil
-    import tempfile
-
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
-    try:
+    with atomic_directory(out_dir) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out_dir
+    return Path(out_dir)
 
 
 def trainable_parameter_count(model) -> tuple[int, int]:
