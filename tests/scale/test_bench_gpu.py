@@ -49,6 +49,7 @@ def test_tiny_run_reports_every_section_consistently(bench, tmp_path):
     assert probe["max_relative_difference"] < 1e-4  # the batched probe agrees with the naive per-sample loop
     assert probe["units"] == 7 * bench.SHAPES["tiny"].num_hidden_layers
     assert probe["speedup"] == pytest.approx(probe["batched_samples_per_s"] / probe["naive_samples_per_s"])
+    assert rollout["backend"] == "prism_lit.rl.generation.generate"  # the RL stage's own sampler
     assert rollout["tokens_per_s"] == pytest.approx(rollout["batch"] * rollout["new_tokens"] / rollout["seconds"])
 
 
