@@ -15,3 +15,4 @@ if ALFWORLD_ID not in registry:
     register(id=ALFWORLD_ID, entry_point="prism_lit.envs.alfworld.env:ALFWorldEnv", max_episode_steps=50)
 
 __all__ = ["WEBSHOP_ID", "ALFWORLD_ID"]
+import prism_lit.envs.guess_word  # noqa: E402,F401  registers prism_lit/GuessWord-v0 (a tiny env for tests and smoke runs)
