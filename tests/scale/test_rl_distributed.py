@@ -74,3 +74,10 @@ def test_panel_metrics_are_gathered_across_ranks(runs):
     two = json.loads((ddp / "val.json").read_text())
     assert one["test/panel/episodes"] == two["test/panel/episodes"] == 8  # each rank played only 4
     assert two == pytest.approx(one)
+
+
+def test_ranks_with_unequal_buffers_do_not_deadlock(gw_policy, tmp_path):
+    """skip_zero_advantage drops different numbers of steps per rank; every rank must still take the same number of
+    optimizer updates (each all-reduces), or DDP hangs. The subprocess timeout turns a hang into a failure."""
+    root = run(gw_policy, tmp_path / "skip", "--devices", "2", "--tasks-per-batch", "2", "--skip-zero-advantage")
+    assert played(root, 0) and played(root, 1)

@@ -218,6 +218,18 @@ class RLModuleBase(pl.LightningModule):
             torch.distributed.all_reduce(p.grad)
             p.grad.div_(world)
 
+    def agreed_count(self, count: int) -> int:
+        """The largest ``count`` over the DDP ranks.
+
+        Every optimizer update all-reduces gradients, so all ranks must take the same number of updates even when
+        their rollout buffers differ in size; a rank with fewer samples runs empty minibatches.
+        """
+        if self._ddp_model() is None:
+            return count
+        value = torch.tensor([count], device=self.device)
+        torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
+        return int(value.item())
+
     def optimizer_update(self, optimizer) -> float:
         """Sync, clip (through Lightning, so precision plugins and FSDP are respected) and apply the gradients.
 

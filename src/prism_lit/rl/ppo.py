@@ -164,11 +164,12 @@ class PPOModule(RLModuleBase):
 
         # 4. update: epochs x minibatches (one optimizer step each) x micro-batches (accumulated)
         logs: dict[str, list[float]] = {}
-        size = -(-len(samples) // self.num_minibatches)
+        size = max(-(-len(samples) // self.num_minibatches), 1)
         for _ in range(self.update_epochs):
             order = torch.randperm(len(samples), generator=self.sampling_generator(), device=self.device).tolist()
-            for lo in range(0, len(order), size):
-                minibatch = [samples[i] for i in order[lo:lo + size]]
+            # exactly num_minibatches updates on every rank (each all-reduces), some possibly empty
+            for k in range(self.num_minibatches):
+                minibatch = [samples[i] for i in order[k * size:(k + 1) * size]]
                 num_tokens = sum(len(s.action_ids) for s in minibatch)
                 totals = {"num_tokens": num_tokens, "num_seqs": len(minibatch),
                           "norm_length": self.rollout_config.max_new_tokens}

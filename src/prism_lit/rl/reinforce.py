@@ -140,13 +140,15 @@ class ReinforceModule(RLModuleBase):
         # 3. update: epochs x minibatches (one optimizer step each) x micro-batches (accumulated)
         logs: dict[str, list[float]] = {}
         size = self.minibatch_size or max(len(samples), 1)
-        if not samples:  # every group was all-equal: nothing to learn, but keep max_steps counting iterations
+        # the same number of updates on every rank (each one all-reduces); ranks with fewer samples run empty ones
+        n_minibatches = self.agreed_count(-(-len(samples) // size))
+        if n_minibatches == 0:  # every group everywhere was all-equal: nothing to learn, keep max_steps counting
             for _ in range(self.update_epochs):
                 optimizer.step()  # no parameter has a gradient: nothing changes except the step counter
-        for _ in range(self.update_epochs if samples else 0):
+        for _ in range(self.update_epochs if n_minibatches else 0):
             order = torch.randperm(len(samples), generator=self.sampling_generator(), device=self.device).tolist()
-            for lo in range(0, len(order), size):
-                minibatch = [samples[i] for i in order[lo:lo + size]]
+            for k in range(n_minibatches):
+                minibatch = [samples[i] for i in order[k * size:(k + 1) * size]]
                 num_tokens = sum(len(s.action_ids) for s in minibatch)
                 totals = {"num_tokens": num_tokens, "num_seqs": len(minibatch),
                           "norm_length": self.rollout_config.max_new_tokens}
