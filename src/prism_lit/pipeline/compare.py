@@ -44,7 +44,7 @@ def _link_shared(shared: Path, run_dir: Path) -> None:
 
 
 def compare(
-    configs: list[str],
+    configs: list[str] | None = None,
     seeds: list[int] | None = None,
     out_dir: str = "runs/compare",
     reference: str = "rl-100",
@@ -59,6 +59,8 @@ def compare(
     """
     from prism_lit.pipeline.run import pipeline
 
+    if not configs:
+        raise ValueError("compare: give the pipeline configs to compare (configs: [a.yaml, b.yaml, ...])")
     out = Path(out_dir)
     seeds = [0, 1, 2] if seeds is None else seeds
     for seed in seeds:
