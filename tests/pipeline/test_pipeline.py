@@ -100,3 +100,24 @@ def test_compare_runs_methods_over_seeds_and_writes_table(tmp_path, monkeypatch)
     assert (out / "pareto.png").stat().st_size > 1000
     # the corpus and base model were built once per seed and shared by both methods
     assert (out / "prism-gini" / "seed0" / "base").is_symlink()
+
+
+@pytest.mark.slow
+@pytest.mark.alfworld
+def test_pipeline_on_alfworld_real_engine(tmp_path):
+    pytest.importorskip("alfworld")
+    settings = _settings(tmp_path)
+    settings["env"] = EnvSettings(
+        id="alfworld", kwargs={"size": "small", "n_per_type": 2, "generator_seed": 0},
+        protocol=AgentProtocol(env="alfworld", numbered_actions=True), eval_splits={"valid_unseen": 3},
+    )
+    settings["base"].familiar_task_types = ["pick_and_place_simple", "look_at_obj_in_light"]
+    settings["base"].pretrain_tasks = 4
+    settings["probe"].corpus_tasks = 8
+    pipeline(**settings)
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    unseen = report["eval"]["alfworld"]["valid_unseen"]
+    assert unseen["episodes"] == 3 and 0.0 <= unseen["success_rate"] <= 1.0
+    assert set(report["probe"]["by_task_type"]) <= {
+        "pick_and_place_simple", "look_at_obj_in_light", "pick_clean_then_place_in_recep",
+        "pick_heat_then_place_in_recep", "pick_cool_then_place_in_recep", "pick_two_obj_and_place"}
