@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("prism_lit.commands:generate", "Generate tasks and expert trajectories for an env (JSONL)."),

@@ -13,12 +13,12 @@ import pytest
 pytest.importorskip("alfworld")
 pytest.importorskip("textworld")
 
-import gymnasium as gym  # noqa: E402
-from gymnasium.utils.env_checker import check_env  # noqa: E402
+import gymnasium as gym
+from gymnasium.utils.env_checker import check_env
 
-import prism_lit.envs  # noqa: E402,F401  (registers the ids)
-from prism_lit.envs.alfworld import TASK_TYPES, ALFWorldEnv, ALFWorldExpert, generate_games  # noqa: E402
-from prism_lit.envs.alfworld.expert import ALFWorldExpertError  # noqa: E402
+import prism_lit.envs  # noqa: F401  (registers the ids)
+from prism_lit.envs.alfworld import TASK_TYPES, ALFWorldEnv, ALFWorldExpert, generate_games
+from prism_lit.envs.alfworld.expert import ALFWorldExpertError
 
 pytestmark = pytest.mark.alfworld
 

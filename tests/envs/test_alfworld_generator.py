@@ -13,9 +13,9 @@ import pytest
 
 pytest.importorskip("alfworld")
 
-from prism_lit.envs.alfworld import GENERATOR_VERSION, TASK_TYPES, generate_games  # noqa: E402
-from prism_lit.envs.alfworld.generator import layout_pool  # noqa: E402
-from prism_lit.envs.alfworld.layouts import UNSEEN_KINDS  # noqa: E402
+from prism_lit.envs.alfworld import GENERATOR_VERSION, TASK_TYPES, generate_games
+from prism_lit.envs.alfworld.generator import layout_pool
+from prism_lit.envs.alfworld.layouts import UNSEEN_KINDS
 
 pytestmark = pytest.mark.alfworld
 
@@ -31,7 +31,7 @@ def small_tree(tmp_path_factory):
 
 
 def kinds_in_problem(problem: str) -> set[str]:
-    return set(re.findall(r"^\s+([A-Za-z]+)_bar_\S+ - object$", problem, flags=re.M))
+    return set(re.findall(r"^\s+([A-Za-z]+)_bar_\S+ - object$", problem, flags=re.MULTILINE))
 
 
 def test_writes_alfworld_json_2_1_1_layout(small_tree):
@@ -101,8 +101,8 @@ def test_size_knobs_bound_receptacles_and_objects(tmp_path):
                            task_types=["pick_heat_then_place_in_recep", "pick_two_obj_and_place"])
     for game_file in files:
         problem = (game_file.parent / "initial_state.pddl").read_text()
-        n_recep = len(re.findall(r" - receptacle$", problem, flags=re.M))
-        objects = [o for o in re.findall(r"^\s+([A-Za-z]+)_bar_\S+ - object$", problem, flags=re.M) if o != "DeskLamp"]
+        n_recep = len(re.findall(r" - receptacle$", problem, flags=re.MULTILINE))
+        objects = [o for o in re.findall(r"^\s+([A-Za-z]+)_bar_\S+ - object$", problem, flags=re.MULTILINE) if o != "DeskLamp"]
         assert 8 <= n_recep <= 9 and len(objects) == 7
 
 

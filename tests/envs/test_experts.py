@@ -6,7 +6,12 @@ import pytest
 import prism_lit.envs  # noqa: F401
 from prism_lit.data.schema import read_trajectories
 from prism_lit.envs import WEBSHOP_ID
-from prism_lit.envs.experts import ExpertEpisodeError, record_expert_episode, resolve_env, write_expert_dataset
+from prism_lit.envs.experts import (
+    ExpertEpisodeError,
+    record_expert_episode,
+    resolve_env,
+    write_expert_dataset,
+)
 from prism_lit.envs.protocol import AgentProtocol
 from prism_lit.envs.webshop.env import WebShopEnv
 from prism_lit.envs.webshop.expert import WebShopExpert

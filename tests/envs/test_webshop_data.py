@@ -131,8 +131,8 @@ def test_bad_files_name_file_record_and_field(tmp_path):
 
 
 def test_split_bounds():
-    assert split_bounds(12087) == {"test": range(0, 500), "eval": range(500, 1500), "train": range(1500, 12087)}
-    assert split_bounds(2000) == {"test": range(0, 83), "eval": range(83, 248), "train": range(248, 2000)}
+    assert split_bounds(12087) == {"test": range(500), "eval": range(500, 1500), "train": range(1500, 12087)}
+    assert split_bounds(2000) == {"test": range(83), "eval": range(83, 248), "train": range(248, 2000)}
     assert split_bounds(10, (2, 3))["train"] == range(5, 10)
     with pytest.raises(ValueError, match="no training goals"):
         split_bounds(10, (5, 5))

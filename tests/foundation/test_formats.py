@@ -5,7 +5,13 @@ import json
 import pytest
 
 from prism_lit.data.formats import detect_format, load_trajectories, write_conversations
-from prism_lit.data.schema import Message, Trajectory, TrajectoryFormatError, read_trajectories, write_trajectories
+from prism_lit.data.schema import (
+    Message,
+    Trajectory,
+    TrajectoryFormatError,
+    read_trajectories,
+    write_trajectories,
+)
 
 
 def _sample(i=0, loss=None):

@@ -7,7 +7,7 @@ import pytest
 from prism_lit.data.batching import bucketed_batches, collate, padding_overhead
 from prism_lit.data.schema import Message, Trajectory
 from prism_lit.data.tokenize import IGNORE_INDEX, SampleTooLongError, tokenize_trajectory
-from prism_lit.policy import load_tokenizer, PolicySpec
+from prism_lit.policy import PolicySpec, load_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,12 @@ import pytest
 
 from prism_lit.envs.protocol import AgentProtocol
 from prism_lit.pipeline.config import (
-    BaseModelSettings, EnvSettings, EvalSettings, ProbeSettings, RLSettings, SFTSettings,
+    BaseModelSettings,
+    EnvSettings,
+    EvalSettings,
+    ProbeSettings,
+    RLSettings,
+    SFTSettings,
 )
 from prism_lit.pipeline.run import STAGE_ORDER, pipeline, read_stage_marker
 from prism_lit.policy import EmbeddedModelSpec

@@ -1,6 +1,7 @@
 """The probe epoch through a real Lightning Trainer with the real SFTModule and DataModule."""
 
 from pathlib import Path
+
 import lightning as L
 import pytest
 import torch

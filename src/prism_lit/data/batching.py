@@ -10,7 +10,8 @@ ranks, so bucketing and DDP sharding compose without a custom distributed sample
 from __future__ import annotations
 
 import random
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch.utils.data import Dataset

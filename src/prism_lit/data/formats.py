@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from prism_lit.data.schema import (
     Message,
@@ -127,9 +128,7 @@ def to_conversation_record(trajectory: Trajectory, fmt: str) -> dict[str, Any]:
     turns = []
     for m in trajectory.messages:
         turn: dict[str, Any] = {"from": _ROLE_TO_FROM[m.role], "value": m.content}
-        if fmt == "agentgym":
-            turn["loss"] = m.loss
-        elif m.loss is not None:
+        if fmt == "agentgym" or m.loss is not None:
             turn["loss"] = m.loss
         turns.append(turn)
     record: dict[str, Any] = {("item_id" if fmt == "agentgym" else "id"): trajectory.id, "conversations": turns}

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from prism_lit.io import atomic_write_text
 
@@ -77,7 +78,7 @@ class Trajectory:
         return out
 
     @classmethod
-    def from_dict(cls, obj: Any, path: str | os.PathLike | None = None, line: int | None = None) -> "Trajectory":
+    def from_dict(cls, obj: Any, path: str | os.PathLike | None = None, line: int | None = None) -> Trajectory:
         """Validate one record; errors name ``path``, ``line`` and the offending field."""
 
         def fail(field_name: str | None, problem: str) -> TrajectoryFormatError:

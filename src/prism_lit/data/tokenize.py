@@ -17,8 +17,9 @@ A sample left with no trained token after truncation is skipped and counted too.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 from prism_lit.data.schema import Trajectory
 

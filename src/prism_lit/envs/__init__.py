@@ -14,5 +14,5 @@ if WEBSHOP_ID not in registry:
 if ALFWORLD_ID not in registry:
     register(id=ALFWORLD_ID, entry_point="prism_lit.envs.alfworld.env:ALFWorldEnv", max_episode_steps=50)
 
-__all__ = ["WEBSHOP_ID", "ALFWORLD_ID"]
-import prism_lit.envs.guess_word  # noqa: E402,F401  registers prism_lit/GuessWord-v0 (a tiny env for tests and smoke runs)
+__all__ = ["ALFWORLD_ID", "WEBSHOP_ID"]
+import prism_lit.envs.guess_word  # noqa: F401  registers prism_lit/GuessWord-v0 (a tiny env for tests and smoke runs)

@@ -20,7 +20,8 @@ import importlib
 import os
 import random
 import time
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import gymnasium as gym
 
@@ -29,11 +30,11 @@ from prism_lit.envs import ALFWORLD_ID, WEBSHOP_ID
 from prism_lit.envs.protocol import AgentProtocol
 
 __all__ = [
-    "Expert",
     "EXPERTS",
+    "Expert",
     "ExpertEpisodeError",
-    "resolve_env",
     "record_expert_episode",
+    "resolve_env",
     "write_expert_dataset",
 ]
 

@@ -21,8 +21,9 @@ environment stays faithful while a small model only has to copy a short number.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
 
 DEFAULT_SYSTEM_PROMPTS = {
     "webshop": (
@@ -139,8 +140,8 @@ class AgentProtocol:
             return f"Thought: {thought or 'I should act.'}\nAction: {shown}"
         return f"<think>{thought or 'I should act.'}</think><action>{shown}</action>"
 
-    _ACTION_RE = re.compile(r"Action:\s*(.+?)\s*$", re.S)
-    _TAG_RE = re.compile(r"<action>(.*?)</action>", re.S)
+    _ACTION_RE = re.compile(r"Action:\s*(.+?)\s*$", re.DOTALL)
+    _TAG_RE = re.compile(r"<action>(.*?)</action>", re.DOTALL)
 
     def parse_action(self, reply: str, admissible: Sequence[str] | None = None) -> str | None:
         """The env action in ``reply``, or ``None`` when the reply is malformed.

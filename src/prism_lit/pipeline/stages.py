@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import importlib
 import json
-import math
 import logging
+import math
 from pathlib import Path
 from typing import Any
 

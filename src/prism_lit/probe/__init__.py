@@ -27,15 +27,15 @@ from prism_lit.probe.unit_norms import (
 )
 
 __all__ = [
-    "AllRLRouter",
-    "AllSFTRouter",
     "DEFAULT_UNITS",
-    "GradientConcentrationProbe",
-    "InverseRouter",
-    "MagnitudeRouter",
     "PARTITION_FILE",
     "PROBE_META_FILE",
     "PROBE_RECORDS_FILE",
+    "AllRLRouter",
+    "AllSFTRouter",
+    "GradientConcentrationProbe",
+    "InverseRouter",
+    "MagnitudeRouter",
     "Partition",
     "PartitionFormatError",
     "PrismRouter",

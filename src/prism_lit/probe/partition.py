@@ -24,7 +24,7 @@ from typing import Any
 
 from prism_lit.io import atomic_write_json
 
-__all__ = ["Partition", "PartitionFormatError", "save_partition", "load_partition", "PARTITION_FORMAT"]
+__all__ = ["PARTITION_FORMAT", "Partition", "PartitionFormatError", "load_partition", "save_partition"]
 
 PARTITION_FORMAT = "prism_lit.partition/1"
 

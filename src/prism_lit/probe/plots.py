@@ -12,10 +12,10 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # headless: no display on cluster nodes and CI
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
 
-__all__ = ["score_histogram_figure", "save_score_histogram"]
+__all__ = ["save_score_histogram", "score_histogram_figure"]
 
 
 def score_histogram_figure(

@@ -29,7 +29,7 @@ from prism_lit.io import atomic_write_text
 from prism_lit.probe.stats import SCORES
 from prism_lit.probe.unit_norms import UnitGradNorms
 
-__all__ = ["ProbeRecord", "records_from_norms", "write_probe_records", "read_probe_records", "METADATA_KEYS"]
+__all__ = ["METADATA_KEYS", "ProbeRecord", "read_probe_records", "records_from_norms", "write_probe_records"]
 
 METADATA_KEYS = ("id", "task_id", "task_type")
 

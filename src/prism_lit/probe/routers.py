@@ -29,13 +29,13 @@ from prism_lit.probe.partition import Partition
 from prism_lit.probe.records import ProbeRecord
 
 __all__ = [
-    "Router",
-    "PrismRouter",
+    "AllRLRouter",
+    "AllSFTRouter",
     "InverseRouter",
     "MagnitudeRouter",
+    "PrismRouter",
     "RandomRouter",
-    "AllSFTRouter",
-    "AllRLRouter",
+    "Router",
     "quantile",
 ]
 

@@ -24,13 +24,13 @@ from prism_lit.probe.routers import PrismRouter, Router
 from prism_lit.probe.unit_norms import measure_unit_grad_norms
 
 __all__ = [
-    "PROBE_RECORDS_FILE",
-    "PROBE_META_FILE",
-    "PARTITION_FILE",
     "HISTOGRAM_FILE",
-    "probe_batch",
+    "PARTITION_FILE",
+    "PROBE_META_FILE",
+    "PROBE_RECORDS_FILE",
     "dedupe_records",
     "finalize_probe",
+    "probe_batch",
     "run_probe",
 ]
 

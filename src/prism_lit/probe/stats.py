@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["gini", "kurtosis", "coefficient_of_variation", "SCORES"]
+__all__ = ["SCORES", "coefficient_of_variation", "gini", "kurtosis"]
 
 
 def _prepare(x: torch.Tensor, dim: int, name: str) -> tuple[torch.Tensor, torch.Tensor, torch.dtype]:

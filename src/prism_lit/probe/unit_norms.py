@@ -36,10 +36,10 @@ __all__ = [
     "UnitGradNorms",
     "find_units",
     "measure_unit_grad_norms",
-    "unit_grad_norms",
-    "per_sample_unit_grad_norms_naive",
     "per_sample_losses",
+    "per_sample_unit_grad_norms_naive",
     "position_ids_from_mask",
+    "unit_grad_norms",
 ]
 
 #: The linear projections of a Llama/Qwen/Mistral block: N = 7 × layers units.

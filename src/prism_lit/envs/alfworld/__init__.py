@@ -33,5 +33,12 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'prism_lit.envs.alfworld' has no attribute {name!r}")
 
 
-__all__ = ["ALFWorldEnv", "ALFWorldExpert", "generate_games", "find_games", "TASK_TYPES", "SPLITS",
-           "GENERATOR_VERSION"]
+__all__ = [
+    "GENERATOR_VERSION",
+    "SPLITS",
+    "TASK_TYPES",
+    "ALFWorldEnv",
+    "ALFWorldExpert",
+    "find_games",
+    "generate_games",
+]

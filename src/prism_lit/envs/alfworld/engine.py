@@ -32,12 +32,11 @@ def ensure_alfworld_data() -> str:
 def _modules() -> dict[str, Any]:
     ensure_alfworld_data()
     try:
-        import alfworld.gen.constants as constants
-        import alfworld.gen.goal_library as goal_library
         import alfworld.info as alfworld_info
         import textworld
-        from alfworld.agents.environment.alfred_tw_env import AlfredDemangler, AlfredExpert, AlfredExpertType
         import textworld.envs.pddl.logic as pddl_logic
+        from alfworld.agents.environment.alfred_tw_env import AlfredDemangler, AlfredExpert, AlfredExpertType
+        from alfworld.gen import constants, goal_library
         from textworld.envs import PddlEnv
     except ImportError as exc:  # pragma: no cover - exercised only without the extra
         raise ImportError(f"{_INSTALL_HINT} ({exc})") from exc
@@ -106,7 +105,7 @@ def _fast_pddl_env_class(pddl_env_cls: type, pddl_logic: Any) -> type:
     other users of textworld in the process are unaffected. Envs stepped from several threads at once stay
     correct (an overlapping call may just run on the stock, slower functions).
     """
-    import textworld.envs.pddl.textgen as textgen
+    from textworld.envs.pddl import textgen
     from textworld.logic import Rule
 
     downward = pddl_logic.fast_downward

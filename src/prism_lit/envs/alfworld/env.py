@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import os
 import string
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import gymnasium as gym
 from gymnasium import spaces

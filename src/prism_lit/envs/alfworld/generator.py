@@ -24,9 +24,9 @@ import json
 import os
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from prism_lit.envs.alfworld import layouts as L
 from prism_lit.envs.alfworld.cache import games_dir

@@ -24,19 +24,19 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
-    "WebShopDataError",
-    "WebShopData",
     "PRICE_RANGE",
     "UPSTREAM_HUMAN_GOALS",
+    "WebShopData",
+    "WebShopDataError",
+    "build_data",
     "find_upstream_files",
+    "human_goals",
     "load_json",
+    "load_upstream",
     "process_products",
     "product_prices",
-    "human_goals",
-    "synthetic_goals",
-    "build_data",
-    "load_upstream",
     "split_bounds",
+    "synthetic_goals",
 ]
 
 PRICE_RANGE = [10.0 * i for i in range(1, 100)]
@@ -345,7 +345,7 @@ def split_bounds(n_goals: int, split_sizes: tuple[int, int] | None = None) -> di
             f"split sizes test={n_test}, eval={n_eval} leave no training goals out of {n_goals}"
         )
     return {
-        "test": range(0, n_test),
+        "test": range(n_test),
         "eval": range(n_test, n_test + n_eval),
         "train": range(n_test + n_eval, n_goals),
     }

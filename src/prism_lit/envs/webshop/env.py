@@ -17,8 +17,9 @@ from __future__ import annotations
 import functools
 import re
 import string
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import gymnasium as gym
 from gymnasium import spaces
@@ -29,7 +30,7 @@ from prism_lit.envs.webshop.generator import generate_catalogue
 from prism_lit.envs.webshop.reward import reward_info
 from prism_lit.envs.webshop.search import SEARCH_RETURN_N, ProductSearch
 
-__all__ = ["WebShopEnv", "Catalogue", "load_catalogue", "parse_action", "CHARSET"]
+__all__ = ["CHARSET", "Catalogue", "WebShopEnv", "load_catalogue", "parse_action"]
 
 CHARSET = string.printable
 MAX_OBS_CHARS = 1 << 16

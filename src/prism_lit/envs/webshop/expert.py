@@ -19,7 +19,7 @@ __all__ = ["WebShopExpert"]
 
 
 # request words that carry no product information ("i am looking for", "find me", ...)
-_FILLER = frozenset("i im am would like need want looking for a an the some please find me buy get to".split())
+_FILLER = frozenset(["i", "im", "am", "would", "like", "need", "want", "looking", "for", "a", "an", "the", "some", "please", "find", "me", "buy", "get", "to"])
 
 
 def short_query(instruction: str) -> str:

@@ -24,7 +24,7 @@ from prism_lit.envs.webshop.data import process_products
 from prism_lit.envs.webshop.search import SEARCH_RETURN_N, ProductSearch, instruction_keywords
 from prism_lit.io import atomic_write_json
 
-__all__ = ["CATEGORIES", "generate_catalogue", "write_catalogue", "FILE_NAMES"]
+__all__ = ["CATEGORIES", "FILE_NAMES", "generate_catalogue", "write_catalogue"]
 
 FILE_NAMES = {
     "products": "items_shuffle.json",

@@ -7,12 +7,24 @@ keyed by the lowercased text an agent writes inside ``click[...]``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 __all__ = [
-    "SEP", "END_BUTTON", "NEXT_PAGE", "PREV_PAGE", "BACK_TO_SEARCH", "SUB_PAGES",
-    "Clickable", "Page", "search_page", "results_page", "item_page", "sub_page", "done_page",
+    "BACK_TO_SEARCH",
+    "END_BUTTON",
+    "NEXT_PAGE",
+    "PREV_PAGE",
+    "SEP",
+    "SUB_PAGES",
+    "Clickable",
+    "Page",
+    "done_page",
+    "item_page",
+    "results_page",
+    "search_page",
+    "sub_page",
 ]
 
 SEP = " [SEP] "

@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import functools
 import re
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 from rapidfuzz.distance import Indel
 
@@ -35,16 +36,16 @@ from prism_lit.envs.webshop.normalize import normalize_color
 
 __all__ = [
     "FUZZY_THRESHOLD",
-    "full_process",
-    "token_set_ratio",
-    "title_nouns",
     "fallback_nouns",
-    "spacy_available",
-    "get_type_reward",
+    "full_process",
     "get_attribute_reward",
     "get_option_reward",
-    "reward_info",
     "get_reward",
+    "get_type_reward",
+    "reward_info",
+    "spacy_available",
+    "title_nouns",
+    "token_set_ratio",
 ]
 
 FUZZY_THRESHOLD = 85
@@ -86,12 +87,7 @@ def token_set_ratio(a: Any, b: Any) -> int:
 # Closed-class English words (determiners, pronouns, prepositions, conjunctions, auxiliaries, common adverbs
 # and quantity words) that spaCy never tags NOUN/PROPN in product titles.
 _FUNCTION_WORDS = frozenset(
-    """a an the this that these those my your his her its our their i you he she it we they me him us them
-    and or but nor so yet for of in on at by to from with without into onto over under about above below
-    between among through during before after up down out off per via than as if then also too very
-    is are was were be been being am do does did has have had can could will would shall should may might must
-    not no all any some each every both either neither one ones other such same own only just more most less
-    least much many few several new plus set pack pcs pc piece pieces inch inches oz ounce ounces lb lbs""".split()
+    ["a", "an", "the", "this", "that", "these", "those", "my", "your", "his", "her", "its", "our", "their", "i", "you", "he", "she", "it", "we", "they", "me", "him", "us", "them", "and", "or", "but", "nor", "so", "yet", "for", "of", "in", "on", "at", "by", "to", "from", "with", "without", "into", "onto", "over", "under", "about", "above", "below", "between", "among", "through", "during", "before", "after", "up", "down", "out", "off", "per", "via", "than", "as", "if", "then", "also", "too", "very", "is", "are", "was", "were", "be", "been", "being", "am", "do", "does", "did", "has", "have", "had", "can", "could", "will", "would", "shall", "should", "may", "might", "must", "not", "no", "all", "any", "some", "each", "every", "both", "either", "neither", "one", "ones", "other", "such", "same", "own", "only", "just", "more", "most", "less", "least", "much", "many", "few", "several", "new", "plus", "set", "pack", "pcs", "pc", "piece", "pieces", "inch", "inches", "oz", "ounce", "ounces", "lb", "lbs"]
 )
 _WORD = re.compile(r"[a-z][a-z0-9]*(?:['\-][a-z0-9]+)*")
 
@@ -167,9 +163,7 @@ def get_attribute_reward(product: Mapping[str, Any], goal: Mapping[str, Any]) ->
     goal_attrs = goal["attributes"]
     matches = 0
     for g_attr in goal_attrs:
-        if any(token_set_ratio(p_attr, g_attr) > FUZZY_THRESHOLD for p_attr in product["Attributes"]):
-            matches += 1
-        elif (
+        if any(token_set_ratio(p_attr, g_attr) > FUZZY_THRESHOLD for p_attr in product["Attributes"]) or (
             g_attr in product["Title"].lower()
             or g_attr in _joined(product["BulletPoints"]).lower()
             or g_attr in product["Description"].lower()

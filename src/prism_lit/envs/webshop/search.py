@@ -10,13 +10,14 @@ dependency), so ``shoe`` does not match ``shoes``; ties are broken by catalogue 
 from __future__ import annotations
 
 import re
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import bm25s
 import numpy as np
 from bm25s.stopwords import STOPWORDS_EN
 
-__all__ = ["SEARCH_RETURN_N", "document_text", "tokenize", "instruction_keywords", "ProductSearch"]
+__all__ = ["SEARCH_RETURN_N", "ProductSearch", "document_text", "instruction_keywords", "tokenize"]
 
 SEARCH_RETURN_N = 50
 _TOKEN = re.compile(r"\w+")
