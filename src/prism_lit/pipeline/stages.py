@@ -34,7 +34,9 @@ def _trainer(ctx: PipelineContext, stage_dir: Path, **kwargs: Any):
     from lightning.pytorch.loggers import TensorBoardLogger
 
     settings = {"accelerator": "cpu", "enable_progress_bar": False, "enable_model_summary": False,
-                "log_every_n_steps": 5, **ctx.trainer, **kwargs}
+                "log_every_n_steps": 5,
+                # the DataModule shuffles when it builds a loader: rebuild every epoch for a new order
+                "reload_dataloaders_every_n_epochs": 1, **ctx.trainer, **kwargs}
     callbacks = list(settings.pop("callbacks", []))
     if settings.get("enable_checkpointing", True):
         callbacks.append(ModelCheckpoint(dirpath=stage_dir / "checkpoints", save_last=True, save_top_k=0))
