@@ -50,6 +50,49 @@ def test_per_turn_loss_flag_is_honoured(tokenizer):
     assert _trained_text(tokenizer, sample) == ["Action: click[1]<|im_end|>"]
 
 
+def test_context_weight_trains_every_token_with_the_assistant_turns_at_full_weight(tokenizer):
+    """Language modelling on the whole interaction text (how the embedded base gets its prior knowledge)."""
+    plain = tokenize_trajectory(_traj(), tokenizer)
+    sample = tokenize_trajectory(_traj(), tokenizer, context_weight=0.25)
+    assert sample.labels == sample.input_ids == plain.input_ids
+    full = [t for t, w in zip(sample.input_ids, sample.weights) if w == 1.0]
+    assert full == [t for t in plain.labels if t != IGNORE_INDEX]
+    assert set(sample.weights) == {1.0, 0.25}
+    cut = tokenize_trajectory(_traj(), tokenizer, max_length=10, context_weight=0.25, truncation="left")
+    assert cut.weights == sample.weights[-10:]
+    with pytest.raises(ValueError, match="context_weight must be in"):
+        tokenize_trajectory(_traj(), tokenizer, context_weight=2.0)
+
+
+def test_weighted_loss_equals_an_independent_computation(tokenizer, tiny_policy_dir):
+    import torch
+
+    from prism_lit.data.batching import collate
+    from prism_lit.sft import SFTModule
+
+    rows = []
+    for cw in (0.25, 0.25):
+        s = tokenize_trajectory(_traj(), tokenizer, context_weight=cw)
+        rows.append({"id": "a", "task_id": "t", "task_type": "x", "input_ids": s.input_ids, "labels": s.labels,
+                     "weights": s.weights})
+    rows[1] = {**rows[1], "input_ids": rows[1]["input_ids"][:-3], "labels": rows[1]["labels"][:-3],
+               "weights": rows[1]["weights"][:-3]}
+    batch = collate(rows, pad_id=0)
+    module = SFTModule(PolicySpec(path=str(tiny_policy_dir)))
+    module.configure_model()
+    got = module.weighted_loss(batch)
+    num = den = 0.0
+    for r in rows:  # one sequence at a time, token by token
+        torch.set_grad_enabled(False)
+        logits = module.model(input_ids=torch.tensor([r["input_ids"]])).logits[0].float()
+        logp = torch.log_softmax(logits, -1)
+        for t in range(1, len(r["input_ids"])):
+            num += -float(logp[t - 1, r["input_ids"][t]]) * r["weights"][t]
+            den += r["weights"][t]
+    torch.set_grad_enabled(True)
+    assert abs(float(got) - num / den) < 1e-4
+
+
 def test_template_with_injected_default_system_prompt(tokenizer):
     """A Qwen-like template that adds a system prompt when none is given still yields exact masks."""
     tokenizer = type(tokenizer).from_pretrained(tokenizer.name_or_path)

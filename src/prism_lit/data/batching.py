@@ -64,7 +64,8 @@ def padding_overhead(lengths: Sequence[int], batches: Sequence[Sequence[int]]) -
 
 
 def collate(samples: Sequence[dict[str, Any]], pad_id: int, padding_side: str = "right") -> dict[str, Any]:
-    """Pad ``input_ids``/``labels`` into tensors; metadata (id, task_id, task_type) stays as lists."""
+    """Pad ``input_ids``/``labels`` (and per-token ``weights`` as ``loss_weights``) into tensors; metadata (id,
+    task_id, task_type) stays as lists."""
     width = max(len(s["input_ids"]) for s in samples)
     ids = torch.full((len(samples), width), pad_id, dtype=torch.long)
     labels = torch.full((len(samples), width), IGNORE_INDEX, dtype=torch.long)
@@ -76,6 +77,13 @@ def collate(samples: Sequence[dict[str, Any]], pad_id: int, padding_side: str = 
         labels[row, cols] = torch.tensor(s["labels"])
         mask[row, cols] = 1
     batch: dict[str, Any] = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    if any("weights" in s for s in samples):
+        weights = torch.zeros((len(samples), width), dtype=torch.float32)
+        for row, s in enumerate(samples):
+            n = len(s["input_ids"])
+            cols = slice(0, n) if padding_side == "right" else slice(width - n, width)
+            weights[row, cols] = torch.tensor(s.get("weights", [1.0] * n), dtype=torch.float32)
+        batch["loss_weights"] = weights
     for key in ("id", "task_id", "task_type"):
         batch[key] = [s[key] for s in samples]
     return batch

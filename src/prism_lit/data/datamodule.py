@@ -70,6 +70,8 @@ class TrajectoryDataModule(L.LightningDataModule):
         env: env name recorded for ETO/AgentGym records that do not carry one.
         max_length: token limit per sample; see ``truncation``.
         truncation: ``right``, ``left``, ``skip`` or ``fail`` (docs/data.md).
+        context_weight: loss weight of the non-assistant tokens (0: SFT on the assistant turns only; > 0: language
+            modelling on the whole interaction text as well, at that weight).
         batch_size: samples per batch.
         max_tokens: optional cap on padded tokens per batch (longest × count).
         bucket: length-bucketed batches (``False``: plain shuffled batches).
@@ -89,6 +91,7 @@ class TrajectoryDataModule(L.LightningDataModule):
         env: str = "unknown",
         max_length: int = 1024,
         truncation: Truncation = "right",
+        context_weight: float = 0.0,
         batch_size: int = 8,
         max_tokens: int | None = None,
         bucket: bool = True,
@@ -107,6 +110,9 @@ class TrajectoryDataModule(L.LightningDataModule):
         self.train_files, self.val_files = list(train_files), list(val_files or [])
         self.format, self.env = format, env
         self.max_length, self.truncation = max_length, truncation
+        if not 0.0 <= context_weight <= 1.0:
+            raise ValueError(f"data.context_weight must be in [0, 1], got {context_weight!r}")
+        self.context_weight = context_weight
         self.batch_size, self.max_tokens, self.bucket = batch_size, max_tokens, bucket
         self.val_fraction, self.seed = val_fraction, seed
         self.partition_path, self.tokenizer_path = partition_path, tokenizer_path
@@ -153,7 +159,8 @@ class TrajectoryDataModule(L.LightningDataModule):
             trajectories: list[Trajectory] = load_trajectories(path, self.format, self.env)
             for t in trajectories:
                 try:
-                    sample = tokenize_trajectory(t, tokenizer, self.max_length, self.truncation)
+                    sample = tokenize_trajectory(t, tokenizer, self.max_length, self.truncation,
+                                                  self.context_weight)
                 except SampleTooLongError as err:
                     raise TrajectoryFormatError(path, _line_of(path, t.id), "messages", str(err)) from None
                 if sample is None:
@@ -162,7 +169,8 @@ class TrajectoryDataModule(L.LightningDataModule):
                 self.stats["truncated"] = self.stats.get("truncated", 0) + int(sample.truncated)
                 rows.append(
                     {"id": t.id, "task_id": t.task_id, "task_type": t.task_type,
-                     "input_ids": sample.input_ids, "labels": sample.labels, "length": len(sample.input_ids)}
+                     "input_ids": sample.input_ids, "labels": sample.labels, "length": len(sample.input_ids),
+                     **({"weights": sample.weights} if sample.weights is not None else {})}
                 )
             self.stats["read"] = self.stats.get("read", 0) + len(trajectories)
         return rows

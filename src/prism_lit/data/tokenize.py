@@ -41,6 +41,7 @@ class TokenizedSample:
     input_ids: list[int]
     labels: list[int]
     truncated: bool
+    weights: list[float] | None = None  # per-token loss weights; None: every trained token weighs 1
 
 
 def _render(tokenizer, messages: Sequence[dict[str, str]], add_generation_prompt: bool = False) -> list[int]:
@@ -59,11 +60,22 @@ def end_of_turn_id(tokenizer) -> int | None:
 
 
 def tokenize_trajectory(
-    trajectory: Trajectory, tokenizer, max_length: int | None = None, truncation: Truncation = "right"
+    trajectory: Trajectory,
+    tokenizer,
+    max_length: int | None = None,
+    truncation: Truncation = "right",
+    context_weight: float = 0.0,
 ) -> TokenizedSample | None:
-    """Token ids and labels (``-100`` where not trained) for one trajectory; ``None`` when skipped."""
+    """Token ids and labels (``-100`` where not trained) for one trajectory; ``None`` when skipped.
+
+    ``context_weight`` > 0 also trains every other token (system, observations, role headers) at that loss weight
+    relative to the assistant turns: language modelling on the interaction text, which is how the embedded base
+    model learns to read observations and copy from them. The sample then carries per-token ``weights``.
+    """
     if truncation not in TRUNCATION_POLICIES:
         raise ValueError(f"truncation: unknown policy {truncation!r}; choose one of {', '.join(TRUNCATION_POLICIES)}")
+    if not 0.0 <= context_weight <= 1.0:
+        raise ValueError(f"context_weight must be in [0, 1], got {context_weight!r}")
     messages: list[dict[str, Any]] = [{"role": m.role, "content": m.content} for m in trajectory.messages]
     input_ids = _render(tokenizer, messages)
     labels = [IGNORE_INDEX] * len(input_ids)
@@ -83,6 +95,10 @@ def tokenize_trajectory(
             span_end = len(upto) - upto[::-1].index(eot)  # up to and including the last end-of-turn token
         for t in range(len(head), span_end):
             labels[t] = input_ids[t]
+    weights = None
+    if context_weight > 0:
+        weights = [1.0 if label != IGNORE_INDEX else context_weight for label in labels]
+        labels = list(input_ids)
     truncated = False
     if max_length is not None and len(input_ids) > max_length:
         if truncation == "fail":
@@ -92,10 +108,9 @@ def tokenize_trajectory(
         if truncation == "skip":
             return None
         truncated = True
-        if truncation == "right":
-            input_ids, labels = input_ids[:max_length], labels[:max_length]
-        else:
-            input_ids, labels = input_ids[-max_length:], labels[-max_length:]
+        keep = slice(None, max_length) if truncation == "right" else slice(-max_length, None)
+        input_ids, labels = input_ids[keep], labels[keep]
+        weights = weights[keep] if weights is not None else None
     if all(label == IGNORE_INDEX for label in labels[1:]):
         return None
-    return TokenizedSample(input_ids, labels, truncated)
+    return TokenizedSample(input_ids, labels, truncated, weights)

@@ -42,6 +42,11 @@ class BaseModelSettings:
         pretrain_tasks: expert episodes (of the familiar types, disjoint from the corpus) for pre-training.
         pretrain_epochs: passes over them.
         pretrain_lr: learning rate of that full fine-tune.
+        pretrain_batch_size: trajectories per pre-training step (small batches: more updates for the same compute,
+            which a small model needs to learn to copy from the instruction).
+        pretrain_context_weight: loss weight of the observation and prompt tokens during pre-training, relative to
+            the replies (language modelling on the interaction text teaches the model to read and copy from it;
+            0: the replies only).
     """
 
     path: str | None = None
@@ -50,6 +55,8 @@ class BaseModelSettings:
     pretrain_tasks: int = 300
     pretrain_epochs: int = 4
     pretrain_lr: float = 2e-3
+    pretrain_batch_size: int = 8
+    pretrain_context_weight: float = 0.1
 
 
 @dataclass
@@ -60,7 +67,8 @@ class ProbeSettings:
         corpus_tasks: expert trajectories measured and routed (the corpus D).
         router: the router as ``{"class_path": ..., "init_args": {...}}`` (see docs/method.md).
         batch_size: trajectories per probe batch.
-        max_length: token limit per trajectory (longer ones are truncated on the right).
+        max_length: token limit per trajectory (longer ones are truncated on the right; keep it above the corpus's longest
+            trajectory, or the final turns are never trained).
     """
 
     corpus_tasks: int = 400
@@ -68,7 +76,7 @@ class ProbeSettings:
         default_factory=lambda: {"class_path": "prism_lit.probe.routers.PrismRouter", "init_args": {"score": "gini"}}
     )
     batch_size: int = 8
-    max_length: int = 1024
+    max_length: int = 2048
 
 
 @dataclass
@@ -87,7 +95,7 @@ class SFTSettings:
     epochs: int = 3
     lr: float = 1e-3
     batch_size: int = 8
-    max_length: int = 1024
+    max_length: int = 2048
     lora: LoraSpec | None = None
 
 

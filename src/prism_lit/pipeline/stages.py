@@ -104,7 +104,9 @@ def prepare_base(ctx: PipelineContext) -> dict[str, Any]:
     )
     module = SFTModule(policy=PolicySpec(path=str(init)), lr=ctx.base.pretrain_lr, export_dir=str(stage / "model"),
                        warmup_steps=10, schedule="cosine")
-    data = TrajectoryDataModule(train_files=[str(ctx.path("tasks", "pretrain.jsonl"))], batch_size=8,
+    data = TrajectoryDataModule(train_files=[str(ctx.path("tasks", "pretrain.jsonl"))],
+                                batch_size=ctx.base.pretrain_batch_size, 
+                                context_weight=ctx.base.pretrain_context_weight,
                                 max_length=ctx.sft.max_length, seed=ctx.seed)
     trainer = _trainer(ctx, stage, max_epochs=ctx.base.pretrain_epochs)
     trainer.fit(module, data, ckpt_path=_last_ckpt(stage))

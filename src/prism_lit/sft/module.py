@@ -1,6 +1,7 @@
 """SFTModule: supervised fine-tuning of the policy on expert trajectories (assistant tokens only).
 
-The loss is the mean next-token cross-entropy over the batch's trained tokens (labels != -100). While the
+The loss is the mean next-token cross-entropy over the batch's trained tokens (labels != -100), weighted per token
+when the batch carries ``loss_weights`` (``TrajectoryDataModule(context_weight=...)``). While the
 PRISM probe callback holds ``probing = True`` the step returns ``None``: Lightning then runs no backward and no
 optimizer step, so the probe epoch leaves the weights untouched.
 
@@ -109,9 +110,12 @@ class SFTModule(L.LightningModule):
         if self.probing:
             return None
         now = time.perf_counter()
-        out = self(batch["input_ids"], batch["attention_mask"], batch["labels"])
+        if "loss_weights" in batch:
+            loss = self.weighted_loss(batch)
+        else:
+            loss = self(batch["input_ids"], batch["attention_mask"], batch["labels"]).loss
         tokens = int(batch["attention_mask"].sum())
-        self.log("train/loss", out.loss, prog_bar=True, batch_size=len(batch["input_ids"]))
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["input_ids"]))
         self.log("train/tokens", float(tokens), reduce_fx="sum", batch_size=1)
         if self._step_started is not None:
             elapsed = now - self._step_started
@@ -119,7 +123,15 @@ class SFTModule(L.LightningModule):
                 self.log("train/tokens_per_s", tokens / elapsed, prog_bar=True, batch_size=1)
         self._step_started = now
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=1)
-        return out.loss
+        return loss
+
+    def weighted_loss(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Next-token cross-entropy, sum(weight × CE) / sum(weight) over the trained tokens."""
+        logits = self(batch["input_ids"], batch["attention_mask"]).logits[:, :-1].float()
+        targets, weights = batch["labels"][:, 1:], batch["loss_weights"][:, 1:]
+        ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, ignore_index=-100, reduction="none")
+        weights = weights * (targets != -100)
+        return (ce * weights).sum() / weights.sum().clamp_min(1e-8)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int):
         out = self(batch["input_ids"], batch["attention_mask"], batch["labels"])
