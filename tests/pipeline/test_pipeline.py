@@ -103,8 +103,14 @@ def test_compare_runs_methods_over_seeds_and_writes_table(tmp_path, monkeypatch)
     assert table["methods"]["random"]["speedup_vs_reference"] == pytest.approx(1.0)
     assert "| prism-gini |" in (out / "comparison.md").read_text()
     assert (out / "pareto.png").stat().st_size > 1000
-    # the corpus and base model were built once per seed and shared by both methods
-    assert (out / "prism-gini" / "seed0" / "base").is_symlink()
+    # the corpus and base model were built once and shared by both methods and both seeds
+    links = [out / m / f"seed{k}" / stage for m in ("prism-gini", "random") for k in (0, 1) for stage in ("tasks", "base")]
+    assert all(p.is_symlink() for p in links)
+    assert {p.resolve() for p in links} == {(out / "shared" / "all" / "tasks").resolve(),
+                                          (out / "shared" / "all" / "base").resolve()}
+    # the random router reads no score: its runs skip the probe pass
+    assert not (out / "random" / "seed0" / "probe" / "probe.jsonl").exists()
+    assert (out / "prism-gini" / "seed0" / "probe" / "probe.jsonl").is_file()
 
 
 @pytest.mark.slow

@@ -1,9 +1,10 @@
 """``prism-lit compare``: run several pipeline configs over seeds and write the paper-style table and plots.
 
-The task corpus and the base model depend only on the env settings and the seed, so they are built once per
-seed in ``<out_dir>/shared/seed<k>/`` and linked into every method's run dir; each method then runs its own
-probe, routing, SFT, RL and evaluation (their wall-clock is what the table compares). Every run dir resumes,
-so a killed comparison continues where it stopped.
+The task corpus and the base model are built once in ``<out_dir>/shared/all/`` (with the first seed) and linked
+into every method's run dir, as the paper fixes its dataset and base model and varies only training across
+seeds; with ``data_per_seed`` each seed gets its own in ``<out_dir>/shared/seed<k>/``. Each method then runs its
+own probe, routing, SFT, RL and evaluation (their wall-clock is what the table compares). Every run dir
+resumes, so a killed comparison continues where it stopped.
 """
 
 from __future__ import annotations
@@ -48,14 +49,16 @@ def compare(
     seeds: list[int] | None = None,
     out_dir: str = "runs/compare",
     reference: str = "rl-100",
+    data_per_seed: bool = False,
 ) -> dict[str, Any]:
     """Run every config for every seed; write ``comparison.json``, ``comparison.md`` and plots in ``out_dir``.
 
     Args:
         configs: pipeline YAML files, one per method (their ``method`` names the rows).
-        seeds: seeds (default ``[0, 1, 2]``); each gets its own corpus, base model and runs.
+        seeds: seeds (default ``[0, 1, 2]``); each gets its own probe, routing, SFT, RL and evaluation runs.
         out_dir: where the runs, the table and the plots go.
         reference: the method whose total compute is the speed-up's denominator (RL on 100 % in the paper).
+        data_per_seed: give every seed its own task corpus and base model (default: one of each, shared).
     """
     from prism_lit.pipeline.run import pipeline
 
@@ -64,8 +67,9 @@ def compare(
     out = Path(out_dir)
     seeds = [0, 1, 2] if seeds is None else seeds
     for seed in seeds:
-        shared = out / "shared" / f"seed{seed}"
-        first = _parse_pipeline_config(configs[0], {"seed": seed, "run_dir": str(shared)})
+        shared = out / "shared" / (f"seed{seed}" if data_per_seed else "all")
+        data_seed = seed if data_per_seed else seeds[0]
+        first = _parse_pipeline_config(configs[0], {"seed": data_seed, "run_dir": str(shared)})
         pipeline(**{**first, "stop_after": SHARED_STAGES[-1]})
         for config in configs:
             kwargs = _parse_pipeline_config(config, {"seed": seed})

@@ -123,6 +123,8 @@ def probe_and_route(ctx: PipelineContext) -> dict[str, Any]:
 
     stage = ctx.path("probe")
     router = instantiate(ctx.probe.router)
+    if not getattr(router, "needs_scores", True):
+        return route_without_probe(ctx, router)
     module = SFTModule(policy=base_policy(ctx))
     data = TrajectoryDataModule(train_files=[str(ctx.path("tasks", "corpus.jsonl"))], batch_size=ctx.probe.batch_size,
                                 max_length=ctx.probe.max_length, seed=ctx.seed)
@@ -133,6 +135,21 @@ def probe_and_route(ctx: PipelineContext) -> dict[str, Any]:
     return {"router": partition.router, "score": partition.score, "threshold": partition.threshold,
             "n_sft": len(partition.sft_ids), "n_rl": len(partition.rl_ids),
             "n_rl_tasks": len(partition.rl_task_ids)}
+
+
+def route_without_probe(ctx: PipelineContext, router) -> dict[str, Any]:
+    """Route the corpus with a router that reads no score (all-SFT, all-RL, random): no probe pass is run."""
+    from prism_lit.data.schema import read_trajectories
+    from prism_lit.probe.partition import save_partition
+    from prism_lit.probe.records import ProbeRecord
+
+    nan = float("nan")
+    records = [ProbeRecord(t.id, t.task_id, t.task_type, [], nan, nan, nan, nan, nan, 0)
+               for t in read_trajectories(ctx.path("tasks", "corpus.jsonl"))]
+    partition = router.route(sorted(records, key=lambda r: r.id))
+    save_partition(ctx.path("probe", "partition.json"), partition)
+    return {"router": partition.router, "score": None, "threshold": None, "probed": False,
+            "n_sft": len(partition.sft_ids), "n_rl": len(partition.rl_ids), "n_rl_tasks": len(partition.rl_task_ids)}
 
 
 # ---------------------------------------------------------------------------------------------- SFT

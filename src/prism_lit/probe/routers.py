@@ -89,9 +89,14 @@ def _partition(
 
 
 class Router:
-    """Base class: `route(records) -> Partition`. Subclasses set `name` (written into partition.json)."""
+    """Base class: `route(records) -> Partition`. Subclasses set `name` (written into partition.json).
+
+    ``needs_scores = False`` says the router reads only the records' ids, tasks and types (not what the probe
+    measured), so the pipeline routes such baselines without running (or paying for) a probe pass.
+    """
 
     name: str = "router"
+    needs_scores: bool = True
 
     def route(self, records: Sequence[ProbeRecord]) -> Partition:
         raise NotImplementedError
@@ -170,6 +175,7 @@ class RandomRouter(Router):
     """
 
     name = "random"
+    needs_scores = False
 
     def __init__(self, rl_fraction: float = 0.5, seed: int = 0) -> None:
         self.rl_fraction = _check_fraction(rl_fraction)
@@ -187,6 +193,7 @@ class AllSFTRouter(Router):
     """Baseline: every trajectory → SFT (plain SFT on 100 %)."""
 
     name = "all_sft"
+    needs_scores = False
 
     def route(self, records: Sequence[ProbeRecord]) -> Partition:
         _check_unique(records)
@@ -197,6 +204,7 @@ class AllRLRouter(Router):
     """Baseline: every trajectory → RL (RL on all tasks)."""
 
     name = "all_rl"
+    needs_scores = False
 
     def route(self, records: Sequence[ProbeRecord]) -> Partition:
         _check_unique(records)
