@@ -36,3 +36,9 @@ def test_history_keeps_first_observation_and_last_k_turns():
     assert [m["role"] for m in messages] == ["system"] + ["user", "assistant"] * 3 + ["user"]
     full = AgentProtocol(history_turns=8).build_messages(turns, "obs5")
     assert len(full) == 1 + 2 * 5 + 1
+
+
+def test_spaces_inside_brackets_are_stripped():
+    p = AgentProtocol(env="webshop")
+    assert p.parse_action("Action: click[ white ]") == "click[white]"
+    assert p.parse_action("Action: search[  red soap]") == "search[red soap]"

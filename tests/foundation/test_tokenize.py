@@ -24,16 +24,17 @@ def _traj(loss_first=None):
 
 
 def _trained_text(tokenizer, sample):
+    """The decoded trained spans (the embedded tokenizer decodes "[x" as "[ x"; undone here)."""
     spans, current = [], []
     for token, label in zip(sample.input_ids, sample.labels):
         if label != IGNORE_INDEX:
             assert label == token
             current.append(token)
         elif current:
-            spans.append(tokenizer.decode(current))
+            spans.append(tokenizer.decode(current).replace("[ ", "["))
             current = []
     if current:
-        spans.append(tokenizer.decode(current))
+        spans.append(tokenizer.decode(current).replace("[ ", "["))
     return spans
 
 
@@ -142,3 +143,17 @@ def test_collate_pads_and_keeps_metadata():
     assert batch["labels"].tolist() == [[-100, 6, 7], [5, -100, -100]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
     assert batch["id"] == ["a", "b"]
+
+
+def test_embedded_tokenizer_encodes_an_action_argument_like_the_observation_word(tokenizer):
+    """``click[white]`` ends in the same token as `` white`` in ``color: white``, so copying is an identity map;
+    the decoded reply still parses back to the env's action."""
+    from prism_lit.envs.protocol import AgentProtocol
+
+    word = tokenizer("color: red soap")["input_ids"][-2:]
+    action = tokenizer("Action: click[red soap]")["input_ids"]
+    assert action[-3:-1] == word
+    decoded = tokenizer.decode(action)
+    assert AgentProtocol(env="webshop").parse_action(decoded) == "click[red soap]"
+    # idempotent: re-encoding the decoded reply (as a rollout's history does) gives the same tokens
+    assert tokenizer(decoded)["input_ids"] == action

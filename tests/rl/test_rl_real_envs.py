@@ -24,7 +24,8 @@ def _play(policy_dir, env_id, env_kwargs, family):
     for ep in result["episodes_list"]:
         assert ep.task_type in default_task_types(env_id, env_kwargs)
         assert [s.done for s in ep.steps] == [False, True] and ep.truncated
-        assert ep.steps[0].observation in tok.decode(ep.steps[1].prompt_ids)  # the history is in the next prompt
+        # the history is in the next prompt (the embedded tokenizer decodes "[x" as "[ x")
+        assert ep.steps[0].observation.replace("[", "[ ") in tok.decode(ep.steps[1].prompt_ids)
     types = {k.split("/", 1)[1] for k in result if k.startswith("success_rate/")}
     assert types and types <= set(default_task_types(env_id, env_kwargs))
     return result

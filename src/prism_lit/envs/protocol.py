@@ -141,6 +141,7 @@ class AgentProtocol:
         return f"<think>{thought or 'I should act.'}</think><action>{shown}</action>"
 
     _ACTION_RE = re.compile(r"Action:\s*(.+?)\s*$", re.DOTALL)
+    _BRACKET_SPACE_RE = re.compile(r"\[\s+|\s+\]")  # "click[ white ]" -> "click[white]"
     _TAG_RE = re.compile(r"<action>(.*?)</action>", re.DOTALL)
 
     def parse_action(self, reply: str, admissible: Sequence[str] | None = None) -> str | None:
@@ -162,6 +163,7 @@ class AgentProtocol:
             if match is None:
                 return None
             action = match.group(1).strip().splitlines()[0].strip() if match.group(1).strip() else ""
+        action = self._BRACKET_SPACE_RE.sub(lambda m: "[" if m.group(0).startswith("[") else "]", action)
         if not action:
             return None
         if self.numbered_actions and admissible is not None and action.isdigit():

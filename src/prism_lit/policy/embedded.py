@@ -45,10 +45,14 @@ class EmbeddedModelSpec:
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 3000):
     """Train a byte-level BPE tokenizer on ``texts`` and wrap it as a ``PreTrainedTokenizerFast`` with a chat template."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     core = Tokenizer(models.BPE())
+    # A space after "[" (idempotent): the first word of an action argument ("click[white]") then encodes as the
+    # same token as that word in the observation ("color: white"), so copying it is the identity map a small
+    # model learns quickly. Decoded replies read "click[ white]"; AgentProtocol.parse_action strips the space.
+    core.normalizer = normalizers.Replace(Regex(r"\[ ?"), "[ ")
     core.pre_tokenizer = pre_tokenizers.Sequence(
         [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
     )
