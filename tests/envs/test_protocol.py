@@ -42,3 +42,18 @@ def test_spaces_inside_brackets_are_stripped():
     p = AgentProtocol(env="webshop")
     assert p.parse_action("Action: click[ white ]") == "click[white]"
     assert p.parse_action("Action: search[  red soap]") == "search[red soap]"
+
+
+def test_compact_webshop_prompts_list_only_numbered_actions_and_state_the_task_once():
+    p = AgentProtocol(env="webshop", numbered_actions=True, number_pattern=r"^click\[b0", list_only_numbered=True,
+                      repeat_task=False)
+    first = "WebShop [SEP] Instruction: [SEP] i need red soap [SEP] Search"
+    assert p.render_observation(first, ["search[<your query>]"]) == first  # the task stays in the first page
+    results = ["click[back to search]", "click[b0aaa]", "click[b0bbb]"]
+    page = p.render_observation("Instruction: [SEP] i need red soap [SEP] Back to Search [SEP] B0AAA", results)
+    assert page == "Back to Search [SEP] B0AAA\nAdmissible actions:\n1. click[b0aaa]\n2. click[b0bbb]"
+    assert p.parse_action("Action: 2", results) == "click[b0bbb]"
+    assert p.format_reply("click[b0bbb]", admissible=results) == "Action: 2"
+    item = p.render_observation("Instruction: [SEP] i need red soap [SEP] color [SEP] red", ["click[red]"])
+    assert item == "color [SEP] red"  # nothing numbered here: no list, the option is written out
+    assert p.parse_action("Action: click[red]", ["click[red]"]) == "click[red]"

@@ -65,6 +65,11 @@ class AgentProtocol:
             regular expression (e.g. ``^click\\[b0`` for WebShop product IDs) and write the others out; ``None``:
             every listed action by number. Parsing accepts either form.
         max_admissible: at most this many admissible actions are listed (the rest are still valid).
+        list_only_numbered: with ``numbered_actions`` and a ``number_pattern``, list only the actions answered by
+            number (WebShop: the products); the others are on the page itself and are written out. Shorter
+            prompts, the same env.
+        repeat_task: keep the task statement WebShop repeats at the top of every page; ``False`` shows it once,
+            in the first observation (as verl-agent's prompts state the task once).
     """
 
     env: str = "generic"
@@ -75,6 +80,8 @@ class AgentProtocol:
     numbered_actions: bool = False
     number_pattern: str | None = None
     max_admissible: int = 40
+    list_only_numbered: bool = False
+    repeat_task: bool = True
 
     def __post_init__(self) -> None:
         if self.reply_format not in ("action", "thought_action", "think_tags", "bare"):
@@ -94,13 +101,22 @@ class AgentProtocol:
 
     def listed_actions(self, admissible: Sequence[str]) -> list[str]:
         """The admissible actions in the order (and numbering) the prompt shows them."""
-        return list(admissible)[: self.max_admissible]
+        actions = list(admissible)
+        if self.list_only_numbered and self.numbered_actions and self.number_pattern is not None:
+            pattern = re.compile(self.number_pattern)
+            actions = [a for a in actions if pattern.search(a)]
+        return actions[: self.max_admissible]
+
+    _REPEATED_TASK_RE = re.compile(r"^Instruction: \[SEP\] .*? \[SEP\] ")
 
     def render_observation(self, observation: str, admissible: Sequence[str] | None = None) -> str:
         """The user message for one step."""
         text = observation.strip()
-        if self.show_admissible and admissible:
-            shown = self.listed_actions(admissible)
+        if not self.repeat_task:
+            # WebShop pages after the first start with "Instruction: [SEP] <task> [SEP] "; the first keeps it
+            text = self._REPEATED_TASK_RE.sub("", text, count=1)
+        shown = self.listed_actions(admissible) if self.show_admissible and admissible else []
+        if shown:
             if self.numbered_actions:
                 lines = [f"{i + 1}. {a}" for i, a in enumerate(shown)]
             else:
