@@ -101,7 +101,7 @@ def test_compare_runs_methods_over_seeds_and_writes_table(tmp_path, monkeypatch)
     for row in table["methods"].values():
         assert len(row["runs"]) == 2 and row["metrics"]["test/success_rate"]["n"] == 2
     assert table["methods"]["random"]["speedup_vs_reference"] == pytest.approx(1.0)
-    assert "| prism-gini |" in (out / "comparison.md").read_text()
+    assert "| prism-gini | 2 |" in (out / "comparison.md").read_text()
     assert (out / "pareto.png").stat().st_size > 1000
     # the corpus and base model were built once and shared by both methods and both seeds
     links = [out / m / f"seed{k}" / stage for m in ("prism-gini", "random") for k in (0, 1) for stage in ("tasks", "base")]
@@ -132,3 +132,21 @@ def test_pipeline_on_alfworld_real_engine(tmp_path):
     assert set(report["probe"]["by_task_type"]) <= {
         "pick_and_place_simple", "look_at_obj_in_light", "pick_clean_then_place_in_recep",
         "pick_heat_then_place_in_recep", "pick_cool_then_place_in_recep", "pick_two_obj_and_place"}
+
+
+@pytest.mark.alfworld
+def test_evaluation_panel_is_fixed_and_spans_task_types(tmp_path):
+    """The panel is the same on every call (every method and seed) and not the split's type-grouped head."""
+    pytest.importorskip("alfworld")
+    from prism_lit.pipeline.run import PipelineContext
+    from prism_lit.pipeline.stages import panel_task_ids
+
+    s = _settings(tmp_path)
+    s["env"] = EnvSettings(id="alfworld", kwargs={"size": "small", "n_per_type": 4, "generator_seed": 0},
+                           protocol=AgentProtocol(env="alfworld", numbered_actions=True))
+    ctx = PipelineContext(run_dir=tmp_path, env=s["env"], base=s["base"], probe=s["probe"], sft=s["sft"],
+                          rl=s["rl"], eval=s["eval"], seed=0, trainer={}, method="m")
+    panel = panel_task_ids(ctx, "train", 8)
+    assert panel == panel_task_ids(ctx, "train", 8) and len(set(panel)) == 8
+    types = {task_id.split("/")[2].split("-")[0] for task_id in panel}
+    assert len(types) >= 3, panel

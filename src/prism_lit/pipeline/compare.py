@@ -128,14 +128,14 @@ def comparison_markdown(table: dict[str, Any]) -> str:
     methods = table["methods"]
     keys = sorted({k for row in methods.values() for k in row["metrics"]})
     quality = [k for k in keys if not k.startswith("seconds/")]
-    lines = ["| method | " + " | ".join(quality) + " | probe s | SFT s | RL s | total s | speed-up vs "
-             f"{table['reference']} |", "|---" * (len(quality) + 6) + "|"]
+    lines = ["| method | seeds | " + " | ".join(quality) + " | probe s | SFT s | RL s | total s | speed-up vs "
+             f"{table['reference']} |", "|---" * (len(quality) + 7) + "|"]
     for name, row in methods.items():
         m = row["metrics"]
         cells = [_cell(m.get(k)) for k in quality]
         secs = [_cell(m.get(f"seconds/{s}"), 1.0, 0) for s in ("probe", "sft", "rl", "total")]
         speed = f"{row['speedup_vs_reference']:.2f}×" if row.get("speedup_vs_reference") else "–"
-        lines.append(f"| {name} | " + " | ".join(cells + secs + [speed]) + " |")
+        lines.append(f"| {name} | {len(row['runs'])} | " + " | ".join(cells + secs + [speed]) + " |")
     n_seeds = max((len(r["runs"]) for r in methods.values()), default=0)
     lines += ["", f"Success rates and scores in %, mean ± standard deviation over {n_seeds} seed(s); seconds of "
                   "wall-clock per stage (probe + SFT + RL = total)."]

@@ -237,16 +237,20 @@ def train_rl(ctx: PipelineContext) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------------------- eval
 def panel_task_ids(ctx: PipelineContext, split: str, n: int) -> list[str]:
-    """The fixed evaluation panel of ``split``: its first ``n`` task ids (the same for every method and seed)."""
+    """The fixed evaluation panel of ``split``: ``n`` of its task ids drawn with a fixed seed, the same for every
+    method and seed (the split's own order groups tasks by type, so its first ``n`` would not be a fair panel)."""
+    import random
+
     import gymnasium as gym
 
     import prism_lit.envs  # noqa: F401
 
     env = gym.make(ctx.env_id, split=split, **ctx.env.kwargs)
     try:
-        ids = list(env.unwrapped.task_ids)
+        ids = sorted(env.unwrapped.task_ids)
     finally:
         env.close()
+    random.Random(f"panel/{split}").shuffle(ids)
     return ids[:n]
 
 
