@@ -150,3 +150,25 @@ def test_evaluation_panel_is_fixed_and_spans_task_types(tmp_path):
     assert panel == panel_task_ids(ctx, "train", 8) and len(set(panel)) == 8
     types = {task_id.split("/")[2].split("-")[0] for task_id in panel}
     assert len(types) >= 3, panel
+
+
+def test_summarize_means_over_seeds_and_no_speedup_for_an_untrained_base(tmp_path):
+    from prism_lit.pipeline.compare import summarize
+
+    def report(method, seed, success, sft, rl):
+        path = tmp_path / method / f"seed{seed}" / "report.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps({
+            "method": method, "eval": {"webshop": {"test": {"success_rate": success, "score": success}}},
+            "compute_seconds": {"probe": 0.1, "sft": sft, "rl": rl, "total": 0.1 + sft + rl}}))
+
+    report("base", 0, 0.1, 0, 0)
+    report("rl-100", 0, 0.2, 0, 100)
+    report("rl-100", 1, 0.4, 0, 300)
+    report("prism", 0, 0.5, 50, 50)
+    table = summarize(tmp_path, "rl-100")
+    rl = table["methods"]["rl-100"]["metrics"]
+    assert rl["test/success_rate"]["mean"] == pytest.approx(0.3) and rl["test/success_rate"]["n"] == 2
+    assert rl["test/success_rate"]["std"] == pytest.approx(0.1)
+    assert table["methods"]["prism"]["speedup_vs_reference"] == pytest.approx(200.1 / 100.1)
+    assert table["methods"]["base"]["speedup_vs_reference"] is None

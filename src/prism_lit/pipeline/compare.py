@@ -114,7 +114,9 @@ def summarize(out: Path, reference: str) -> dict[str, Any]:
     ref = methods.get(reference, {}).get("metrics", {}).get("seconds/total", {}).get("mean")
     for row in methods.values():
         total = row["metrics"].get("seconds/total", {}).get("mean")
-        row["speedup_vs_reference"] = (ref / total) if ref and total else None
+        trained = any(row["metrics"].get(f"seconds/{stage}", {}).get("mean") for stage in ("sft", "rl"))
+        # a method that trains nothing (the base) has no speed-up to report
+        row["speedup_vs_reference"] = (ref / total) if ref and total and trained else None
     return {"reference": reference, "methods": methods}
 
 
