@@ -158,8 +158,10 @@ def test_summarize_means_over_seeds_and_no_speedup_for_an_untrained_base(tmp_pat
     def report(method, seed, success, sft, rl):
         path = tmp_path / method / f"seed{seed}" / "report.json"
         path.parent.mkdir(parents=True)
+        stages = {name: {"seconds": max(t, 1e-5), "info": {"trained": t > 0}} for name, t in (("sft", sft), ("rl", rl))}
         path.write_text(json.dumps({
-            "method": method, "eval": {"webshop": {"test": {"success_rate": success, "score": success}}},
+            "method": method, "stages": stages,
+            "eval": {"webshop": {"test": {"success_rate": success, "score": success}}},
             "compute_seconds": {"probe": 0.1, "sft": sft, "rl": rl, "total": 0.1 + sft + rl}}))
 
     report("base", 0, 0.1, 0, 0)

@@ -97,8 +97,10 @@ def summarize(out: Path, reference: str) -> dict[str, Any]:
     for report_path in sorted(out.glob("*/seed*/report.json")):
         report = json.loads(report_path.read_text())
         method = report["method"]
-        row = methods.setdefault(method, {"runs": [], "metrics": {}})
+        row = methods.setdefault(method, {"runs": [], "metrics": {}, "trained": False})
         row["runs"].append(str(report_path.parent))
+        row["trained"] |= any((report.get("stages", {}).get(stage, {}).get("info") or {}).get("trained", True)
+                              for stage in ("sft", "rl"))
         metrics: dict[str, float] = {}
         for split, m in next(iter(report["eval"].values()), {}).items():
             metrics[f"{split}/success_rate"] = m.get("success_rate")
@@ -114,9 +116,8 @@ def summarize(out: Path, reference: str) -> dict[str, Any]:
     ref = methods.get(reference, {}).get("metrics", {}).get("seconds/total", {}).get("mean")
     for row in methods.values():
         total = row["metrics"].get("seconds/total", {}).get("mean")
-        trained = any(row["metrics"].get(f"seconds/{stage}", {}).get("mean") for stage in ("sft", "rl"))
         # a method that trains nothing (the base) has no speed-up to report
-        row["speedup_vs_reference"] = (ref / total) if ref and total and trained else None
+        row["speedup_vs_reference"] = (ref / total) if ref and total and row["trained"] else None
     return {"reference": reference, "methods": methods}
 
 
