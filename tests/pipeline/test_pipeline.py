@@ -174,3 +174,10 @@ def test_summarize_means_over_seeds_and_no_speedup_for_an_untrained_base(tmp_pat
     assert rl["test/success_rate"]["std"] == pytest.approx(0.1)
     assert table["methods"]["prism"]["speedup_vs_reference"] == pytest.approx(200.1 / 100.1)
     assert table["methods"]["base"]["speedup_vs_reference"] is None
+
+
+def test_bad_base_pretraining_settings_name_the_field():
+    with pytest.raises(ValueError, match=r"base.pretrain_context_weight must be in \[0, 1\], got 1.5"):
+        BaseModelSettings(pretrain_context_weight=1.5)
+    with pytest.raises(ValueError, match="base.pretrain_batch_size must be >= 1, got 0"):
+        BaseModelSettings(pretrain_batch_size=0)

@@ -58,6 +58,12 @@ class BaseModelSettings:
     pretrain_batch_size: int = 8
     pretrain_context_weight: float = 0.1
 
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.pretrain_context_weight <= 1.0:
+            raise ValueError(f"base.pretrain_context_weight must be in [0, 1], got {self.pretrain_context_weight!r}")
+        if self.pretrain_batch_size < 1:
+            raise ValueError(f"base.pretrain_batch_size must be >= 1, got {self.pretrain_batch_size!r}")
+
 
 @dataclass
 class ProbeSettings:
