@@ -73,3 +73,47 @@ def test_short_query_expert_wins_and_searches_the_product_phrase(tmp_path):
     # products by number, options and buy now written out
     assert any(r.split(": ")[1].isdigit() for r in replies)
     assert "Action: click[buy now]" in replies
+
+
+def test_first_match_expert_buys_the_first_listed_product_that_earns_full_reward():
+    """product='first_match' opens the first listed product whose purchase (with the wanted options it offers)
+    the env rewards 1.0, checked against the env's own reward on every listed product; it still wins every task
+    and takes fewer detours than the goal-product expert."""
+    from prism_lit.envs.webshop.reward import reward_info
+
+    # a catalogue large enough that several products fit most instructions
+    env = gym.make(WEBSHOP_ID, num_products=2000, catalogue_seed=9, split="train", results_per_page=5)
+    shop = env.unwrapped
+    detours = {}
+    for mode in ("goal", "first_match"):
+        expert = WebShopExpert(env, query="short", product=mode)
+        detours[mode] = 0
+        for task_id in shop.task_ids[:80]:
+            obs, info = env.reset(options={"task_id": task_id})
+            expert.reset(obs, info)
+            while True:
+                action, _ = expert.act(obs, info)
+                if mode == "first_match" and info["page"] == "search_results" and action[6:-1].startswith("b0"):
+                    options = shop.goal["goal_options"]
+                    wanted = list(options.values()) if isinstance(options, dict) else list(options)
+                    for asin in shop.purchase_state["listed"]:
+                        product = shop.data.by_asin[asin]
+                        offered = {v: k for k, vs in product["options"].items() for v in vs}
+                        chosen = {offered[v]: v for v in wanted if v in offered}
+                        full = reward_info(product, shop.goal, shop.data.prices[asin], chosen)["reward"] == 1.0
+                        if asin.lower() == action[6:-1]:
+                            assert full, (task_id, asin)
+                            break
+                        assert not full, (task_id, asin, "a listed product before the chosen one earns 1.0")
+                detours[mode] += action in ("click[back to search]", "click[< prev]", "click[next >]")
+                obs, reward, terminated, truncated, info = env.step(action)
+                if terminated or truncated:
+                    break
+            assert info["won"], (mode, task_id)
+    assert detours["first_match"] < detours["goal"]
+
+
+def test_expert_rejects_an_unknown_product_mode():
+    env = gym.make(WEBSHOP_ID, num_products=50)
+    with pytest.raises(ValueError, match="product must be 'goal' or 'first_match'"):
+        WebShopExpert(env, product="cheapest")

@@ -254,9 +254,13 @@ class WebShopEnv(gym.Env):
 
     @property
     def purchase_state(self) -> dict[str, Any]:
-        """Session state (oracle/debug use): page, search keywords, results page and count, product, options."""
+        """Session state (oracle/debug use): page, search keywords, results page and count, the ASINs the results
+        page lists (in order), product, options."""
+        start = (self._page_num - 1) * self.results_per_page
+        listed = [self.data.products[i]["asin"] for i in self._results[start : start + self.results_per_page]]
         return {"page": self._page.name, "keywords": self._keywords, "page_num": self._page_num,
-                "num_results": len(self._results), "asin": self._asin, "options": dict(self._options)}
+                "num_results": len(self._results), "listed": listed, "asin": self._asin,
+                "options": dict(self._options)}
 
     def _info(self, valid: bool) -> dict[str, Any]:
         return {

@@ -1,4 +1,4 @@
-"""WebShopExpert: the oracle that searches the goal's words, opens the goal product, picks its options, buys.
+"""WebShopExpert: the oracle that searches the goal's words, opens a product that satisfies it, picks the options, buys.
 
 It reads the goal (``asin``, ``goal_options``) from ``env.unwrapped.goal``; the agent never sees that.
 On generated catalogues every goal product is among the search results of its own instruction (the
@@ -13,6 +13,7 @@ from typing import Any, Literal
 import gymnasium as gym
 
 from prism_lit.envs.webshop.pages import NEXT_PAGE, PREV_PAGE
+from prism_lit.envs.webshop.reward import reward_info
 from prism_lit.envs.webshop.search import instruction_keywords
 
 __all__ = ["WebShopExpert"]
@@ -39,13 +40,21 @@ class WebShopExpert:
         query: ``instruction`` searches the instruction without its price clause; ``short`` searches only the
             product phrase (a few words a small model can copy) and falls back to the instruction when the
             product is not among the results.
+        product: ``goal`` opens the very product the goal was written from (hidden from the agent: the expert
+            passes over other products that fit the instruction just as well); ``first_match`` opens the first
+            listed product that earns the full reward (its title, category and price fit and it offers the
+            wanted options), as a person shopping would, so the demonstrations depend on what the page shows.
     """
 
-    def __init__(self, env: gym.Env, query: Literal["instruction", "short"] = "instruction"):
+    def __init__(self, env: gym.Env, query: Literal["instruction", "short"] = "instruction",
+                 product: Literal["goal", "first_match"] = "goal"):
         if query not in ("instruction", "short"):
             raise ValueError(f"WebShopExpert.query must be 'instruction' or 'short', got {query!r}")
+        if product not in ("goal", "first_match"):
+            raise ValueError(f"WebShopExpert.product must be 'goal' or 'first_match', got {product!r}")
         self.env = env
         self.query = query
+        self.product = product
         self._goal: dict[str, Any] | None = None
         self._searches = 0
 
@@ -59,6 +68,28 @@ class WebShopExpert:
         self._wanted = list(options.values()) if isinstance(options, dict) else list(options)
         self._searched = False
         self._searches = 0
+
+    def _satisfies(self, asin: str) -> bool:
+        """Whether buying ``asin`` with the wanted options it offers earns the full reward."""
+        if asin == self._goal["asin"]:
+            return True
+        data = self._shop.data
+        product = data.by_asin.get(asin)
+        if product is None:
+            return False
+        offered = {v: name for name, values in product["options"].items() for v in values}
+        chosen = {offered[v]: v for v in self._wanted if v in offered}
+        return reward_info(product, self._goal, data.prices[asin], chosen)["reward"] == 1.0
+
+    def _wanted_product(self, admissible: set[str]) -> str | None:
+        """The product to open among the listed ones (``click[<asin>]``), or None."""
+        target = self._goal["asin"].lower()
+        if self.product == "goal":
+            return f"click[{target}]" if f"click[{target}]" in admissible else None
+        for asin in self._shop.purchase_state["listed"]:
+            if self._satisfies(asin):
+                return f"click[{asin.lower()}]"
+        return None
 
     def act(self, observation: str, info: dict) -> tuple[str, str | None]:
         if self._goal is None:
@@ -74,8 +105,9 @@ class WebShopExpert:
             self._searches += 1
             return f"search[{keywords}]", "I should search for the product the instruction describes."
         if page == "search_results":
-            if f"click[{target.lower()}]" in admissible:
-                return f"click[{target.lower()}]", f"{target} matches the instruction, I should open it."
+            wanted = self._wanted_product(admissible)
+            if wanted is not None:
+                return wanted, f"{wanted[6:-1].upper()} matches the instruction, I should open it."
             if self.query == "short" and self._searches == 1:
                 return "click[back to search]", "The product is not here, I should search with the whole instruction."
             shown = state["page_num"] * self._shop.results_per_page
@@ -83,7 +115,7 @@ class WebShopExpert:
                 return f"click[{NEXT_PAGE.lower()}]", "The product is not on this page, I should look at the next one."
             return "click[back to search]", "The product is not in these results, I should search again."
         if page == "item_page":
-            if state["asin"] != target:
+            if not (state["asin"] == target if self.product == "goal" else self._satisfies(state["asin"])):
                 return f"click[{PREV_PAGE.lower()}]", "This is not the right product, I should go back."
             chosen = set(state["options"].values())
             for value in self._wanted:
