@@ -47,7 +47,7 @@ def play_expert(env, expert, task_id, seed=0):
     expert.reset(obs, info)
     total, steps, done = 0.0, 0, False
     while not done:
-        action, thought = expert.act(obs, info)
+        action, _thought = expert.act(obs, info)
         assert action in info["admissible_actions"]
         obs, reward, terminated, truncated, info = env.step(action)
         total += reward
@@ -162,7 +162,7 @@ def test_reward_only_on_the_winning_step(env):
     obs, info = env.reset(options={"task_id": task_id})
     rewards = []
     for action in info["walkthrough"]:
-        obs, reward, terminated, truncated, info = env.step(action)
+        _obs, reward, terminated, _truncated, info = env.step(action)
         rewards.append(reward)
     assert rewards[-1] == 1.0 and sum(rewards) == 1.0 and terminated and info["won"]
 
@@ -267,7 +267,7 @@ def test_reference_games_replay_to_a_win(grammar, traj):
     assert info["task_type"] == traj["task_type"]
     for step in traj["steps"]:
         assert info["admissible_actions"] == step["admissible_commands"]
-        obs, reward, terminated, truncated, info = e.step(step["action"])
+        obs, reward, terminated, _truncated, info = e.step(step["action"])
         assert (obs, reward, terminated) == (step["observation"], step["reward"], step["done"])
     assert info["won"] is True and traj["won"] is True
     # and our planner expert wins it too

@@ -75,7 +75,7 @@ def test_built_once_and_extended_incrementally(tmp_path):
 
 
 def test_splits_hold_out_layouts_and_object_kinds(small_tree):
-    root, paths = small_tree
+    _root, paths = small_tree
     layout_of = {s: {int(TASK_DIR.match(p.parent.parent.name)["layout"]) for p in files} for s, files in paths.items()}
     train_pool = layout_pool(5, "train", (4, 6), 24, 8)
     unseen_pool = layout_pool(5, "valid_unseen", (4, 6), 24, 8)

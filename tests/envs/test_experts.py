@@ -29,7 +29,7 @@ def replay(trajectory, protocol):
     for user, assistant in zip(messages[1::2], messages[2::2]):
         assert user.content == protocol.render_observation(obs, info["admissible_actions"])
         action = protocol.parse_action(assistant.content, info["admissible_actions"])
-        obs, reward, terminated, truncated, info = env.step(action)
+        obs, reward, terminated, _truncated, info = env.step(action)
         total += reward
     assert terminated
     return total, info

@@ -69,7 +69,7 @@ def test_finished_envs_stay_finished_until_reset():
     assert rewards[0] == 1.0 and terminated[0] and infos[0]["won"]
     assert pool.steps.tolist()[1:] == [0, 0]
     final_obs = obs[0]
-    obs, rewards, terminated, truncated, _ = pool.step(["click[buy now]", "search[shampoo]", None])
+    obs, rewards, terminated, _truncated, _ = pool.step(["click[buy now]", "search[shampoo]", None])
     assert obs[0] == final_obs and rewards[0] == 0.0 and terminated[0]  # ignored, still done
     assert pool.steps.tolist() == [pool.steps[0], 1, 0] and not pool.all_done
     pool.reset(seeds=[0, 1, 2])

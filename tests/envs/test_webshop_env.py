@@ -53,7 +53,7 @@ def test_start_page_and_info(env):
 
 def test_click_search_button_is_invalid_as_upstream(env):
     obs, _ = env.reset(seed=0)
-    obs2, reward, terminated, truncated, info = env.step("click[search]")
+    obs2, reward, terminated, _truncated, info = env.step("click[search]")
     assert obs2 == obs and reward == 0 and not terminated and info["valid_action"] is False
 
 
@@ -73,7 +73,7 @@ def test_navigation_matches_upstream_pages(env):
     assert info["admissible_actions"][:2] == ["click[back to search]", "click[next >]"]
     assert info["admissible_actions"][2:] == [f"click[{a.lower()}]" for a in asins]
 
-    obs2, _, _, _, info2 = env.step("click[next >]")
+    obs2, _, _, _, _info2 = env.step("click[next >]")
     parts2 = obs2.split(" [SEP] ")
     assert parts2[3].startswith("Page 2 ") and parts2[4:6] == ["< Prev", "Next >"]
     assert set(parts2[6::3]).isdisjoint(asins)
@@ -141,7 +141,7 @@ def test_search_works_from_any_page_as_upstream_text_env(env):
     env.step("search[shampoo]")
     asin = env.admissible_actions[2]
     env.step(asin)
-    obs, _, _, _, info = env.step("search[coffee table]")
+    _obs, _, _, _, info = env.step("search[coffee table]")
     state = env.purchase_state
     assert info["page"] == "search_results" and state["asin"] is None and state["options"] == {}
     assert state["keywords"] == "coffee table" and state["page_num"] == 1 and state["num_results"] > 0
@@ -208,7 +208,7 @@ def test_reset_is_deterministic_by_seed():
 
 def test_task_id_option_and_errors(env):
     task = env.task_ids[4]
-    obs, info = env.reset(seed=0, options={"task_id": task})
+    _obs, info = env.reset(seed=0, options={"task_id": task})
     assert info["task_id"] == task and env.goal is env.data.goals[int(task.split("/")[-1])]
     test_id = f"webshop/test/{env.bounds['test'][0]}"
     assert env.reset(options={"task_id": test_id})[1]["task_id"] == test_id  # explicit ids of any split

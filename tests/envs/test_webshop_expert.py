@@ -46,7 +46,7 @@ def test_expert_wins_on_default_catalogue_every_category():
     by_type = collections.Counter()
     lengths = []
     for task_id in ids[::4]:
-        reward, info, actions = play(env, expert, task_id)
+        _reward, info, actions = play(env, expert, task_id)
         assert info["won"], (task_id, actions)
         by_type[info["task_type"]] += 1
         lengths.append(len(actions))
@@ -106,7 +106,7 @@ def test_first_match_expert_buys_the_first_listed_product_that_earns_full_reward
                             break
                         assert not full, (task_id, asin, "a listed product before the chosen one earns 1.0")
                 detours[mode] += action in ("click[back to search]", "click[< prev]", "click[next >]")
-                obs, reward, terminated, truncated, info = env.step(action)
+                obs, _reward, terminated, truncated, info = env.step(action)
                 if terminated or truncated:
                     break
             assert info["won"], (mode, task_id)

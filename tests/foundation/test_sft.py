@@ -41,7 +41,7 @@ def test_full_finetune_memorises_fixture_and_export_reloads(tiny_policy_dir, tmp
 
     module, data, trainer = _fit(PolicySpec(path=str(tiny_policy_dir)), tmp_path, epochs=1)
     first = _mean_loss(module, data)
-    module, data, trainer = _fit(PolicySpec(path=str(tiny_policy_dir)), tmp_path / "long", epochs=40)
+    module, data, _trainer = _fit(PolicySpec(path=str(tiny_policy_dir)), tmp_path / "long", epochs=40)
     last = _mean_loss(module, data)
     assert last < 0.35 * first, (first, last)
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "long" / "export").eval()

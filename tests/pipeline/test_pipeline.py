@@ -18,25 +18,25 @@ from prism_lit.policy import EmbeddedModelSpec
 
 
 def _settings(tmp_path, router="prism_lit.probe.routers.PrismRouter"):
-    return dict(
-        run_dir=str(tmp_path / "run"),
-        env=EnvSettings(id="webshop", kwargs={"num_products": 60, "results_per_page": 3},
+    return {
+        "run_dir": str(tmp_path / "run"),
+        "env": EnvSettings(id="webshop", kwargs={"num_products": 60, "results_per_page": 3},
                         protocol=AgentProtocol(env="webshop", numbered_actions=True, number_pattern=r"^click\[b0"),
                         eval_splits={"test": 4}, expert_kwargs={"query": "short"}),
-        base=BaseModelSettings(embedded=EmbeddedModelSpec(vocab_size=400, hidden_size=32, num_hidden_layers=1,
+        "base": BaseModelSettings(embedded=EmbeddedModelSpec(vocab_size=400, hidden_size=32, num_hidden_layers=1,
                                                           num_attention_heads=2, num_key_value_heads=2,
                                                           intermediate_size=64),
                                familiar_task_types=["beauty", "food"], pretrain_tasks=8, pretrain_epochs=1),
-        probe=ProbeSettings(corpus_tasks=12, batch_size=4,
+        "probe": ProbeSettings(corpus_tasks=12, batch_size=4,
                             router={"class_path": router, "init_args": {}}),
-        sft=SFTSettings(epochs=1, batch_size=4),
-        rl=RLSettings(module={"class_path": "prism_lit.rl.reinforce.ReinforceModule",
+        "sft": SFTSettings(epochs=1, batch_size=4),
+        "rl": RLSettings(module={"class_path": "prism_lit.rl.reinforce.ReinforceModule",
                               "init_args": {"group_size": 2, "lr": 1e-4,
                                             "rollout": {"max_new_tokens": 8, "max_steps": 3}}},
                       data={"tasks_per_batch": 2}, max_steps=1),
-        eval=EvalSettings(policies=["base", "final"], max_steps=3, batch_size=4, max_new_tokens=8),
-        trainer={"enable_progress_bar": False},
-    )
+        "eval": EvalSettings(policies=["base", "final"], max_steps=3, batch_size=4, max_new_tokens=8),
+        "trainer": {"enable_progress_bar": False},
+    }
 
 
 def test_pipeline_runs_every_stage_writes_report_and_resumes(tmp_path):

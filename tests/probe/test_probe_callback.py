@@ -125,7 +125,7 @@ def test_probe_epoch_then_sft_serves_only_sft_ids_and_resume_skips_probe(tiny_po
     assert changed  # the SFT epoch did train
 
     stamp = (tmp_path / "partition.json").stat().st_mtime_ns
-    module, data, trainer, spy, probe = fit(policy, tmp_path, epochs=1, router=PrismRouter())
+    module, data, _trainer, spy, probe = fit(policy, tmp_path, epochs=1, router=PrismRouter())
     assert spy.probing == {0: {False}}  # valid partition present: no probe epoch
     assert (tmp_path / "partition.json").stat().st_mtime_ns == stamp and probe.partition == partition
 

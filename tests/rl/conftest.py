@@ -6,7 +6,7 @@ from prism_lit.envs.protocol import AgentProtocol
 
 
 def guess_word_protocol(**overrides) -> AgentProtocol:
-    kwargs = dict(env="guess_word", reply_format="bare", system_prompt="Guess the word .", show_admissible=False)
+    kwargs = {"env": "guess_word", "reply_format": "bare", "system_prompt": "Guess the word .", "show_admissible": False}
     kwargs.update(overrides)
     return AgentProtocol(**kwargs)
 

@@ -51,7 +51,7 @@ def test_micro_batch_contributions_sum_to_the_minibatch_loss_and_gradient(mode):
     mask = torch.tensor([[1, 1, 1], [1, 0, 0], [1, 1, 0], [1, 1, 1], [1, 0, 0]], dtype=torch.float32)
     whole, _ = clipped_policy_loss(logits, old, adv, mask, mode=mode)
     (g_whole,) = torch.autograd.grad(whole, logits)
-    totals = dict(num_tokens=float(mask.sum()), num_seqs=5)
+    totals = {"num_tokens": float(mask.sum()), "num_seqs": 5}
     parts = [clipped_policy_loss(logits[s], old[s], adv[s], mask[s], mode=mode, **totals)[0]
              for s in (slice(0, 2), slice(2, 5))]
     (g_parts,) = torch.autograd.grad(sum(parts), logits)

@@ -30,9 +30,9 @@ def _trainer(tmp_path, max_steps, callbacks=(), logger=False, **kwargs):
 
 
 def _grpo(policy_dir, protocol, **kwargs):
-    args = dict(policy=PolicySpec(path=str(policy_dir)), protocol=protocol, env_id=GUESS_WORD_ID,
-                rollout=RolloutConfig(max_new_tokens=2), group_size=4, lr=1e-2, micro_batch_size=16,
-                skip_zero_advantage=False, entropy_coef=0.01)
+    args = {"policy": PolicySpec(path=str(policy_dir)), "protocol": protocol, "env_id": GUESS_WORD_ID,
+                "rollout": RolloutConfig(max_new_tokens=2), "group_size": 4, "lr": 1e-2, "micro_batch_size": 16,
+                "skip_zero_advantage": False, "entropy_coef": 0.01}
     args.update(kwargs)
     return ReinforceModule(**args)
 
@@ -66,7 +66,7 @@ def test_first_update_sees_ratio_one_and_training_changes_the_policy(tmp_path, g
 
 
 def test_kill_and_resume_continues_the_same_run(tmp_path, gw_policy_dir, gw_protocol):
-    dm_args = dict(env_id=GUESS_WORD_ID, env_kwargs=ONE_TRY, tasks_per_batch=3, seed=7)  # 3 batches per epoch
+    dm_args = {"env_id": GUESS_WORD_ID, "env_kwargs": ONE_TRY, "tasks_per_batch": 3, "seed": 7}  # 3 batches per epoch
     # the reference: 4 uninterrupted iterations (crossing an epoch boundary)
     ref_rec = Record()
     ref = _grpo(gw_policy_dir, gw_protocol, env_kwargs=ONE_TRY)
@@ -170,9 +170,9 @@ def test_ppo_trains_a_value_head_resumes_and_exports(tmp_path, gw_policy_dir, gw
     from conftest import guess_word_protocol
 
     # the word-level policy cannot write "Action: ...": every reply is penalised, so returns are non-zero
-    args = dict(policy=PolicySpec(path=str(gw_policy_dir)), protocol=guess_word_protocol(reply_format="action"),
-                env_id=GUESS_WORD_ID, env_kwargs=ONE_TRY, rollout=RolloutConfig(max_new_tokens=2), group_size=2, lr=1e-2, value_lr=1e-1, update_epochs=2,
-                num_minibatches=2, micro_batch_size=8, export_dir=str(tmp_path / "export"))
+    args = {"policy": PolicySpec(path=str(gw_policy_dir)), "protocol": guess_word_protocol(reply_format="action"),
+                "env_id": GUESS_WORD_ID, "env_kwargs": ONE_TRY, "rollout": RolloutConfig(max_new_tokens=2), "group_size": 2, "lr": 1e-2, "value_lr": 1e-1, "update_epochs": 2,
+                "num_minibatches": 2, "micro_batch_size": 8, "export_dir": str(tmp_path / "export")}
     ckpt = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=4, save_top_k=-1)
     rec = Record()
     module = PPOModule(**args)

@@ -120,7 +120,7 @@ def test_group_members_share_the_env_seed_and_later_prompts_hold_the_history(gw_
 
 
 def test_long_prompts_drop_old_history_and_fail_clearly_when_nothing_fits(gw_policy, gw_protocol):
-    model, tok = gw_policy
+    _model, tok = gw_policy
     engine = RolloutEngine(GUESS_WORD_ID, gw_protocol, tok, RolloutConfig(max_new_tokens=1))
     from prism_lit.envs.protocol import Turn
 
