@@ -181,3 +181,55 @@ def test_bad_base_pretraining_settings_name_the_field():
         BaseModelSettings(pretrain_context_weight=1.5)
     with pytest.raises(ValueError, match="base.pretrain_batch_size must be >= 1, got 0"):
         BaseModelSettings(pretrain_batch_size=0)
+
+
+
+class _Killed(Exception):
+    pass
+
+
+class _StopAt:
+    """Interrupts training (as a kill would) once ``step`` optimizer steps are done; records where fit started."""
+
+    def __init__(self, step=None):
+        from lightning.pytorch.callbacks import Callback
+
+        self.step, self.started_at = step, None
+        outer = self
+
+        class _Cb(Callback):
+            def on_train_start(self, trainer, pl_module):
+                outer.started_at = trainer.global_step
+
+            def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+                if outer.step is not None and trainer.global_step >= outer.step:
+                    raise _Killed
+
+        self.callback = _Cb()
+
+    def install(self, monkeypatch):
+        from prism_lit.pipeline import stages
+
+        make = stages._trainer
+        monkeypatch.setattr(stages, "_trainer", lambda *a, **kw: make(*a, **{**kw, "callbacks": [self.callback]}))
+
+
+def test_killed_rl_stage_resumes_from_its_last_iteration(tmp_path, monkeypatch):
+    import torch
+
+    settings = _settings(tmp_path)
+    settings["rl"].max_steps = 3
+    pipeline(**settings, stop_after="sft")
+    run = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        _StopAt(step=2).install(patch)
+        with pytest.raises(_Killed):
+            pipeline(**settings)
+    assert read_stage_marker(run, "rl") is None
+    assert torch.load(run / "rl" / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 2
+
+    watcher = _StopAt()
+    watcher.install(monkeypatch)
+    pipeline(**settings)
+    assert watcher.started_at == 2  # the third iteration ran on top of the first two; nothing was redone
+    assert read_stage_marker(run, "rl")["info"]["steps"] == 3

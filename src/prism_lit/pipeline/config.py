@@ -118,6 +118,9 @@ class RLSettings:
         epochs: passes over the RL tasks; the RL budget grows with the number of tasks routed to RL, as in the
             paper's compute comparison (one iteration = ``tasks_per_batch`` tasks × ``group_size`` episodes).
         max_steps: a fixed number of iterations instead (overrides ``epochs``).
+        checkpoint_every_n_steps: write ``rl/checkpoints/last.ckpt`` every this many iterations, so a killed RL
+            stage resumes mid-stage (an RL stage is often shorter than one pass, so epoch-end checkpoints would
+            never come); ``0`` = only at the end.
     """
 
     enabled: bool = True
@@ -128,6 +131,7 @@ class RLSettings:
     data: dict[str, Any] = field(default_factory=dict)
     epochs: float = 1.0
     max_steps: int | None = None
+    checkpoint_every_n_steps: int = 1
 
 
 @dataclass

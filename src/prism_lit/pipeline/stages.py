@@ -28,7 +28,7 @@ def instantiate(spec: dict[str, Any], **overrides: Any) -> Any:
     return cls(**{**spec.get("init_args", {}), **overrides})
 
 
-def _trainer(ctx: PipelineContext, stage_dir: Path, **kwargs: Any):
+def _trainer(ctx: PipelineContext, stage_dir: Path, checkpoint_every_n_steps: int | None = None, **kwargs: Any):
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import TensorBoardLogger
@@ -39,7 +39,8 @@ def _trainer(ctx: PipelineContext, stage_dir: Path, **kwargs: Any):
                 "reload_dataloaders_every_n_epochs": 1, **ctx.trainer, **kwargs}
     callbacks = list(settings.pop("callbacks", []))
     if settings.get("enable_checkpointing", True):
-        callbacks.append(ModelCheckpoint(dirpath=stage_dir / "checkpoints", save_last=True, save_top_k=0))
+        callbacks.append(ModelCheckpoint(dirpath=stage_dir / "checkpoints", save_last=True, save_top_k=0,
+                                         every_n_train_steps=checkpoint_every_n_steps or None))
     return L.Trainer(
         default_root_dir=stage_dir, logger=TensorBoardLogger(stage_dir, name="tb", version=""), callbacks=callbacks,
         **settings,
@@ -228,8 +229,8 @@ def train_rl(ctx: PipelineContext) -> dict[str, Any]:
                             task_ids=tasks, seed=ctx.seed, **ctx.rl.data)
     # the eval stage measures every policy on fixed panels; no validation loop inside RL training
     iterations = ctx.rl.max_steps or max(1, math.ceil(ctx.rl.epochs * len(tasks) / data.tasks_per_batch))
-    trainer = _trainer(ctx, stage, max_steps=iterations, max_epochs=-1, limit_val_batches=0,
-                       num_sanity_val_steps=0)
+    trainer = _trainer(ctx, stage, checkpoint_every_n_steps=ctx.rl.checkpoint_every_n_steps, max_steps=iterations,
+                       max_epochs=-1, limit_val_batches=0, num_sanity_val_steps=0)
     trainer.fit(module, data, ckpt_path=_last_ckpt(stage))
     return {"trained": True, "steps": trainer.global_step, "iterations": iterations, "n_tasks": len(tasks),
             "adapter": start.adapter_path is not None}
