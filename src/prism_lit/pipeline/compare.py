@@ -145,30 +145,60 @@ def comparison_markdown(table: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+_LABEL_OFFSETS = [(5, 4), (5, -11), (-5, 4), (-5, -11), (5, 14), (-5, 14), (5, -21), (-5, -21)]
+
+
+def _place_labels(ax, points: list[tuple[str, float, float]]) -> None:
+    """Annotate each point with its name at the first offset whose label overlaps no label placed before."""
+    renderer = ax.figure.canvas.get_renderer()
+    placed = []
+    for name, x, y in sorted(points, key=lambda p: (p[1], p[2])):
+        for dx, dy in _LABEL_OFFSETS:
+            text = ax.annotate(name, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=8,
+                               ha="left" if dx > 0 else "right")
+            box = text.get_window_extent(renderer)
+            if not any(box.overlaps(other) for other in placed):
+                break
+            text.remove()
+        else:  # every offset collides: keep the first
+            text = ax.annotate(name, (x, y), textcoords="offset points", xytext=_LABEL_OFFSETS[0], fontsize=8)
+            box = text.get_window_extent(renderer)
+        placed.append(box)
+
+
 def plot_pareto(table: dict[str, Any], out: Path) -> None:
-    """Success vs training compute, one point per method (mean over seeds, error bars = std)."""
+    """Success (and, where the env has one, score) vs training compute, one point per method (mean over seeds,
+    error bars = std)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    rows = []
     for name, row in table["methods"].items():
         m = row["metrics"]
         total = m.get("seconds/total", {})
         success_keys = [k for k in m if k.endswith("/success_rate") and k.count("/") == 1]
-        if not success_keys or total.get("mean") is None:
+        if not success_keys or total.get("mean") is None or m[success_keys[0]].get("mean") is None:
             continue
-        success = m[success_keys[0]]
-        if success.get("mean") is None:
-            continue
-        ax.errorbar(total["mean"], success["mean"] * 100, xerr=total["std"], yerr=success["std"] * 100, fmt="o",
-                    capsize=3)
-        ax.annotate(name, (total["mean"], success["mean"] * 100), textcoords="offset points", xytext=(5, 4),
-                    fontsize=8)
-    ax.set_xlabel("training wall-clock, probe + SFT + RL (s)")
-    ax.set_ylabel("success rate (%)")
-    ax.set_title("Success vs compute")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
+        score = m.get(success_keys[0].replace("success_rate", "score"), {})
+        rows.append((name, total, m[success_keys[0]], score if score.get("mean") is not None else None))
+    panels = [("success_rate", "success rate (%)")]
+    if rows and all(r[3] is not None for r in rows):
+        panels.append(("score", "score (%)"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.5), squeeze=False)
+    for ax, (key, label) in zip(axes[0], panels):
+        points = []
+        for name, total, success, score in rows:
+            stat = success if key == "success_rate" else score
+            ax.errorbar(total["mean"], stat["mean"] * 100, xerr=total["std"], yerr=stat["std"] * 100, fmt="o",
+                        capsize=3)
+            points.append((name, total["mean"], stat["mean"] * 100))
+        ax.set_xlabel("training wall-clock, probe + SFT + RL (s)")
+        ax.set_ylabel(label)
+        ax.set_title(f"{label.split(' (')[0].capitalize()} vs compute")
+        ax.grid(alpha=0.3)
+        ax.margins(x=0.15)  # room for the labels of the rightmost points
+        fig.tight_layout()
+        _place_labels(ax, points)
     save_figure(fig, out)
