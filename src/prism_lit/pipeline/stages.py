@@ -7,6 +7,7 @@ import importlib
 import json
 import logging
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,9 @@ def _trainer(ctx: PipelineContext, stage_dir: Path, checkpoint_every_n_steps: in
                 "reload_dataloaders_every_n_epochs": 1, **ctx.trainer, **kwargs}
     callbacks = list(settings.pop("callbacks", []))
     if settings.get("enable_checkpointing", True):
+        # RL optimises manually; its checkpoint holds the state after the iteration's update, which is what resume
+        # wants, so Lightning's warning about pre-optimisation state does not apply
+        warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
         callbacks.append(ModelCheckpoint(dirpath=stage_dir / "checkpoints", save_last=True, save_top_k=0,
                                          every_n_train_steps=checkpoint_every_n_steps or None))
     return L.Trainer(
