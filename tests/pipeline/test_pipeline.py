@@ -69,14 +69,12 @@ def test_unknown_stage_names_are_rejected(tmp_path):
         pipeline(**_settings(tmp_path), stop_after="sfft")
 
 
-@pytest.mark.slow
-def test_compare_runs_methods_over_seeds_and_writes_table(tmp_path, monkeypatch):
+def _compare_configs(tmp_path, methods=(("prism-gini", "PrismRouter"), ("random", "RandomRouter"))):
+    """Tiny pipeline YAML files, one per (method, router class name)."""
     import yaml
 
-    from prism_lit.pipeline.compare import compare
-
     configs = []
-    for method, router in (("prism-gini", "PrismRouter"), ("random", "RandomRouter")):
+    for method, router in methods:
         s = _settings(tmp_path)
         config = {
             "method": method,
@@ -94,6 +92,14 @@ def test_compare_runs_methods_over_seeds_and_writes_table(tmp_path, monkeypatch)
         path = tmp_path / f"{method}.yaml"
         path.write_text(yaml.safe_dump(config))
         configs.append(str(path))
+    return configs
+
+
+@pytest.mark.slow
+def test_compare_runs_methods_over_seeds_and_writes_table(tmp_path, monkeypatch):
+    from prism_lit.pipeline.compare import compare
+
+    configs = _compare_configs(tmp_path)
     out = tmp_path / "cmp"
     compare(configs, seeds=[0, 1], out_dir=str(out), reference="random")
     table = json.loads((out / "comparison.json").read_text())
@@ -111,6 +117,39 @@ def test_compare_runs_methods_over_seeds_and_writes_table(tmp_path, monkeypatch)
     # the random router reads no score: its runs skip the probe pass
     assert not (out / "random" / "seed0" / "probe" / "probe.jsonl").exists()
     assert (out / "prism-gini" / "seed0" / "probe" / "probe.jsonl").is_file()
+
+
+@pytest.mark.slow
+def test_compare_workers_run_methods_in_parallel_and_report_a_failed_run(tmp_path):
+    from prism_lit.pipeline.compare import compare
+
+    import yaml
+
+    configs = _compare_configs(tmp_path, (("prism-gini", "PrismRouter"), ("random", "RandomRouter"),
+                                          ("broken", "RandomRouter")))
+    broken = yaml.safe_load(open(configs[2]))
+    broken["env"]["eval_splits"] = {"no_such_split": 3}  # valid YAML and types: fails only when the run evaluates
+    open(configs[2], "w").write(yaml.safe_dump(broken))
+    out = tmp_path / "cmp"
+    with pytest.raises(RuntimeError, match=r"1 run\(s\) failed") as err:
+        compare(configs, seeds=[0], out_dir=str(out), reference="random", workers=2)
+    assert "broken/seed0" in str(err.value) and "no_such_split" in str(err.value)
+    assert str(out / "broken" / "seed0" / "pipeline.log") in str(err.value)
+    # the other runs finished, each logged to its own file, and the table was written from them
+    table = json.loads((out / "comparison.json").read_text())
+    assert set(table["methods"]) == {"prism-gini", "random"}
+    for method in ("prism-gini", "random"):
+        assert "stage eval" in (out / method / "seed0" / "pipeline.log").read_text()
+
+
+def test_compare_checks_every_config_before_running_any(tmp_path):
+    from prism_lit.pipeline.compare import compare
+
+    configs = _compare_configs(tmp_path, (("prism-gini", "PrismRouter"), ("broken", "NoSuchRouter")))
+    out = tmp_path / "cmp"
+    with pytest.raises(ValueError, match="broken.yaml.*NoSuchRouter"):
+        compare(configs, seeds=[0], out_dir=str(out))
+    assert not out.exists()
 
 
 @pytest.mark.slow

@@ -1,6 +1,6 @@
 """``prism-lit compare``: run several pipeline configs over seeds and write the paper-style table and plots.
 
-The task corpus and the base model are built once in ``<out_dir>/shared/all/`` (with the first seed) and linked
+The task corpus and the base model are built once in ``<out_dir>/shared/all/`` (with the first config's seed) and linked
 into every method's run dir, as the paper fixes its dataset and base model and varies only training across
 seeds; with ``data_per_seed`` each seed gets its own in ``<out_dir>/shared/seed<k>/``. Each method then runs its
 own probe, routing, SFT, RL and evaluation (their wall-clock is what the table compares). Every run dir
@@ -31,8 +31,10 @@ def _parse_pipeline_config(path: str, overrides: dict[str, Any]) -> dict[str, An
     parser.add_function_arguments(pipeline)
     parser.add_argument("--config", action="config")
     args = ["--config", path] + [f"--{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in overrides.items()]
-    cfg = parser.parse_args(args)
-    init = parser.instantiate_classes(cfg)
+    try:
+        init = parser.instantiate_classes(parser.parse_args(args))
+    except Exception as err:  # noqa: BLE001 - jsonargparse and the classes it builds raise many kinds
+        raise ValueError(f"compare: {path}: {err}") from err
     return {k: v for k, v in vars(init).items() if k != "config"}
 
 
@@ -44,12 +46,45 @@ def _link_shared(shared: Path, run_dir: Path) -> None:
             os.symlink(os.path.relpath(shared / stage, run_dir), target)
 
 
+def _run_method(config: str, seed: int, run_dir: str, threads: int) -> None:
+    """One method × seed in a worker process of its own: ``threads`` torch threads, output in ``pipeline.log``."""
+    log = os.open(Path(run_dir) / "pipeline.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    import torch
+
+    torch.set_num_threads(threads)
+    from prism_lit.pipeline.run import pipeline
+
+    pipeline(**{**_parse_pipeline_config(config, {"seed": seed}), "run_dir": run_dir})
+
+
+def _run_parallel(jobs: list[tuple[str, int, Path]], workers: int) -> list[str]:
+    """Run ``(config, seed, run_dir)`` jobs ``workers`` at a time, each in a fresh process with an equal share of
+    the cores; returns one line per failed job."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    failures = []
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), max_tasks_per_child=1) as pool:
+        futures = {pool.submit(_run_method, config, seed, str(run_dir), threads): run_dir
+                   for config, seed, run_dir in jobs}
+        for future, run_dir in futures.items():
+            try:
+                future.result()
+            except Exception as err:  # noqa: BLE001 - every other run goes on; the failures are raised together
+                failures.append(f"{run_dir}: {type(err).__name__}: {err} (log: {run_dir / 'pipeline.log'})")
+    return failures
+
+
 def compare(
     configs: list[str] | None = None,
     seeds: list[int] | None = None,
     out_dir: str = "runs/compare",
     reference: str = "rl-100",
     data_per_seed: bool = False,
+    workers: int = 1,
 ) -> dict[str, Any]:
     """Run every config for every seed; write ``comparison.json``, ``comparison.md`` and plots in ``out_dir``.
 
@@ -58,28 +93,43 @@ def compare(
         seeds: seeds (default ``[0, 1, 2]``); each gets its own probe, routing, SFT, RL and evaluation runs.
         out_dir: where the runs, the table and the plots go.
         reference: the method whose total compute is the speed-up's denominator (RL on 100 % in the paper).
-        data_per_seed: give every seed its own task corpus and base model (default: one of each, shared).
+        data_per_seed: give every seed its own task corpus and base model (default: one of each, built with the
+            first config's own ``seed`` and shared by every seed).
+        workers: runs (method × seed) at once, each in its own process with ``cpu_count // workers`` threads
+            and its output in ``<run_dir>/pipeline.log``; the shared corpus and base model are built first, with
+            every thread. With ``1`` everything runs in this process, one run after another.
     """
     from prism_lit.pipeline.run import pipeline
 
     if not configs:
         raise ValueError("compare: give the pipeline configs to compare (configs: [a.yaml, b.yaml, ...])")
+    if workers < 1:
+        raise ValueError(f"compare: workers must be >= 1, got {workers}")
     out = Path(out_dir)
     seeds = [0, 1, 2] if seeds is None else seeds
+    for config in configs:  # every config is checked before the first run starts
+        _parse_pipeline_config(config, {})
+    jobs = []
     for seed in seeds:
         shared = out / "shared" / (f"seed{seed}" if data_per_seed else "all")
-        data_seed = seed if data_per_seed else seeds[0]
-        first = _parse_pipeline_config(configs[0], {"seed": data_seed, "run_dir": str(shared)})
+        data_seed = {"seed": seed} if data_per_seed else {}
+        first = _parse_pipeline_config(configs[0], {"run_dir": str(shared), **data_seed})
         pipeline(**{**first, "stop_after": SHARED_STAGES[-1]})
         for config in configs:
             kwargs = _parse_pipeline_config(config, {"seed": seed})
             run_dir = out / kwargs["method"] / f"seed{seed}"
             _link_shared(shared, run_dir)
-            pipeline(**{**kwargs, "run_dir": str(run_dir)})
+            if workers == 1:
+                pipeline(**{**kwargs, "run_dir": str(run_dir)})
+            else:
+                jobs.append((config, seed, run_dir))
+    failures = _run_parallel(jobs, workers) if jobs else []
     table = summarize(out, reference)
     atomic_write_json(out / "comparison.json", table)
     atomic_write_text(out / "comparison.md", comparison_markdown(table))
     plot_pareto(table, out / "pareto.png")
+    if failures:
+        raise RuntimeError(f"compare: {len(failures)} run(s) failed (the table has the others):\n" + "\n".join(failures))
     return {"table": str(out / "comparison.md"), "methods": list(table["methods"])}
 
 
@@ -140,8 +190,8 @@ def comparison_markdown(table: dict[str, Any]) -> str:
         speed = f"{row['speedup_vs_reference']:.2f}×" if row.get("speedup_vs_reference") else "–"
         lines.append(f"| {name} | {len(row['runs'])} | " + " | ".join(cells + secs + [speed]) + " |")
     n_seeds = max((len(r["runs"]) for r in methods.values()), default=0)
-    lines += ["", f"Success rates and scores in %, mean ± standard deviation over {n_seeds} seed(s); seconds of "
-                  "wall-clock per stage (probe + SFT + RL = total)."]
+    lines += ["", (f"Success rates and scores in %, mean ± standard deviation over {n_seeds} seed(s); seconds of "
+                   "wall-clock per stage (probe + SFT + RL = total).")]
     return "\n".join(lines) + "\n"
 
 
