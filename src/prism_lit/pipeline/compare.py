@@ -33,7 +33,7 @@ def _parse_pipeline_config(path: str, overrides: dict[str, Any]) -> dict[str, An
     args = ["--config", path] + [f"--{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in overrides.items()]
     try:
         init = parser.instantiate_classes(parser.parse_args(args))
-    except Exception as err:  # noqa: BLE001 - jsonargparse and the classes it builds raise many kinds
+    except Exception as err:
         raise ValueError(f"compare: {path}: {err}") from err
     return {k: v for k, v in vars(init).items() if k != "config"}
 
@@ -63,18 +63,24 @@ def _run_parallel(jobs: list[tuple[str, int, Path]], workers: int) -> list[str]:
     """Run ``(config, seed, run_dir)`` jobs ``workers`` at a time, each in a fresh process with an equal share of
     the cores; returns one line per failed job."""
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures import ProcessPoolExecutor, as_completed
 
     threads = max(1, (os.cpu_count() or 1) // workers)
+    print(f"compare: {len(jobs)} runs, {workers} at a time with {threads} thread(s) each; logs in <run_dir>/pipeline.log",
+          flush=True)
     failures = []
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), max_tasks_per_child=1) as pool:
         futures = {pool.submit(_run_method, config, seed, str(run_dir), threads): run_dir
                    for config, seed, run_dir in jobs}
-        for future, run_dir in futures.items():
+        for done, future in enumerate(as_completed(futures), 1):
+            run_dir = futures[future]
             try:
                 future.result()
+                status = "finished"
             except Exception as err:  # noqa: BLE001 - every other run goes on; the failures are raised together
                 failures.append(f"{run_dir}: {type(err).__name__}: {err} (log: {run_dir / 'pipeline.log'})")
+                status = "FAILED"
+            print(f"compare: [{done}/{len(jobs)}] {run_dir} {status}", flush=True)
     return failures
 
 
