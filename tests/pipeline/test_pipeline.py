@@ -132,14 +132,16 @@ def test_compare_workers_run_methods_in_parallel_and_report_a_failed_run(tmp_pat
     open(configs[2], "w").write(yaml.safe_dump(broken))
     out = tmp_path / "cmp"
     with pytest.raises(RuntimeError, match=r"1 run\(s\) failed") as err:
-        compare(configs, seeds=[0], out_dir=str(out), reference="random", workers=2)
-    assert "broken/seed0" in str(err.value) and "no_such_split" in str(err.value)
-    assert str(out / "broken" / "seed0" / "pipeline.log") in str(err.value)
+        compare(configs, seeds=[1], out_dir=str(out), reference="random", workers=2)
+    assert "broken/seed1" in str(err.value) and "no_such_split" in str(err.value)
+    assert str(out / "broken" / "seed1" / "pipeline.log") in str(err.value)
+    # the shared corpus and base come from the config's own seed, whichever seeds this call was given
+    assert json.loads((out / "shared" / "all" / "pipeline_config.json").read_text())["seed"] == 0
     # the other runs finished, each logged to its own file, and the table was written from them
     table = json.loads((out / "comparison.json").read_text())
     assert set(table["methods"]) == {"prism-gini", "random"}
     for method in ("prism-gini", "random"):
-        assert "stage eval" in (out / method / "seed0" / "pipeline.log").read_text()
+        assert "stage eval" in (out / method / "seed1" / "pipeline.log").read_text()
 
 
 def test_compare_checks_every_config_before_running_any(tmp_path):
