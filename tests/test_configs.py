@@ -50,3 +50,25 @@ def test_config_parses(path, monkeypatch):
         from prism_lit.pipeline.compare import compare  # noqa: F401
         for sub in config["configs"]:
             assert Path(sub).is_file(), sub
+
+
+@pytest.mark.parametrize("env", ["webshop", "alfworld"])
+def test_baselines_share_one_sft_and_one_rl_recipe(env, monkeypatch):
+    """A comparison is fair only if the methods differ in routing alone: every baseline that trains SFT uses the
+    same SFT settings, and every one that runs RL the same RL module, batch and budget (only the task set differs)."""
+    from dataclasses import asdict
+
+    from prism_lit.pipeline.compare import _parse_pipeline_config
+
+    monkeypatch.chdir(ROOT)
+    sft, rl = {}, {}
+    for path in sorted((ROOT / "configs" / "baselines" / env).glob("*.yaml")):
+        kwargs = _parse_pipeline_config(str(path), {})
+        if kwargs["sft"].enabled:
+            sft[path.name] = asdict(kwargs["sft"]) | {"data": None}
+        if kwargs["rl"].enabled:
+            rl[path.name] = asdict(kwargs["rl"]) | {"tasks": None}
+    assert len(sft) >= 2 and len(rl) >= 2
+    first_sft, first_rl = next(iter(sft.values())), next(iter(rl.values()))
+    assert {name: s for name, s in sft.items() if s != first_sft} == {}
+    assert {name: r for name, r in rl.items() if r != first_rl} == {}
