@@ -230,7 +230,7 @@ def plot_pareto(table: dict[str, Any], out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = []
+    rows, split = [], ""
     for name, row in table["methods"].items():
         m = row["metrics"]
         total = m.get("seconds/total", {})
@@ -239,9 +239,11 @@ def plot_pareto(table: dict[str, Any], out: Path) -> None:
             continue
         score = m.get(success_keys[0].replace("success_rate", "score"), {})
         rows.append((name, total, m[success_keys[0]], score if score.get("mean") is not None else None))
-    panels = [("success_rate", "success rate (%)")]
-    if rows and all(r[3] is not None for r in rows):
-        panels.append(("score", "score (%)"))
+        split = success_keys[0].split("/")[0]
+    panels = [("success_rate", f"{split} success rate (%)")]
+    # a score panel only where the env's score says more than success (WebShop's reward; ALFWorld's equals it)
+    if rows and all(r[3] is not None for r in rows) and any(r[3]["mean"] != r[2]["mean"] for r in rows):
+        panels.append(("score", f"{split} score (%)"))
     fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.5), squeeze=False)
     for ax, (key, label) in zip(axes[0], panels):
         points = []
@@ -252,7 +254,7 @@ def plot_pareto(table: dict[str, Any], out: Path) -> None:
             points.append((name, total["mean"], stat["mean"] * 100))
         ax.set_xlabel("training wall-clock, probe + SFT + RL (s)")
         ax.set_ylabel(label)
-        ax.set_title(f"{label.split(' (')[0].capitalize()} vs compute")
+        ax.set_title(f"{label.split(' (')[0]} vs compute")
         ax.grid(alpha=0.3)
         ax.margins(x=0.15)  # room for the labels of the rightmost points
         fig.tight_layout()
