@@ -67,7 +67,7 @@ def product_chance(page: str) -> float | None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("run_dir", type=Path, help="a pipeline run directory (reads its pipeline_config.json)")
-    parser.add_argument("--policies", nargs="+", default=["base", "sft", "final"])
+    parser.add_argument("--policies", nargs="+", default=["base", "sft", "final"], choices=["base", "sft", "final"])
     parser.add_argument("--episodes", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, help="also write the table as JSON here")
@@ -82,7 +82,10 @@ def main() -> None:
     from prism_lit.envs.webshop.generator import CATEGORIES
     from prism_lit.policy import PolicySpec, load_policy
 
-    config = json.loads((args.run_dir / "pipeline_config.json").read_text())
+    config_path = args.run_dir / "pipeline_config.json"
+    if not config_path.is_file():
+        raise SystemExit(f"{config_path} not found: give a pipeline run directory (prism-lit pipeline writes it)")
+    config = json.loads(config_path.read_text())
     env = config["env"]
     if env["id"] != "webshop":
         raise SystemExit(f"{args.run_dir}: env.id is {env['id']!r}; this diagnostic reads WebShop pages")

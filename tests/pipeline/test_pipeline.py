@@ -222,6 +222,8 @@ def test_bad_base_pretraining_settings_name_the_field():
         BaseModelSettings(pretrain_context_weight=1.5)
     with pytest.raises(ValueError, match="base.pretrain_batch_size must be >= 1, got 0"):
         BaseModelSettings(pretrain_batch_size=0)
+    with pytest.raises(ValueError, match="rl.checkpoint_every_n_steps must be >= 0"):
+        RLSettings(checkpoint_every_n_steps=-1)
 
 
 

@@ -133,6 +133,11 @@ class RLSettings:
     max_steps: int | None = None
     checkpoint_every_n_steps: int = 1
 
+    def __post_init__(self) -> None:
+        if self.checkpoint_every_n_steps < 0:
+            raise ValueError(f"rl.checkpoint_every_n_steps must be >= 0 (0 = only at the end), got "
+                             f"{self.checkpoint_every_n_steps!r}")
+
 
 @dataclass
 class EvalSettings:
