@@ -276,3 +276,22 @@ def test_killed_rl_stage_resumes_from_its_last_iteration(tmp_path, monkeypatch):
     pipeline(**settings)
     assert watcher.started_at == 2  # the third iteration ran on top of the first two; nothing was redone
     assert read_stage_marker(run, "rl")["info"]["steps"] == 3
+
+
+def test_copy_warmup_runs_before_pretraining_and_is_reused_on_resume(tmp_path):
+    settings = _settings(tmp_path)
+    settings["base"].copy_warmup_steps = 4
+    pipeline(**settings, stop_after="base")
+    warm = tmp_path / "run" / "base" / "warm"
+    record = json.loads((warm / "warmup.json").read_text())
+    assert record["steps"] == 4 and record["words"] > 10
+    assert (warm / "config.json").is_file() and (tmp_path / "run" / "base" / "model" / "config.json").is_file()
+    stamp = (warm / "model.safetensors").stat().st_mtime_ns
+    (tmp_path / "run" / "base" / "stage.json").unlink()  # as if killed during pre-training
+    pipeline(**settings, stop_after="base")
+    assert (warm / "model.safetensors").stat().st_mtime_ns == stamp  # the warm-up is not redone
+
+
+def test_bad_copy_warmup_steps_name_the_field():
+    with pytest.raises(ValueError, match="base.copy_warmup_steps must be >= 0, got -5"):
+        BaseModelSettings(copy_warmup_steps=-5)

@@ -47,6 +47,9 @@ class BaseModelSettings:
         pretrain_context_weight: loss weight of the observation and prompt tokens during pre-training, relative to
             the replies (language modelling on the interaction text teaches the model to read and copy from it;
             0: the replies only).
+        copy_warmup_steps: steps of copy warm-up before pre-training (half bare copies, half in the chat format,
+            batch 16, on words of the pre-training tasks; see ``prism_lit.policy.copy_warmup``). A small model
+            trained from scratch on episodes never starts copying from its context without it. 0: none.
     """
 
     path: str | None = None
@@ -57,8 +60,11 @@ class BaseModelSettings:
     pretrain_lr: float = 2e-3
     pretrain_batch_size: int = 8
     pretrain_context_weight: float = 0.1
+    copy_warmup_steps: int = 0
 
     def __post_init__(self) -> None:
+        if self.copy_warmup_steps < 0:
+            raise ValueError(f"base.copy_warmup_steps must be >= 0, got {self.copy_warmup_steps!r}")
         if not 0.0 <= self.pretrain_context_weight <= 1.0:
             raise ValueError(f"base.pretrain_context_weight must be in [0, 1], got {self.pretrain_context_weight!r}")
         if self.pretrain_batch_size < 1:

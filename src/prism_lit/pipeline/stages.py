@@ -107,6 +107,8 @@ def prepare_base(ctx: PipelineContext) -> dict[str, Any]:
         stage / "init", corpus_from_files([ctx.path("tasks", "corpus.jsonl"), ctx.path("tasks", "pretrain.jsonl")]),
         ctx.base.embedded,
     )
+    if ctx.base.copy_warmup_steps > 0:
+        init = _copy_warmup(ctx, init, stage / "warm")
     module = SFTModule(policy=PolicySpec(path=str(init)), lr=ctx.base.pretrain_lr, export_dir=str(stage / "model"),
                        warmup_steps=10, schedule="cosine")
     data = TrajectoryDataModule(train_files=[str(ctx.path("tasks", "pretrain.jsonl"))],
@@ -117,6 +119,30 @@ def prepare_base(ctx: PipelineContext) -> dict[str, Any]:
     trainer.fit(module, data, ckpt_path=_last_ckpt(stage))
     return {"path": str(stage / "model"), "prepared": True, "steps": trainer.global_step,
             "final_loss": float(trainer.callback_metrics.get("train/loss", float("nan")))}
+
+
+def _copy_warmup(ctx: PipelineContext, init: Path, out: Path) -> Path:
+    """The init model after the copy warm-up, saved to ``out`` (kept: a resumed base stage reuses it)."""
+    from prism_lit.data.schema import read_trajectories
+    from prism_lit.io import atomic_directory
+    from prism_lit.policy import load_policy
+    from prism_lit.policy.copy_warmup import task_words, train_copy
+
+    if (out / "warmup.json").is_file():
+        return out
+    first_observations = [next(m.content for m in t.messages if m.role == "user")
+                          for t in read_trajectories(ctx.path("tasks", "pretrain.jsonl"))]
+    words = task_words(first_observations)
+    model, tokenizer = load_policy(PolicySpec(path=str(init)))
+    half = ctx.base.copy_warmup_steps // 2
+    losses = train_copy(model, tokenizer, words, bare_steps=half, chat_steps=ctx.base.copy_warmup_steps - half,
+                        seed=ctx.seed)
+    with atomic_directory(out) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "warmup.json").write_text(json.dumps(
+            {"steps": len(losses), "words": len(words), "first_loss": losses[0], "last_loss": losses[-1]}) + "\n")
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- probe
