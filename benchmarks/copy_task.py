@@ -13,6 +13,8 @@ samples as it goes:
 - ``chat``: the chat template around ``Type this search: [SEP] w1 … wn`` → ``Action: search[w1 … wn]``, the
   format of the agent's own replies (about 20 template tokens between the words and their copy).
 
+The samples are ``prism_lit.policy.copy_warmup``'s, the pipeline's ``base.copy_warmup_steps``.
+
 ``--bare_first K`` trains K steps of ``bare`` before the ``--format`` steps (a copy warm-up; the copy rate is
 always measured in ``--format``).
 
@@ -60,6 +62,7 @@ def main() -> None:
     import torch
 
     from prism_lit.policy import PolicySpec, load_tokenizer
+    from prism_lit.policy.copy_warmup import copy_batch, copy_sample
     from prism_lit.policy.embedded import EmbeddedModelSpec, build_model
 
     config_path = args.run_dir / "pipeline_config.json"
@@ -77,16 +80,7 @@ def main() -> None:
 
     def sample(form: str = args.format) -> tuple[list[int], int]:
         """Token ids and where the copy starts."""
-        text = " ".join(rng.choice(words) for _ in range(rng.randint(3, 12)))
-        if form == "bare":
-            source = tokenizer(" " + text, add_special_tokens=False).input_ids
-            return source + [tokenizer.eos_token_id] + source, len(source) + 1
-        messages = [{"role": "user", "content": f"Type this search: [SEP] {text}"},
-                    {"role": "assistant", "content": f"Action: search[{text}]"}]
-        prompt = tokenizer.apply_chat_template(messages[:1], tokenize=False, add_generation_prompt=True)
-        full = tokenizer.apply_chat_template(messages, tokenize=False)
-        return (tokenizer(full, add_special_tokens=False).input_ids,
-                len(tokenizer(prompt, add_special_tokens=False).input_ids))
+        return copy_sample(tokenizer, words, rng, form)
 
     def copy_rate() -> float:
         model.eval()
@@ -112,15 +106,7 @@ def main() -> None:
     model.train()
     for step in range(args.bare_first + args.steps):
         form = "bare" if step < args.bare_first else args.format
-        batch = [sample(form) for _ in range(args.batch_size)]
-        width = max(len(ids) for ids, _ in batch)
-        input_ids = torch.full((len(batch), width), tokenizer.pad_token_id)
-        labels = torch.full((len(batch), width), -100)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, (ids, start) in enumerate(batch):
-            input_ids[row, : len(ids)] = torch.tensor(ids)
-            labels[row, start : len(ids)] = torch.tensor(ids[start:])
-            mask[row, : len(ids)] = 1
+        input_ids, mask, labels = copy_batch([sample(form) for _ in range(args.batch_size)], tokenizer.pad_token_id)
         loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
         optimizer.zero_grad()
         loss.backward()
