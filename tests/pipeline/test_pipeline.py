@@ -286,6 +286,7 @@ def test_copy_warmup_runs_before_pretraining_and_is_reused_on_resume(tmp_path):
     record = json.loads((warm / "warmup.json").read_text())
     assert record["steps"] == 4 and record["words"] > 10
     assert (warm / "config.json").is_file() and (tmp_path / "run" / "base" / "model" / "config.json").is_file()
+    assert read_stage_marker(tmp_path / "run", "base")["info"]["init"] == str(warm)  # pre-training starts from it
     stamp = (warm / "model.safetensors").stat().st_mtime_ns
     (tmp_path / "run" / "base" / "stage.json").unlink()  # as if killed during pre-training
     pipeline(**settings, stop_after="base")
@@ -295,3 +296,5 @@ def test_copy_warmup_runs_before_pretraining_and_is_reused_on_resume(tmp_path):
 def test_bad_copy_warmup_steps_name_the_field():
     with pytest.raises(ValueError, match="base.copy_warmup_steps must be >= 0, got -5"):
         BaseModelSettings(copy_warmup_steps=-5)
+    with pytest.raises(ValueError, match="copy_warmup_steps warms up the embedded default only; base.path is set"):
+        BaseModelSettings(path="models/my-llm", copy_warmup_steps=100)

@@ -65,6 +65,9 @@ class BaseModelSettings:
     def __post_init__(self) -> None:
         if self.copy_warmup_steps < 0:
             raise ValueError(f"base.copy_warmup_steps must be >= 0, got {self.copy_warmup_steps!r}")
+        if self.copy_warmup_steps and self.path is not None:
+            raise ValueError(f"base.copy_warmup_steps warms up the embedded default only; base.path is set "
+                             f"({self.path!r}): remove one of them")
         if not 0.0 <= self.pretrain_context_weight <= 1.0:
             raise ValueError(f"base.pretrain_context_weight must be in [0, 1], got {self.pretrain_context_weight!r}")
         if self.pretrain_batch_size < 1:

@@ -117,7 +117,7 @@ def prepare_base(ctx: PipelineContext) -> dict[str, Any]:
                                 max_length=ctx.sft.max_length, seed=ctx.seed)
     trainer = _trainer(ctx, stage, max_epochs=ctx.base.pretrain_epochs)
     trainer.fit(module, data, ckpt_path=_last_ckpt(stage))
-    return {"path": str(stage / "model"), "prepared": True, "steps": trainer.global_step,
+    return {"path": str(stage / "model"), "prepared": True, "init": str(init), "steps": trainer.global_step,
             "final_loss": float(trainer.callback_metrics.get("train/loss", float("nan")))}
 
 

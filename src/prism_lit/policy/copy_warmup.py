@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 CHAT_PROMPT = "Type this search: [SEP] {text}"
@@ -71,7 +71,6 @@ def train_copy(
     batch_size: int = 16,
     lr: float = 1e-3,
     seed: int = 0,
-    on_step: Callable[[int, float], None] | None = None,
 ) -> list[float]:
     """Train ``model`` in place on ``bare_steps`` bare then ``chat_steps`` chat copy batches; the losses."""
     import torch
@@ -91,6 +90,4 @@ def train_copy(
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
-        if on_step is not None:
-            on_step(step, losses[-1])
     return losses
