@@ -16,9 +16,11 @@ def tokenizer():
     return train_tokenizer([" ".join(WORDS) * 3, "Type this search: [SEP] Action: search[red]"], vocab_size=400)
 
 
-def test_task_words_are_distinct_lowercase_words_of_three_letters_or_more():
+def test_task_words_are_distinct_lowercase_words_of_three_letters_or_more_or_with_digits():
     assert task_words(["Find me RED socks, and a lamp", "i need a red desk [SEP]"]) == \
         ["and", "desk", "find", "lamp", "need", "red", "sep", "socks"]
+    assert task_words(["size: xx-large, pack of 2, 16 ounce, price lower than 40.00 dollars."]) == \
+        ["16", "2", "40.00", "dollars", "lower", "ounce", "pack", "price", "size", "than", "xx-large"]
 
 
 def test_samples_put_the_copy_after_its_source(tokenizer):

@@ -224,6 +224,8 @@ def test_bad_base_pretraining_settings_name_the_field():
         BaseModelSettings(pretrain_batch_size=0)
     with pytest.raises(ValueError, match="rl.checkpoint_every_n_steps must be >= 0"):
         RLSettings(checkpoint_every_n_steps=-1)
+    with pytest.raises(ValueError, match=r"sft.context_weight must be in \[0, 1\], got -0.1"):
+        SFTSettings(context_weight=-0.1)
 
 
 

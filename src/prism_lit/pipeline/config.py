@@ -103,6 +103,8 @@ class SFTSettings:
         data: ``partition`` (the trajectories routed to SFT) or ``all`` (every trajectory of the corpus).
         epochs, lr, batch_size, max_length: optimisation settings.
         lora: train a LoRA adapter instead of the full model.
+        context_weight: loss weight of the observation and prompt tokens, relative to the replies (as
+            ``base.pretrain_context_weight``; 0: the replies only, as in TRL's assistant-only loss).
     """
 
     enabled: bool = True
@@ -112,6 +114,11 @@ class SFTSettings:
     batch_size: int = 8
     max_length: int = 2048
     lora: LoraSpec | None = None
+    context_weight: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.context_weight <= 1.0:
+            raise ValueError(f"sft.context_weight must be in [0, 1], got {self.context_weight!r}")
 
 
 @dataclass

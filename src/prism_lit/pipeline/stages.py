@@ -130,8 +130,11 @@ def _copy_warmup(ctx: PipelineContext, init: Path, out: Path) -> Path:
 
     if (out / "warmup.json").is_file():
         return out
+    # Every task's words, the corpus's unfamiliar types included: a pre-trained LLM can copy any word it has
+    # tokens for, and words the pre-training never shows would otherwise keep their random embeddings.
     first_observations = [next(m.content for m in t.messages if m.role == "user")
-                          for t in read_trajectories(ctx.path("tasks", "pretrain.jsonl"))]
+                          for name in ("pretrain.jsonl", "corpus.jsonl")
+                          for t in read_trajectories(ctx.path("tasks", name))]
     words = task_words(first_observations)
     model, tokenizer = load_policy(PolicySpec(path=str(init)))
     half = ctx.base.copy_warmup_steps // 2
@@ -211,7 +214,7 @@ def train_sft(ctx: PipelineContext) -> dict[str, Any]:
                        export_dir=str(stage / "export"))
     data = TrajectoryDataModule(
         train_files=[str(ctx.path("tasks", "corpus.jsonl"))], batch_size=ctx.sft.batch_size,
-        max_length=ctx.sft.max_length, seed=ctx.seed,
+        max_length=ctx.sft.max_length, seed=ctx.seed, context_weight=ctx.sft.context_weight,
         partition_path=str(partition_path) if ctx.sft.data == "partition" else None,
     )
     trainer = _trainer(ctx, stage, max_epochs=ctx.sft.epochs)

@@ -24,10 +24,12 @@ CHAT_REPLY = "Action: search[{text}]"
 
 
 def task_words(texts: Iterable[str]) -> list[str]:
-    """The distinct lower-case words (letters only, 3 or more) of ``texts``, sorted."""
+    """The distinct lower-case words of ``texts``, sorted: 3 letters or more, or any with a digit, and kept whole
+    across hyphens and decimal points (option values such as ``xx-large`` or ``16``, prices such as ``40.00``)."""
     words: set[str] = set()
     for text in texts:
-        words.update(w for w in re.findall(r"[a-z]+", text.lower()) if len(w) > 2)
+        words.update(w for w in re.findall(r"[a-z0-9]+(?:[-.][a-z0-9]+)*", text.lower())
+                     if len(w) > 2 or any(c.isdigit() for c in w))
     return sorted(words)
 
 
