@@ -300,3 +300,24 @@ def test_bad_copy_warmup_steps_name_the_field():
         BaseModelSettings(copy_warmup_steps=-5)
     with pytest.raises(ValueError, match="copy_warmup_steps warms up the embedded default only; base.path is set"):
         BaseModelSettings(path="models/my-llm", copy_warmup_steps=100)
+
+
+def test_a_finished_stage_made_with_other_settings_is_refused_until_rerun(tmp_path):
+    settings = _settings(tmp_path)
+    pipeline(**settings, stop_after="sft")
+    run = tmp_path / "run"
+    config_before = (run / "pipeline_config.json").read_text()
+    sft_marker = read_stage_marker(run, "sft")
+    assert sft_marker["settings"]["sft"]["lr"] == settings["sft"].lr
+
+    settings["sft"].lr = 5e-4
+    with pytest.raises(ValueError, match=r"stage 'sft' .*sft\.lr: 0\.001 -> 0\.0005.*--rerun sft"):
+        pipeline(**settings, stop_after="sft")
+    assert (run / "pipeline_config.json").read_text() == config_before  # nothing was changed
+    assert read_stage_marker(run, "sft") == sft_marker
+
+    pipeline(**settings, stop_after="sft", rerun=["sft"])
+    assert read_stage_marker(run, "sft")["settings"]["sft"]["lr"] == 5e-4
+    probe_marker = read_stage_marker(run, "probe")
+    pipeline(**settings, stop_after="sft")  # the same settings again: every stage is reused
+    assert read_stage_marker(run, "probe") == probe_marker

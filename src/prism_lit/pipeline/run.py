@@ -124,9 +124,10 @@ def pipeline(
         run_dir=Path(run_dir), env=env, base=base, probe=probe, sft=sft, rl=rl, eval=eval, seed=seed,
         trainer=dict(trainer or {}), method=method,
     )
+    first_rerun = min((STAGE_ORDER.index(s) for s in rerun or []), default=len(STAGE_ORDER))
+    _check_done_stages(ctx, STAGE_ORDER[:first_rerun])
     ctx.run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(ctx.path("pipeline_config.json"), _config_dict(ctx))
-    first_rerun = min((STAGE_ORDER.index(s) for s in rerun or []), default=len(STAGE_ORDER))
     functions = _stage_functions()
     for index, name in enumerate(STAGE_ORDER):
         marker = read_stage_marker(ctx.run_dir, name)
@@ -138,13 +139,54 @@ def pipeline(
             L.seed_everything(seed + index, workers=True, verbose=False)
             start = time.perf_counter()
             info = functions[name](ctx)
-            marker = {"stage": name, "seconds": time.perf_counter() - start, "info": info}
+            marker = {"stage": name, "seconds": time.perf_counter() - start, "info": info,
+                      "settings": stage_settings(ctx, name)}
             atomic_write_json(_marker(ctx, name), marker)
             ctx.info[name] = marker
             log.warning("pipeline: stage %-6s finished in %.1f s", name, marker["seconds"])
         if name == stop_after:
             break
     return {name: m["seconds"] for name, m in ctx.info.items()}
+
+
+def stage_settings(ctx: PipelineContext, name: str) -> dict[str, Any] | None:
+    """The settings a stage's artifacts depend on, as JSON values (recorded in its marker)."""
+    sections = {
+        "tasks": lambda: {"env": asdict(ctx.env), "probe.corpus_tasks": ctx.probe.corpus_tasks,
+                          "base.familiar_task_types": ctx.base.familiar_task_types,
+                          "base.pretrain_tasks": ctx.base.pretrain_tasks},
+        "base": lambda: {"base": asdict(ctx.base)},
+        "probe": lambda: {"probe": asdict(ctx.probe)},
+        "sft": lambda: {"sft": asdict(ctx.sft)},
+        "rl": lambda: {"rl": asdict(ctx.rl)},
+        "eval": lambda: {"eval": asdict(ctx.eval)},
+    }
+    make = sections.get(name)
+    return None if make is None else json.loads(json.dumps(make()))
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        return {k: v for key, item in value.items() for k, v in _flatten(item, f"{prefix}{key}.").items()}
+    return {prefix.rstrip("."): value}
+
+
+def _check_done_stages(ctx: PipelineContext, stages: tuple[str, ...] | list[str]) -> None:
+    """Refuse to reuse a finished stage whose recorded settings differ from this config's (before anything is
+    written): its artifacts would silently stand for settings they were not made with."""
+    for name in stages:
+        marker = read_stage_marker(ctx.run_dir, name)
+        recorded = (marker or {}).get("settings")
+        if recorded is None:  # not run yet, or a marker from before settings were recorded
+            continue
+        old, new = _flatten(recorded), _flatten(stage_settings(ctx, name))
+        changed = [f"{key}: {old.get(key)!r} -> {new.get(key)!r}" for key in sorted(old.keys() | new.keys())
+                   if old.get(key) != new.get(key)]
+        if changed:
+            raise ValueError(
+                f"pipeline: stage {name!r} in {ctx.run_dir} was made with other settings than this config's "
+                f"({'; '.join(changed[:5])}{' ...' if len(changed) > 5 else ''}). Pass --rerun {name} to redo it "
+                f"and the stages after it, or use another run_dir; nothing was changed.")
 
 
 def _config_dict(ctx: PipelineContext) -> dict[str, Any]:
