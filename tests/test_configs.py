@@ -72,3 +72,24 @@ def test_baselines_share_one_sft_and_one_rl_recipe(env, monkeypatch):
     first_sft, first_rl = next(iter(sft.values())), next(iter(rl.values()))
     assert {name: s for name, s in sft.items() if s != first_sft} == {}
     assert {name: r for name, r in rl.items() if r != first_rl} == {}
+
+
+@pytest.mark.parametrize("args", [["--rl.module.init_args.lr", "5e-4"], ["--rl.module", "{class_path: x}"],
+                                  ["--probe.router.init_args.rl_fraction=0.3"]])
+def test_pipeline_refuses_command_line_overrides_of_class_path_dicts(args, tmp_path):
+    from prism_lit.cli import main
+
+    with pytest.raises(SystemExit, match=r"cannot be set on the command line .*pass --(rl|probe) that_file.yaml"):
+        main(["pipeline", "--config", "configs/pipeline_webshop_embedded.yaml", "--run_dir", str(tmp_path), *args])
+    assert not any(tmp_path.iterdir())  # refused before anything ran
+
+
+def test_pipeline_takes_a_whole_rl_section_file(tmp_path, capsys):
+    from prism_lit.cli import main
+
+    rl = tmp_path / "rl.yaml"
+    rl.write_text(Path("configs/parts/common/rl.yaml").read_text().replace("lr: 5.0e-5", "lr: 5.0e-4"))
+    with pytest.raises(SystemExit) as printed:
+        main(["pipeline", "--config", "configs/pipeline_webshop_embedded.yaml", "--rl", str(rl), "--print_config"])
+    assert printed.value.code in (0, None)
+    assert yaml.safe_load(capsys.readouterr().out)["rl"]["module"]["init_args"]["lr"] == 5.0e-4
