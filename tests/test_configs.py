@@ -1,5 +1,6 @@
 """Every shipped YAML in configs/ is parsed (and, where it runs on this CPU, instantiated) — litgpt's habit."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -93,3 +94,19 @@ def test_pipeline_takes_a_whole_rl_section_file(tmp_path, capsys):
         main(["pipeline", "--config", "configs/pipeline_webshop_embedded.yaml", "--rl", str(rl), "--print_config"])
     assert printed.value.code in (0, None)
     assert yaml.safe_load(capsys.readouterr().out)["rl"]["module"]["init_args"]["lr"] == 5.0e-4
+
+
+@pytest.mark.parametrize("env", ["webshop", "alfworld"])
+def test_baselines_agree_on_the_settings_of_the_stages_compare_shares(env):
+    """``compare`` links one corpus and one base model into every method's run; a method whose tasks or base
+    settings differed would be refused by the pipeline's stage-settings check."""
+    from prism_lit.pipeline.compare import _parse_pipeline_config
+    from prism_lit.pipeline.run import PipelineContext, stage_settings
+
+    shared = set()
+    for path in sorted(Path(f"configs/baselines/{env}").glob("*.yaml")):
+        cfg = _parse_pipeline_config(str(path), {})
+        ctx = PipelineContext(run_dir=Path("unused"), env=cfg["env"], base=cfg["base"], probe=cfg["probe"],
+                              sft=cfg["sft"], rl=cfg["rl"], eval=cfg["eval"], seed=0, trainer={}, method="m")
+        shared.add(json.dumps([stage_settings(ctx, "tasks"), stage_settings(ctx, "base")], sort_keys=True))
+    assert len(shared) == 1
