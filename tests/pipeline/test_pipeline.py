@@ -217,6 +217,22 @@ def test_summarize_means_over_seeds_and_no_speedup_for_an_untrained_base(tmp_pat
     assert table["methods"]["base"]["speedup_vs_reference"] is None
 
 
+def test_sft_stage_follows_its_warmup_and_cosine_schedule(tmp_path):
+    import torch
+
+    settings = _settings(tmp_path)
+    settings["sft"] = SFTSettings(epochs=2, batch_size=2, lr=1e-3, warmup_steps=2, schedule="cosine")
+    pipeline(**settings, stop_after="sft")
+    run = tmp_path / "run"
+    steps = read_stage_marker(run, "sft")["info"]["steps"]
+    assert steps == 6  # 6 trajectories routed to SFT, batch 2, 2 epochs
+    ckpt = torch.load(run / "sft" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    (scheduler,) = ckpt["lr_schedulers"]
+    assert scheduler["last_epoch"] == steps
+    # after the last step the cosine has decayed to its floor: a tenth of the peak
+    assert scheduler["_last_lr"][0] == pytest.approx(1e-4)
+
+
 def test_bad_base_pretraining_settings_name_the_field():
     with pytest.raises(ValueError, match=r"base.pretrain_context_weight must be in \[0, 1\], got 1.5"):
         BaseModelSettings(pretrain_context_weight=1.5)
@@ -226,6 +242,8 @@ def test_bad_base_pretraining_settings_name_the_field():
         RLSettings(checkpoint_every_n_steps=-1)
     with pytest.raises(ValueError, match=r"sft.context_weight must be in \[0, 1\], got -0.1"):
         SFTSettings(context_weight=-0.1)
+    with pytest.raises(ValueError, match="sft.warmup_steps must be >= 0, got -5"):
+        SFTSettings(warmup_steps=-5)
 
 
 

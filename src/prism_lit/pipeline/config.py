@@ -105,6 +105,9 @@ class SFTSettings:
         lora: train a LoRA adapter instead of the full model.
         context_weight: loss weight of the observation and prompt tokens, relative to the replies (as
             ``base.pretrain_context_weight``; 0: the replies only, as in TRL's assistant-only loss).
+        warmup_steps, schedule: the learning-rate schedule (linear warm-up, then ``constant``, ``linear`` or
+            ``cosine`` decay to a tenth of ``lr``), as :class:`~prism_lit.sft.SFTModule` takes it. A fresh AdamW
+            at the full rate from the first step shakes a trained base; a warm-up avoids that.
     """
 
     enabled: bool = True
@@ -115,10 +118,14 @@ class SFTSettings:
     max_length: int = 2048
     lora: LoraSpec | None = None
     context_weight: float = 0.0
+    warmup_steps: int = 0
+    schedule: Literal["constant", "linear", "cosine"] = "constant"
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.context_weight <= 1.0:
             raise ValueError(f"sft.context_weight must be in [0, 1], got {self.context_weight!r}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"sft.warmup_steps must be >= 0, got {self.warmup_steps!r}")
 
 
 @dataclass

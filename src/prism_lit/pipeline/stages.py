@@ -211,7 +211,7 @@ def train_sft(ctx: PipelineContext) -> dict[str, Any]:
         return {"trained": False, "reason": "the router sent no trajectory to SFT"}
     base = base_policy(ctx)
     module = SFTModule(policy=PolicySpec(path=base.path, lora=ctx.sft.lora), lr=ctx.sft.lr,
-                       export_dir=str(stage / "export"))
+                       warmup_steps=ctx.sft.warmup_steps, schedule=ctx.sft.schedule, export_dir=str(stage / "export"))
     data = TrajectoryDataModule(
         train_files=[str(ctx.path("tasks", "corpus.jsonl"))], batch_size=ctx.sft.batch_size,
         max_length=ctx.sft.max_length, seed=ctx.seed, context_weight=ctx.sft.context_weight,
