@@ -82,8 +82,9 @@ class TrajectoryDataModule(L.LightningDataModule):
         expert_data: generate ``train_files[0]`` with the env's oracle if it is missing.
         num_workers: DataLoader workers.
         protocol: the agent protocol of the RL stage; each assistant turn is then trained in exactly its rollout
-            prompt (``protocol.history_turns`` bound, ``protocol.train_thinking``), which may take several sequences
-            per trajectory (rows sharing its ``id``, numbered by ``part``). ``None``: the whole recorded history.
+            prompt (``protocol.prompt_messages``: its history bound, ``system_in_user``; and ``train_thinking``),
+            which may take several sequences per trajectory (rows sharing its ``id``, numbered by ``part``).
+            ``None``: the whole recorded history.
     """
 
     def __init__(
@@ -163,11 +164,9 @@ class TrajectoryDataModule(L.LightningDataModule):
         for path in paths:
             trajectories: list[Trajectory] = load_trajectories(path, self.format, self.env)
             for t in trajectories:
-                history, thinking = (None, True) if self.protocol is None else (
-                    self.protocol.history_turns, self.protocol.train_thinking)
                 try:
                     samples = tokenize_trajectory_samples(t, tokenizer, self.max_length, self.truncation,
-                                                          self.context_weight, history, thinking)
+                                                          self.context_weight, self.protocol)
                 except SampleTooLongError as err:
                     raise TrajectoryFormatError(path, _line_of(path, t.id), "messages", str(err)) from None
                 if not samples:

@@ -1,8 +1,8 @@
 """Chat-template tokenisation with an exact assistant-only loss mask, rendered turn by turn as rollouts render it.
 
 Each trained assistant message ``i`` is rendered the way the rollout engine renders step ``i``: its context is
-``bound_history(messages[:i], history_turns)`` (:func:`prism_lit.envs.protocol.bound_history`, the function
-:meth:`AgentProtocol.build_messages` uses), and
+``protocol.prompt_messages(messages[:i])`` (the method :meth:`AgentProtocol.build_messages` uses: the
+``history_turns`` bound, ``system_in_user``; without a protocol, the whole recorded history), and
 
 - ``prompt`` = the model's own chat template applied to the context with ``add_generation_prompt=True`` (the
   rollout prompt, token for token: the same ``apply_chat_template`` call, the same template settings);
@@ -21,7 +21,8 @@ sequences are prefixes of a later turn's sequence share it, so a prefix-stable t
 ChatML) with the whole history gives one sequence per trajectory, as before; Qwen3, or a history bound that cuts
 turns, gives several sequences per trajectory (:func:`tokenize_conversation`).
 
-``train_thinking=False`` leaves a reply's ``<think>...</think>`` block (and the whitespace after it) out of the loss.
+``protocol.train_thinking=False`` leaves a reply's ``<think>...</think>`` block (and the whitespace after it) out
+of the loss.
 
 Truncation policy (``max_length``), per sequence:
 - ``right`` (default): keep the first ``max_length`` tokens (later turns are cut), as TRL's ``keep_start``;
@@ -33,11 +34,13 @@ A sequence left with no trained token after truncation is left out too.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from prism_lit.data.schema import Trajectory
+
+if TYPE_CHECKING:
+    from prism_lit.envs.protocol import AgentProtocol
 
 IGNORE_INDEX = -100
 Truncation = Literal["right", "left", "skip", "fail"]
@@ -92,17 +95,17 @@ def _mismatch_hint(prompt: str, full: str, reply: str) -> str:
         if a != b:
             break
         common += 1
-    hints = [f"the generation prompt reads {prompt[common:common + 60]!r} where the reply's rendering reads "
-             f"{full[common:common + 60]!r}"]
+    hints = [(f"the generation prompt reads {prompt[common:common + 60]!r} where the reply's rendering reads "
+              f"{full[common:common + 60]!r}")]
     if prompt.rstrip().endswith(THINK_CLOSE) and THINK_CLOSE in reply:
         hints.append("the reply has a <think> block but the generation prompt already closes one "
                      "(enable_thinking=False): drop the thinking from the data or set "
                      "policy.chat_template_kwargs.enable_thinking to true")
     elif "[INST]" in prompt:
         hints.append("this [INST] template moves the system message into the last user message, so the prompt "
-                     "changes once the reply follows: set protocol.system_prompt to '' and put the instructions in "
-                     "the first observation, or give policy.chat_template a template that keeps the system message "
-                     "in place")
+                     "changes once the reply follows: set protocol.system_in_user to true (the system prompt then "
+                     "opens the first user message, for SFT and rollouts alike), or give policy.chat_template a "
+                     "template that keeps the system message in place")
     else:
         hints.append("give policy.chat_template a template whose assistant turn starts with its generation prompt")
     return "; ".join(hints)
@@ -123,20 +126,18 @@ def _think_span(full: str, start: int) -> tuple[int, int] | None:
 
 
 def _turn_sequence(
-    trajectory: Trajectory, tokenizer, messages: list[dict[str, Any]], index: int, history_turns: int | None,
-    train_thinking: bool,
+    trajectory: Trajectory, tokenizer, messages: list[dict[str, Any]], index: int, protocol: AgentProtocol | None,
 ) -> tuple[list[int], list[int], int]:
     """``(input_ids, labels, end)`` of message ``index`` in its rollout context; ``end`` = one past its last
     trained token."""
-    from prism_lit.envs.protocol import bound_history
     from prism_lit.policy.chat import describe_template, render_text
 
     message = messages[index]
     is_reply = message["role"] == "assistant"
     context = messages[:index]
-    if is_reply and history_turns is not None:
+    if is_reply and protocol is not None:
         try:
-            context = bound_history(context, history_turns)
+            context = protocol.prompt_messages(context)
         except ValueError as err:
             raise TemplateError(f"trajectory {trajectory.id!r}, message {index}: {err}") from None
     try:
@@ -176,7 +177,7 @@ def _turn_sequence(
     labels = [IGNORE_INDEX] * len(input_ids)
     for t in range(n, end):
         labels[t] = input_ids[t]
-    if is_reply and not train_thinking:
+    if is_reply and protocol is not None and not protocol.train_thinking:
         span = _think_span(full, len(prompt))
         if span is not None:
             for t in range(n, end):
@@ -188,20 +189,21 @@ def _turn_sequence(
 def tokenize_conversation(
     trajectory: Trajectory,
     tokenizer,
-    history_turns: int | None = None,
-    train_thinking: bool = True,
+    protocol: AgentProtocol | None = None,
 ) -> list[tuple[list[int], list[int]]]:
     """``(input_ids, labels)`` sequences that train every trained message of ``trajectory`` in its rollout context.
 
-    Turn ``k``'s sequence is its rollout prompt (same template, same settings, same ``history_turns`` bound) plus its
-    reply; a turn whose sequence is a prefix of the next kept sequence (up to its last trained token) is trained
+    Turn ``k``'s sequence is its rollout prompt (same template, same settings, and with ``protocol``, what
+    :meth:`AgentProtocol.prompt_messages` shows: the ``history_turns`` bound, ``system_in_user``) plus its
+    reply; ``protocol.train_thinking=False`` leaves ``<think>`` blocks out of the loss. ``protocol=None``: the whole
+    recorded history, thinking trained. A turn whose sequence is a prefix of the next kept sequence (up to its last trained token) is trained
     inside that sequence instead, so prefix-stable templates give one sequence.
     """
     messages: list[dict[str, Any]] = [{"role": m.role, "content": m.content} for m in trajectory.messages]
     trained = [i for i, m in enumerate(trajectory.messages) if m.trained]
     sequences: list[tuple[list[int], list[int]]] = []
     for index in reversed(trained):
-        ids, labels, end = _turn_sequence(trajectory, tokenizer, messages, index, history_turns, train_thinking)
+        ids, labels, end = _turn_sequence(trajectory, tokenizer, messages, index, protocol)
         if sequences and sequences[0][0][:end] == ids[:end]:
             target = sequences[0][1]
             for t in range(end):
@@ -250,14 +252,13 @@ def tokenize_trajectory_samples(
     max_length: int | None = None,
     truncation: Truncation = "right",
     context_weight: float = 0.0,
-    history_turns: int | None = None,
-    train_thinking: bool = True,
+    protocol: AgentProtocol | None = None,
 ) -> list[TokenizedSample]:
     """Every training sequence of ``trajectory`` (see :func:`tokenize_conversation`), truncated; the sequences
     left out by the truncation policy (or with nothing left to train) are dropped."""
     _check_options(truncation, context_weight)
     samples = []
-    for ids, labels in tokenize_conversation(trajectory, tokenizer, history_turns, train_thinking):
+    for ids, labels in tokenize_conversation(trajectory, tokenizer, protocol):
         sample = _finish(trajectory, ids, labels, max_length, truncation, context_weight)
         if sample is not None:
             samples.append(sample)
@@ -270,8 +271,7 @@ def tokenize_trajectory(
     max_length: int | None = None,
     truncation: Truncation = "right",
     context_weight: float = 0.0,
-    history_turns: int | None = None,
-    train_thinking: bool = True,
+    protocol: AgentProtocol | None = None,
 ) -> TokenizedSample | None:
     """Token ids and labels (``-100`` where not trained) for a trajectory that fits one sequence; ``None`` when
     skipped.
@@ -283,7 +283,7 @@ def tokenize_trajectory(
     :class:`TemplateError` here; :func:`tokenize_trajectory_samples` returns all of them.
     """
     _check_options(truncation, context_weight)
-    sequences = tokenize_conversation(trajectory, tokenizer, history_turns, train_thinking)
+    sequences = tokenize_conversation(trajectory, tokenizer, protocol)
     if len(sequences) > 1:
         raise TemplateError(
             f"trajectory {trajectory.id!r} is trained as {len(sequences)} sequences (each turn in its rollout "

@@ -77,6 +77,9 @@ class AgentProtocol:
             from the tokenizer and generation config, see :func:`prism_lit.policy.chat.stop_token_ids`). ``None``:
             ``["\\n"]`` for ``bare`` replies, none otherwise (a blank line may sit inside a thought or a ``<think>``
             block, as in ETO/AgentGym ``Thought: ...\\n\\nAction: ...`` replies).
+        system_in_user: put the system prompt at the top of the first user message instead of a system message, for
+            chat templates that have no system role (Mistral v0.1/v0.2, Gemma) or move it (Mistral v0.3 writes it
+            into the last user message, so earlier prompts change as the episode goes on).
     """
 
     env: str = "generic"
@@ -91,6 +94,7 @@ class AgentProtocol:
     repeat_task: bool = True
     train_thinking: bool = True
     stop_at: list[str] | None = None
+    system_in_user: bool = False
 
     def __post_init__(self) -> None:
         if self.reply_format not in ("action", "thought_action", "think_tags", "bare"):
@@ -140,7 +144,18 @@ class AgentProtocol:
             messages.append({"role": "user", "content": turn.observation})
             messages.append({"role": "assistant", "content": turn.reply})
         messages.append({"role": "user", "content": current_observation})
-        return bound_history(messages, self.history_turns)
+        return self.prompt_messages(messages)
+
+    def prompt_messages(self, messages: Sequence[dict[str, str]]) -> list[dict[str, str]]:
+        """What the policy is shown of a conversation that ends with the current user message: the history bound
+        (:func:`bound_history`), then ``system_in_user``. Rollouts and SFT tokenisation both call this."""
+        shown = bound_history(messages, self.history_turns)
+        if self.system_in_user and shown and shown[0]["role"] == "system":
+            system, rest = shown[0]["content"], list(shown[1:])
+            if rest and rest[0]["role"] == "user":
+                rest[0] = {**rest[0], "content": f"{system}\n\n{rest[0]['content']}" if system else rest[0]["content"]}
+                return rest
+        return shown
 
     # ---------------------------------------------------------------- replies
     def format_reply(self, action: str, thought: str | None = None, admissible: Sequence[str] | None = None) -> str:

@@ -148,7 +148,7 @@ def end_of_turn_token_ids(tokenizer) -> list[int]:
     for messages in conversations:
         try:
             text = render_text(tokenizer, messages)
-        except Exception:  # noqa: BLE001  (a template may refuse one of the layouts; try the next)
+        except Exception:  # noqa: BLE001, S112  (a template may refuse one of the layouts; try the next)
             continue
         at = text.rfind(_PROBE_CONTENT)
         if at < 0:
@@ -194,6 +194,6 @@ def stop_token_ids(tokenizer, model=None) -> list[int]:
 
 
 __all__ = [
-    "base_template", "baked_kwargs", "describe_template", "end_of_turn_token_ids", "generation_config_eos_ids",
+    "baked_kwargs", "base_template", "describe_template", "end_of_turn_token_ids", "generation_config_eos_ids",
     "render_text", "set_chat_template_kwargs", "stop_token_ids", "template_name", "with_chat_template_kwargs",
 ]
