@@ -7,7 +7,12 @@ import pytest
 from conftest import ALL_KINDS
 
 from prism_lit.data.schema import Message, Trajectory
-from prism_lit.data.tokenize import IGNORE_INDEX, TemplateError, tokenize_conversation, tokenize_trajectory_samples
+from prism_lit.data.tokenize import (
+    IGNORE_INDEX,
+    TemplateError,
+    tokenize_conversation,
+    tokenize_trajectory_samples,
+)
 from prism_lit.envs.protocol import AgentProtocol, Turn
 from prism_lit.policy import PolicySpec, load_tokenizer
 from prism_lit.policy.chat import stop_token_ids, template_name
