@@ -15,7 +15,7 @@ from prism_lit.data.tokenize import (
 )
 from prism_lit.envs.protocol import AgentProtocol, Turn
 from prism_lit.policy import PolicySpec, load_tokenizer
-from prism_lit.policy.chat import stop_token_ids, template_name
+from prism_lit.policy.chat import renders_history_stably, stop_token_ids, template_name
 from prism_lit.rl.rollout import chat_prompt_ids
 
 OBSERVATIONS = ["WebShop [SEP] Instruction: [SEP] i want a black sofa [SEP] Search",
@@ -108,6 +108,8 @@ def test_template_names_and_stop_ids(tiny_model_dirs):
         tokenizer = load_tokenizer(PolicySpec(path=str(tiny_model_dirs(kind))))
         assert template_name(tokenizer) == name
         assert set(tokenizer.convert_ids_to_tokens(stop_token_ids(tokenizer))) == stops
+        # Qwen3 re-renders the last assistant turn; Mistral v0.3 moves the system message to the last user turn
+        assert renders_history_stably(tokenizer) == (kind not in ("qwen3", "mistral"))
 
 
 def test_thinking_replies_are_trained_or_masked_by_option(tiny_model_dirs):

@@ -34,6 +34,7 @@ A sequence left with no trained token after truncation is left out too.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -77,16 +78,21 @@ def end_of_turn_id(tokenizer) -> int | None:
     return ids[0] if ids else tokenizer.eos_token_id
 
 
-_STOP_CACHE: dict[tuple[int, str], frozenset[int]] = {}
+_STOP_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # tokenizer -> (template, stop ids)
 
 
 def _stop_ids(tokenizer) -> frozenset[int]:
     from prism_lit.policy.chat import stop_token_ids
 
-    key = (id(tokenizer), str(getattr(tokenizer, "chat_template", "")))
-    if key not in _STOP_CACHE:
-        _STOP_CACHE[key] = frozenset(stop_token_ids(tokenizer))
-    return _STOP_CACHE[key]
+    template = str(getattr(tokenizer, "chat_template", ""))
+    try:
+        cached = _STOP_CACHE.get(tokenizer)
+    except TypeError:  # not weak-referenceable: no cache
+        return frozenset(stop_token_ids(tokenizer))
+    if cached is None or cached[0] != template:
+        cached = (template, frozenset(stop_token_ids(tokenizer)))
+        _STOP_CACHE[tokenizer] = cached
+    return cached[1]
 
 
 def _mismatch_hint(prompt: str, full: str, reply: str) -> str:

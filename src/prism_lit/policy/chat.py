@@ -161,6 +161,24 @@ def end_of_turn_token_ids(tokenizer) -> list[int]:
     return []
 
 
+def renders_history_stably(tokenizer) -> bool:
+    """Whether the template renders a growing conversation stably: the prompt of turn k+1 starts with the prompt
+    of turn k plus the reply (true for Qwen2.5, Qwen3-Instruct-2507, Llama-3.x, ChatML; false for Qwen3, whose
+    last assistant turn differs). Only then can one forward over an episode's tokens score every turn's reply."""
+    messages = [{"role": "system", "content": "system"}]
+    previous = None
+    for k in range(3):
+        messages.append({"role": "user", "content": f"observation {k}"})
+        prompt = render_text(tokenizer, messages, add_generation_prompt=True)
+        if previous is not None and not prompt.startswith(previous):
+            return False
+        messages.append({"role": "assistant", "content": f"Action: act {k}"})
+        previous = render_text(tokenizer, messages)
+        if not previous.startswith(prompt):
+            return False
+    return True
+
+
 def generation_config_eos_ids(path: str | Path | None) -> list[int]:
     """The ``eos_token_id`` entries of ``<path>/generation_config.json`` (``[]`` when absent)."""
     if not path:
@@ -195,5 +213,5 @@ def stop_token_ids(tokenizer, model=None) -> list[int]:
 
 __all__ = [
     "baked_kwargs", "base_template", "describe_template", "end_of_turn_token_ids", "generation_config_eos_ids",
-    "render_text", "set_chat_template_kwargs", "stop_token_ids", "template_name", "with_chat_template_kwargs",
+    "render_text", "renders_history_stably", "set_chat_template_kwargs", "stop_token_ids", "template_name", "with_chat_template_kwargs",
 ]
