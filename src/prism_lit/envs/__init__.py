@@ -16,3 +16,4 @@ if ALFWORLD_ID not in registry:
 
 __all__ = ["ALFWORLD_ID", "WEBSHOP_ID"]
 import prism_lit.envs.guess_word  # noqa: F401  registers prism_lit/GuessWord-v0 (a tiny env for tests and smoke runs)
+import prism_lit.envs.instruction_following  # noqa: E402,F401  registers prism_lit/InstructionFollowing-v0

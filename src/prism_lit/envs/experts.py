@@ -27,6 +27,9 @@ import gymnasium as gym
 
 from prism_lit.data.schema import Message, Trajectory, write_trajectories
 from prism_lit.envs import ALFWORLD_ID, WEBSHOP_ID
+from prism_lit.envs.instruction_following import ENV_FAMILY as IF_FAMILY
+from prism_lit.envs.instruction_following import EXPERT_PATH as IF_EXPERT
+from prism_lit.envs.instruction_following import INSTRUCTION_FOLLOWING_ID
 from prism_lit.envs.protocol import AgentProtocol
 
 __all__ = [
@@ -57,6 +60,7 @@ class ExpertEpisodeError(RuntimeError):
 EXPERTS: dict[str, tuple[str, str]] = {
     "webshop": (WEBSHOP_ID, "prism_lit.envs.webshop.expert:WebShopExpert"),
     "alfworld": (ALFWORLD_ID, "prism_lit.envs.alfworld.expert:ALFWorldExpert"),
+    IF_FAMILY: (INSTRUCTION_FOLLOWING_ID, IF_EXPERT),
 }
 
 

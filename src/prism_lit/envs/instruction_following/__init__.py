@@ -17,7 +17,7 @@ EXPERT_PATH = "prism_lit.envs.instruction_following.expert:InstructionFollowingE
 def register_instruction_following() -> None:
     """Register ``prism_lit/InstructionFollowing-v0`` with Gymnasium (no-op when it already is)."""
     if INSTRUCTION_FOLLOWING_ID not in registry:
-        register(id=INSTRUCTION_FOLLOWING_ID, entry_point=ENTRY_POINT, max_episode_steps=1)
+        register(id=INSTRUCTION_FOLLOWING_ID, entry_point=ENTRY_POINT)  # one step by construction
 
 
 register_instruction_following()
