@@ -1,4 +1,4 @@
-"""prism_lit/InstructionFollowing-v0: IFEval verifiers (strict/loose), generator splits, loaders, oracle, judge, env."""
+"""prism_lit/InstructionFollowing-v0: IFEval verifiers, generator splits, loaders, oracle, judge, env."""
 
 import json
 import math
@@ -30,7 +30,12 @@ from prism_lit.envs.instruction_following.tasks import (
     load_rlvr_ifeval,
     load_tasks,
 )
-from prism_lit.envs.instruction_following.text import count_sentences, count_words, split_sentences, word_tokens
+from prism_lit.envs.instruction_following.text import (
+    count_sentences,
+    count_words,
+    split_sentences,
+    word_tokens,
+)
 from prism_lit.envs.instruction_following.verifiers import (
     INSTRUCTION_IDS,
     describe_instruction,
@@ -46,51 +51,165 @@ CASES = [
     ("keywords:existence", {"keywords": ["apple", "river"]}, "An Apple fell into the river.", True, True),
     ("keywords:existence", {"keywords": ["apple", "river"]}, "An apple fell.", False, False),
     ("keywords:existence", {"keywords": ["cat"]}, "Concatenate the strings.", True, True),
-    ("keywords:frequency", {"keyword": "data", "frequency": 3, "relation": "at least"},
-     "Data, data and more DATA.", True, True),
-    ("keywords:frequency", {"keyword": "data", "frequency": 3, "relation": "at least"}, "Data and data.", False, False),
-    ("keywords:frequency", {"keyword": "data", "frequency": 2, "relation": "less than"},
-     "data\nData is good.", False, True),
+    (
+        "keywords:frequency",
+        {"keyword": "data", "frequency": 3, "relation": "at least"},
+        "Data, data and more DATA.",
+        True,
+        True,
+    ),
+    (
+        "keywords:frequency",
+        {"keyword": "data", "frequency": 3, "relation": "at least"},
+        "Data and data.",
+        False,
+        False,
+    ),
+    (
+        "keywords:frequency",
+        {"keyword": "data", "frequency": 2, "relation": "less than"},
+        "data\nData is good.",
+        False,
+        True,
+    ),
     # forbidden words: whole words only
     ("keywords:forbidden_words", {"forbidden_words": ["bad"]}, "This is not a badge.", True, True),
     ("keywords:forbidden_words", {"forbidden_words": ["bad"]}, "Nothing BAD here.", False, False),
-    ("keywords:forbidden_words", {"forbidden_words": ["bad"]}, "Bad start.\nAll fine afterwards.", False, True),
+    (
+        "keywords:forbidden_words",
+        {"forbidden_words": ["bad"]},
+        "Bad start.\nAll fine afterwards.",
+        False,
+        True,
+    ),
     # letters are counted case-insensitively; the kwarg letter is lowercased
-    ("keywords:letter_frequency", {"letter": "z", "let_frequency": 2, "let_relation": "at least"},
-     "Zebras zigzag.", True, True),
-    ("keywords:letter_frequency", {"letter": "z", "let_frequency": 2, "let_relation": "less than"},
-     "Zebras zigzag.", False, False),
-    ("keywords:letter_frequency", {"letter": "A", "let_frequency": 3, "let_relation": "at least"}, "a A a", True, True),
+    (
+        "keywords:letter_frequency",
+        {"letter": "z", "let_frequency": 2, "let_relation": "at least"},
+        "Zebras zigzag.",
+        True,
+        True,
+    ),
+    (
+        "keywords:letter_frequency",
+        {"letter": "z", "let_frequency": 2, "let_relation": "less than"},
+        "Zebras zigzag.",
+        False,
+        False,
+    ),
+    (
+        "keywords:letter_frequency",
+        {"letter": "A", "let_frequency": 3, "let_relation": "at least"},
+        "a A a",
+        True,
+        True,
+    ),
     # response language (langdetect; nothing to detect counts as followed)
-    ("language:response_language", {"language": "fr"},
-     "Bonjour tout le monde. Ceci est une réponse écrite entièrement en français pour le test.", True, True),
-    ("language:response_language", {"language": "fr"},
-     "Hello everyone. This answer is written entirely in English for the test.", False, False),
+    (
+        "language:response_language",
+        {"language": "fr"},
+        "Bonjour tout le monde. Ceci est une réponse écrite entièrement en français pour le test.",
+        True,
+        True,
+    ),
+    (
+        "language:response_language",
+        {"language": "fr"},
+        "Hello everyone. This answer is written entirely in English for the test.",
+        False,
+        False,
+    ),
     ("language:response_language", {"language": "de"}, "12345 !!!", True, True),
     # sentences (our punkt-free splitter)
-    ("length_constraints:number_sentences", {"num_sentences": 3, "relation": "at least"}, "One. Two! Three?", True,
-     True),
-    ("length_constraints:number_sentences", {"num_sentences": 3, "relation": "less than"},
-     "Dr. Smith went home. He slept.", True, True),
-    ("length_constraints:number_sentences", {"num_sentences": 2, "relation": "less than"},
-     "Dr. Smith went home. He slept.", False, False),
+    (
+        "length_constraints:number_sentences",
+        {"num_sentences": 3, "relation": "at least"},
+        "One. Two! Three?",
+        True,
+        True,
+    ),
+    (
+        "length_constraints:number_sentences",
+        {"num_sentences": 3, "relation": "less than"},
+        "Dr. Smith went home. He slept.",
+        True,
+        True,
+    ),
+    (
+        "length_constraints:number_sentences",
+        {"num_sentences": 2, "relation": "less than"},
+        "Dr. Smith went home. He slept.",
+        False,
+        False,
+    ),
     # paragraphs split by ***
-    ("length_constraints:number_paragraphs", {"num_paragraphs": 2}, "First part.\n***\nSecond part.", True, True),
+    (
+        "length_constraints:number_paragraphs",
+        {"num_paragraphs": 2},
+        "First part.\n***\nSecond part.",
+        True,
+        True,
+    ),
     ("length_constraints:number_paragraphs", {"num_paragraphs": 2}, "***\nA\n***\nB", True, True),
-    ("length_constraints:number_paragraphs", {"num_paragraphs": 2}, "First.\n***\n***\nSecond.", False, False),
+    (
+        "length_constraints:number_paragraphs",
+        {"num_paragraphs": 2},
+        "First.\n***\n***\nSecond.",
+        False,
+        False,
+    ),
     # words are \w+ tokens
-    ("length_constraints:number_words", {"num_words": 5, "relation": "less than"}, "one two three four", True, True),
-    ("length_constraints:number_words", {"num_words": 5, "relation": "at least"}, "don't stop-me now", True, True),
+    (
+        "length_constraints:number_words",
+        {"num_words": 5, "relation": "less than"},
+        "one two three four",
+        True,
+        True,
+    ),
+    (
+        "length_constraints:number_words",
+        {"num_words": 5, "relation": "at least"},
+        "don't stop-me now",
+        True,
+        True,
+    ),
     ("length_constraints:number_words", {"num_words": 5, "relation": "at least"}, "two words", False, False),
     # nth paragraph's first word: quotes stripped, cut at punctuation, lowercased
-    ("length_constraints:nth_paragraph_first_word", {"num_paragraphs": 2, "nth_paragraph": 2, "first_word": "however"},
-     'Intro text.\n\n"However, this."', True, True),
-    ("length_constraints:nth_paragraph_first_word", {"num_paragraphs": 2, "nth_paragraph": 2, "first_word": "however"},
-     "Intro.\n\nBut this.", False, False),
-    ("length_constraints:nth_paragraph_first_word", {"num_paragraphs": 3, "nth_paragraph": 1, "first_word": "so"},
-     "So it begins.\n\nMiddle.", False, False),
-    ("detectable_content:number_placeholders", {"num_placeholders": 2}, "Dear [name], see [address].", True, True),
-    ("detectable_content:number_placeholders", {"num_placeholders": 3}, "Dear [name], see [address].", False, False),
+    (
+        "length_constraints:nth_paragraph_first_word",
+        {"num_paragraphs": 2, "nth_paragraph": 2, "first_word": "however"},
+        'Intro text.\n\n"However, this."',
+        True,
+        True,
+    ),
+    (
+        "length_constraints:nth_paragraph_first_word",
+        {"num_paragraphs": 2, "nth_paragraph": 2, "first_word": "however"},
+        "Intro.\n\nBut this.",
+        False,
+        False,
+    ),
+    (
+        "length_constraints:nth_paragraph_first_word",
+        {"num_paragraphs": 3, "nth_paragraph": 1, "first_word": "so"},
+        "So it begins.\n\nMiddle.",
+        False,
+        False,
+    ),
+    (
+        "detectable_content:number_placeholders",
+        {"num_placeholders": 2},
+        "Dear [name], see [address].",
+        True,
+        True,
+    ),
+    (
+        "detectable_content:number_placeholders",
+        {"num_placeholders": 3},
+        "Dear [name], see [address].",
+        False,
+        False,
+    ),
     ("detectable_content:postscript", {"postscript_marker": "P.S."}, "Body.\n\nP.S. see you", True, True),
     ("detectable_content:postscript", {"postscript_marker": "P.P.S"}, "Body.\np.p.s. later", True, True),
     ("detectable_content:postscript", {"postscript_marker": "P.S."}, "Body without it.", False, False),
@@ -98,18 +217,46 @@ CASES = [
     ("detectable_format:number_bullet_lists", {"num_bullets": 2}, "* one\n* two", True, True),
     ("detectable_format:number_bullet_lists", {"num_bullets": 2}, "* one\n- two\n* three", False, True),
     ("detectable_format:number_bullet_lists", {"num_bullets": 4}, "* one\n- two\n* three", False, False),
-    ("detectable_format:number_bullet_lists", {"num_bullets": 2}, "Here:\n* one\n* two\n* three", False, True),
+    (
+        "detectable_format:number_bullet_lists",
+        {"num_bullets": 2},
+        "Here:\n* one\n* two\n* three",
+        False,
+        True,
+    ),
     ("detectable_format:number_bullet_lists", {"num_bullets": 1}, "**bold** line\n* one", True, True),
     ("detectable_format:constrained_response", {}, "My answer is yes.", True, True),
     ("detectable_format:constrained_response", {}, "Yes.", False, False),
-    ("detectable_format:number_highlighted_sections", {"num_highlights": 2}, "This *one* and *two*.", True, True),
-    ("detectable_format:number_highlighted_sections", {"num_highlights": 2}, "Only *one* here.", False, False),
+    (
+        "detectable_format:number_highlighted_sections",
+        {"num_highlights": 2},
+        "This *one* and *two*.",
+        True,
+        True,
+    ),
+    (
+        "detectable_format:number_highlighted_sections",
+        {"num_highlights": 2},
+        "Only *one* here.",
+        False,
+        False,
+    ),
     ("detectable_format:number_highlighted_sections", {"num_highlights": 1}, "**bold** text", True, True),
     # sections: the splitter is case-sensitive
-    ("detectable_format:multiple_sections", {"section_spliter": "Section", "num_sections": 2},
-     "Section 1\nA\nSection 2\nB", True, True),
-    ("detectable_format:multiple_sections", {"section_spliter": "SECTION", "num_sections": 2},
-     "Section 1\nA\nSection 2\nB", False, False),
+    (
+        "detectable_format:multiple_sections",
+        {"section_spliter": "Section", "num_sections": 2},
+        "Section 1\nA\nSection 2\nB",
+        True,
+        True,
+    ),
+    (
+        "detectable_format:multiple_sections",
+        {"section_spliter": "SECTION", "num_sections": 2},
+        "Section 1\nA\nSection 2\nB",
+        False,
+        False,
+    ),
     ("detectable_format:json_format", {}, '```json\n{"a": 1}\n```', True, True),
     ("detectable_format:json_format", {}, 'Here: {"a": 1}', False, False),
     ("detectable_format:json_format", {}, 'Here is the JSON:\n{"a": 1}', False, True),
@@ -119,23 +266,85 @@ CASES = [
     ("combination:two_responses", {}, "First answer.\n******\nSecond answer.", True, True),
     ("combination:two_responses", {}, "Same.\n******\nSame.", False, False),
     ("combination:two_responses", {}, "A\n******\nB\n******\nC", False, True),
-    ("combination:repeat_prompt", {"prompt_to_repeat": "Write a poem."}, "write a poem. Roses are red.", True, True),
+    (
+        "combination:repeat_prompt",
+        {"prompt_to_repeat": "Write a poem."},
+        "write a poem. Roses are red.",
+        True,
+        True,
+    ),
     ("combination:repeat_prompt", {"prompt_to_repeat": "Write a poem."}, "Sure! Write a poem.", False, False),
-    ("combination:repeat_prompt", {"prompt_to_repeat": "Write a poem."}, "Sure!\nWrite a poem.\nRoses.", False, True),
-    ("startend:end_checker", {"end_phrase": "Any other questions?"}, 'Done. any other questions?"', True, True),
-    ("startend:end_checker", {"end_phrase": "Any other questions?"}, "Any other questions? Bye.", False, False),
-    ("change_case:capital_word_frequency", {"capital_frequency": 2, "capital_relation": "at least"},
-     "NASA and ESA launch.", True, True),
-    ("change_case:capital_word_frequency", {"capital_frequency": 2, "capital_relation": "less than"},
-     "NASA and ESA launch.", False, False),
-    ("change_case:capital_word_frequency", {"capital_frequency": 2, "capital_relation": "at least"},
-     "DON'T go.", True, True),
-    ("change_case:english_capital", {}, "THIS IS AN ENGLISH SENTENCE WRITTEN IN CAPITAL LETTERS.", True, True),
+    (
+        "combination:repeat_prompt",
+        {"prompt_to_repeat": "Write a poem."},
+        "Sure!\nWrite a poem.\nRoses.",
+        False,
+        True,
+    ),
+    (
+        "startend:end_checker",
+        {"end_phrase": "Any other questions?"},
+        'Done. any other questions?"',
+        True,
+        True,
+    ),
+    (
+        "startend:end_checker",
+        {"end_phrase": "Any other questions?"},
+        "Any other questions? Bye.",
+        False,
+        False,
+    ),
+    (
+        "change_case:capital_word_frequency",
+        {"capital_frequency": 2, "capital_relation": "at least"},
+        "NASA and ESA launch.",
+        True,
+        True,
+    ),
+    (
+        "change_case:capital_word_frequency",
+        {"capital_frequency": 2, "capital_relation": "less than"},
+        "NASA and ESA launch.",
+        False,
+        False,
+    ),
+    (
+        "change_case:capital_word_frequency",
+        {"capital_frequency": 2, "capital_relation": "at least"},
+        "DON'T go.",
+        True,
+        True,
+    ),
+    (
+        "change_case:english_capital",
+        {},
+        "THIS IS AN ENGLISH SENTENCE WRITTEN IN CAPITAL LETTERS.",
+        True,
+        True,
+    ),
     ("change_case:english_capital", {}, "THIS IS Mostly CAPITAL TEXT IN ENGLISH.", False, False),
-    ("change_case:english_lowercase", {}, "this is an english sentence written in lowercase letters.", True, True),
-    ("change_case:english_lowercase", {},
-     "Title Line\nthis is an english sentence written in lowercase letters.", False, True),
-    ("change_case:english_lowercase", {}, "ceci est une phrase écrite en français et en minuscules.", False, False),
+    (
+        "change_case:english_lowercase",
+        {},
+        "this is an english sentence written in lowercase letters.",
+        True,
+        True,
+    ),
+    (
+        "change_case:english_lowercase",
+        {},
+        "Title Line\nthis is an english sentence written in lowercase letters.",
+        False,
+        True,
+    ),
+    (
+        "change_case:english_lowercase",
+        {},
+        "ceci est une phrase écrite en français et en minuscules.",
+        False,
+        False,
+    ),
     ("punctuation:no_comma", {}, "No commas here.", True, True),
     ("punctuation:no_comma", {}, "One, two.", False, False),
     ("punctuation:no_comma", {}, "   ", False, False),  # an empty response never passes
@@ -146,8 +355,11 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize(("instruction_id", "kwargs", "response", "strict", "loose"), CASES,
-                         ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
+@pytest.mark.parametrize(
+    ("instruction_id", "kwargs", "response", "strict", "loose"),
+    CASES,
+    ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)],
+)
 def test_verifier_matches_ifeval_reference(instruction_id, kwargs, response, strict, loose):
     verdict = verify_instruction(instruction_id, kwargs, response)
     assert verdict.error is None
@@ -179,8 +391,10 @@ def test_bad_kwargs_and_bad_regex_are_verdicts_not_exceptions():
 # ---------------------------------------------------------------------------------- text machinery
 def test_sentence_splitter_without_downloads():
     assert split_sentences("Mr. Smith met Dr. Jones at 3.30 p.m. today. They talked!") == [
-        "Mr. Smith met Dr. Jones at 3.30 p.m. today.", "They talked!"]
-    assert count_sentences("He said \"Stop.\" Then he left.") == 2
+        "Mr. Smith met Dr. Jones at 3.30 p.m. today.",
+        "They talked!",
+    ]
+    assert count_sentences('He said "Stop." Then he left.') == 2
     assert count_sentences("Wait... then go. Done") == 2
     assert count_sentences("1. First item\n2. Second item") == 1
     assert count_sentences("") == 0
@@ -189,9 +403,13 @@ def test_sentence_splitter_without_downloads():
 
 
 def test_env_package_imports_no_torch():
-    code = ("import sys, prism_lit.envs.instruction_following.env, prism_lit.envs.instruction_following.expert;"
-            "print('torch' in sys.modules, 'lightning' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    code = (
+        "import sys, prism_lit.envs.instruction_following.env, prism_lit.envs.instruction_following.expert;"
+        "print('torch' in sys.modules, 'lightning' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False False"
 
@@ -213,10 +431,12 @@ def test_generator_splits_are_disjoint_and_hold_out_types():
         for t in ts:
             ids = t.instruction_id_list
             assert 1 <= len(ids) <= 3 and len(set(ids)) == len(ids)
-            assert not any(conflicts(a, b) for i, a in enumerate(ids) for b in ids[i + 1:])
+            assert not any(conflicts(a, b) for i, a in enumerate(ids) for b in ids[i + 1 :])
     # deterministic, and the seed matters
     assert TaskGenerator(seed=0).task("train", 7).prompt == tasks["train"][7].prompt
-    assert [t.prompt for t in TaskGenerator(seed=1).tasks("train", 20)] != [t.prompt for t in tasks["train"][:20]]
+    assert [t.prompt for t in TaskGenerator(seed=1).tasks("train", 20)] != [
+        t.prompt for t in tasks["train"][:20]
+    ]
 
 
 def test_repeat_prompt_task_repeats_exactly_its_request():
@@ -231,12 +451,16 @@ def test_repeat_prompt_task_repeats_exactly_its_request():
 
 # ---------------------------------------------------------------------------------- oracle
 def test_expert_satisfies_every_hard_constraint_of_generated_tasks():
-    gen = TaskGenerator(seed=3, ensure_feasible=False)  # raw draws: the oracle is not allowed to pick its tasks
+    gen = TaskGenerator(
+        seed=3, ensure_feasible=False
+    )  # raw draws: the oracle is not allowed to pick its tasks
     tasks = [t for split in SPLITS for t in gen.tasks(split, 100)]
     failed = []
     for t in tasks:
         response = write_response(t)
-        verdicts = [verify_instruction(i, k, response, t.prompt) for i, k in zip(t.instruction_id_list, t.kwargs)]
+        verdicts = [
+            verify_instruction(i, k, response, t.prompt) for i, k in zip(t.instruction_id_list, t.kwargs)
+        ]
         if not all(v.strict for v in verdicts):
             failed.append((t.instruction_id_list, response[:200]))
     assert len(failed) <= 0.03 * len(tasks), failed[:5]
@@ -245,14 +469,19 @@ def test_expert_satisfies_every_hard_constraint_of_generated_tasks():
     for split in SPLITS:
         for t in feasible.tasks(split, 60):
             response = write_response(t)
-            assert all(verify_instruction(i, k, response, t.prompt).strict
-                       for i, k in zip(t.instruction_id_list, t.kwargs)), t.instruction_id_list
+            assert all(
+                verify_instruction(i, k, response, t.prompt).strict
+                for i, k in zip(t.instruction_id_list, t.kwargs)
+            ), t.instruction_id_list
 
 
 def test_expert_writes_other_languages():
-    t = IFTask("x", "Describe rain. Your ENTIRE response should be in German language, no other language is allowed.",
-               ["language:response_language", "length_constraints:number_sentences"],
-               [{"language": "de"}, {"num_sentences": 3, "relation": "at least"}])
+    t = IFTask(
+        "x",
+        "Describe rain. Your ENTIRE response should be in German language, no other language is allowed.",
+        ["language:response_language", "length_constraints:number_sentences"],
+        [{"language": "de"}, {"num_sentences": 3, "relation": "at least"}],
+    )
     response = write_response(t)
     assert all(verify_instruction(i, k, response).strict for i, k in zip(t.instruction_id_list, t.kwargs))
 
@@ -269,7 +498,7 @@ def test_check_env_and_garbage_actions():
         _, reward, terminated, truncated, info = raw.step(garbage)
         assert terminated and not truncated and 0.0 <= reward <= 1.0
         assert info["valid_action"] is bool(garbage.strip())
-    obs, reward, terminated, _, info = raw.step("again")  # after the end: a normal answer
+    _, reward, terminated, _, _ = raw.step("again")  # after the end: a normal answer
     assert terminated and reward == 0.0
 
 
@@ -288,9 +517,12 @@ def test_env_info_verdicts_and_rewards():
     assert info["constraint_types"] == [i.split(":")[0] for i in task.instruction_id_list]
 
     # a response failing one of two constraints scores 1/2
-    t = IFTask("k/1", "Say hi. No commas. Use at least 3 words.",
-               ["punctuation:no_comma", "length_constraints:number_words"],
-               [{}, {"num_words": 3, "relation": "at least"}])
+    t = IFTask(
+        "k/1",
+        "Say hi. No commas. Use at least 3 words.",
+        ["punctuation:no_comma", "length_constraints:number_words"],
+        [{}, {"num_words": 3, "relation": "at least"}],
+    )
     env2 = InstructionFollowingEnv(tasks=[t])
     env2.reset(options={"task_id": "k/1"})
     _, reward, _, _, info = env2.step("Hi, there.")
@@ -306,16 +538,28 @@ def test_env_info_verdicts_and_rewards():
 
 
 def test_soft_constraints_are_judged_and_routable():
-    t = IFTask("s/1", "Write about tea. Answer with at least 3 words. Keep the tone warm and friendly.",
-               ["length_constraints:number_words"], [{"num_words": 3, "relation": "at least"}],
-               ["soft:tone_friendly"])
+    t = IFTask(
+        "s/1",
+        "Write about tea. Answer with at least 3 words. Keep the tone warm and friendly.",
+        ["length_constraints:number_words"],
+        [{"num_words": 3, "relation": "at least"}],
+        ["soft:tone_friendly"],
+    )
     friendly = "Thank you for asking and I hope you enjoy your tea."
     mixed = InstructionFollowingEnv(tasks=[t], judge="rule_based")
     mixed.reset(options={"task_id": "s/1"})
     _, reward, _, _, info = mixed.step(friendly)
     soft = [v for v in info["verdicts"] if not v["hard"]]
-    assert soft == [{"id": "soft:tone_friendly", "type": "soft", "hard": False, "score": 1.0, "passed": True,
-                     "judge": "rule_based_stand_in"}]
+    assert soft == [
+        {
+            "id": "soft:tone_friendly",
+            "type": "soft",
+            "hard": False,
+            "score": 1.0,
+            "passed": True,
+            "judge": "rule_based_stand_in",
+        }
+    ]
     assert info["won"] and reward == 1.0 and info["constraint_types"] == ["length_constraints", "soft"]
     mixed.reset(options={"task_id": "s/1"})
     _, reward, _, _, info = mixed.step("Tea is a drink made from leaves.")
@@ -356,7 +600,13 @@ def test_llm_judge_scores_with_a_local_model(tiny_policy_dir):
 # ---------------------------------------------------------------------------------- loaders and scores
 def test_ifeval_loader_and_scores_on_fixture():
     tasks = load_ifeval_jsonl(FIXTURES / "input_data.jsonl")
-    assert [t.key for t in tasks] == ["ifeval/1000", "ifeval/1001", "ifeval/1005", "ifeval/1012", "ifeval/1019"]
+    assert [t.key for t in tasks] == [
+        "ifeval/1000",
+        "ifeval/1001",
+        "ifeval/1005",
+        "ifeval/1012",
+        "ifeval/1019",
+    ]
     assert tasks[0].kwargs[2] == {"relation": "at least", "num_words": 300}
     assert tasks[3].kwargs == [{}]  # IFEval's null-valued extra kwargs are dropped
     responses = {}
@@ -373,7 +623,7 @@ def test_ifeval_loader_and_scores_on_fixture():
     # the env serves the file, non-ASCII prompt included
     env = InstructionFollowingEnv(data_path=str(FIXTURES / "input_data.jsonl"), split="test")
     check_env(env)
-    obs, info = env.reset(options={"task_id": "ifeval/1012"})
+    obs, _ = env.reset(options={"task_id": "ifeval/1012"})
     assert "Résumé" in obs and env.observation_space.contains(obs)
 
 
@@ -384,20 +634,27 @@ def test_ifeval_scores_from_verdict_dicts():
     ]
     scores = ifeval_scores(results)
     assert scores["prompt_level_strict"] == 0.5 and scores["prompt_level_loose"] == 1.0
-    assert scores["instruction_level_strict"] == pytest.approx(2 / 3) and scores["instruction_level_loose"] == 1.0
+    assert (
+        scores["instruction_level_strict"] == pytest.approx(2 / 3)
+        and scores["instruction_level_loose"] == 1.0
+    )
     assert math.isnan(ifeval_scores([])["prompt_level_strict"])
 
 
 def test_rlvr_loader_maps_open_instruct_functions():
     tasks = load_rlvr_ifeval(FIXTURES / "rlvr_ifeval.jsonl")
     assert [t.instruction_id_list for t in tasks] == [
-        ["keywords:frequency"], ["length_constraints:number_paragraphs"], ["detectable_format:constrained_response"],
-        ["length_constraints:number_words"]]
+        ["keywords:frequency"],
+        ["length_constraints:number_paragraphs"],
+        ["detectable_format:constrained_response"],
+        ["length_constraints:number_words"],
+    ]
     assert tasks[0].kwargs == [{"keyword": "tea", "frequency": 2, "relation": "exactly"}]
     assert tasks[0].prompt.startswith("Write a short note about tea.")
     assert tasks[2].kwargs[0]["options"] == ["My answer is yes.", "My answer is no.", "My answer is maybe."]
-    check = lambda t, r: all(verify_instruction(i, k, r, t.prompt).strict  # noqa: E731
-                             for i, k in zip(t.instruction_id_list, t.kwargs))
+    check = lambda t, r: all(
+        verify_instruction(i, k, r, t.prompt).strict for i, k in zip(t.instruction_id_list, t.kwargs)
+    )
     assert check(tasks[0], "Tea time. I love tea.") and not check(tasks[0], "Tea tea tea.")
     assert check(tasks[1], "The sun sets.\n* * *\nThe sky glows.")
     assert check(tasks[3], "Gravity pulls.") and not check(tasks[3], "word " * 21)
@@ -411,7 +668,9 @@ def test_rlvr_loader_maps_open_instruct_functions():
 
 def test_loader_errors_name_the_row(tmp_path):
     bad = tmp_path / "bad.jsonl"
-    bad.write_text(json.dumps({"key": 1, "prompt": "p", "instruction_id_list": ["made:up"], "kwargs": [{}]}) + "\n")
+    bad.write_text(
+        json.dumps({"key": 1, "prompt": "p", "instruction_id_list": ["made:up"], "kwargs": [{}]}) + "\n"
+    )
     with pytest.raises(ValueError, match="task 1"):
         load_ifeval_jsonl(bad)
     assert load_ifeval_jsonl(bad, on_unknown="skip") == []
@@ -421,8 +680,20 @@ def test_loader_errors_name_the_row(tmp_path):
 def test_generate_command_writes_expert_sft_data(tmp_path):
     out = tmp_path / "if.jsonl"
     result = subprocess.run(
-        [sys.executable, "-m", "prism_lit.cli", "generate", "instruction_following", str(out), "--n_tasks", "8"],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "prism_lit.cli",
+            "generate",
+            "instruction_following",
+            str(out),
+            "--n_tasks",
+            "8",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [json.loads(line) for line in out.read_text().splitlines()]

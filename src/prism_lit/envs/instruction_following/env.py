@@ -26,7 +26,12 @@ import gymnasium as gym
 from gymnasium import spaces
 
 from prism_lit.envs.instruction_following.judge import SOFT_CONSTRAINTS, Judge, make_judge
-from prism_lit.envs.instruction_following.tasks import DEFAULT_HELD_OUT_TYPES, IFTask, TaskGenerator, load_tasks
+from prism_lit.envs.instruction_following.tasks import (
+    DEFAULT_HELD_OUT_TYPES,
+    IFTask,
+    TaskGenerator,
+    load_tasks,
+)
 from prism_lit.envs.instruction_following.verifiers import family_of, verify_response
 
 __all__ = ["InstructionFollowingEnv"]
@@ -56,7 +61,7 @@ class InstructionFollowingEnv(gym.Env):
         max_response_chars: responses are cut to this many characters before checking.
     """
 
-    metadata = {"render_modes": []}
+    metadata = {"render_modes": []}  # noqa: RUF012  (gymnasium reads a class attribute)
 
     def __init__(
         self,
@@ -85,8 +90,12 @@ class InstructionFollowingEnv(gym.Env):
             if n_tasks < 1:
                 raise ValueError(f"InstructionFollowingEnv.n_tasks must be >= 1, got {n_tasks}")
             # generated tasks are built on first use (each is checked solvable by the oracle)
-            self._generator = TaskGenerator(seed=seed, held_out_types=held_out_types,
-                                            max_constraints=max_constraints, soft_fraction=soft_fraction)
+            self._generator = TaskGenerator(
+                seed=seed,
+                held_out_types=held_out_types,
+                max_constraints=max_constraints,
+                soft_fraction=soft_fraction,
+            )
             self._generator.task(split, 0)  # fail early on a bad split
             loaded = []
         self._tasks: dict[int, IFTask] = dict(enumerate(loaded))
@@ -185,12 +194,24 @@ class InstructionFollowingEnv(gym.Env):
         for sid in task.soft_constraints:
             constraint = SOFT_CONSTRAINTS.get(sid)
             if self.judge is None or constraint is None or not response.strip():
-                item = {"id": sid, "type": "soft", "hard": False, "score": 0.0, "passed": False,
-                        "judge": None if self.judge is None else self.judge.name}
+                item = {
+                    "id": sid,
+                    "type": "soft",
+                    "hard": False,
+                    "score": 0.0,
+                    "passed": False,
+                    "judge": None if self.judge is None else self.judge.name,
+                }
             else:
                 js = self.judge.score(task.prompt, response, constraint.rubric)
-                item = {"id": sid, "type": "soft", "hard": False, "score": js.score, "passed": js.passed,
-                        "judge": js.judge}
+                item = {
+                    "id": sid,
+                    "type": "soft",
+                    "hard": False,
+                    "score": js.score,
+                    "passed": js.passed,
+                    "judge": js.judge,
+                }
             soft.append(item)
         verdicts.extend(soft)
         n = len(verdicts)

@@ -48,26 +48,56 @@ _EN_GENERIC = (
     "Every season brings a new chance to try something different.",
 )
 _FOREIGN: dict[str, tuple[str, ...]] = {
-    "es": ("Este tema es interesante para muchas personas.", "Es importante aprender un poco cada día.",
-           "La práctica constante ayuda a mejorar los resultados.", "Los amigos pueden ofrecer apoyo en el camino.",
-           "Leer mucho da nuevas ideas y otros puntos de vista.", "Los errores son normales y muestran dónde mejorar.",
-           "Un paseo corto ayuda a pensar con claridad.", "Los buenos hábitos crecen despacio pero duran mucho."),
-    "fr": ("Ce sujet est intéressant pour beaucoup de gens.", "Il est important d'apprendre un peu chaque jour.",
-           "La pratique régulière aide à améliorer les résultats.", "Les amis peuvent offrir un soutien en chemin.",
-           "Lire beaucoup donne de nouvelles idées.", "Les erreurs sont normales et montrent où progresser.",
-           "Une courte promenade aide à penser clairement.", "Les bonnes habitudes grandissent lentement."),
-    "de": ("Dieses Thema ist für viele Menschen interessant.", "Es ist wichtig jeden Tag ein wenig zu lernen.",
-           "Regelmäßiges Üben hilft die Ergebnisse zu verbessern.", "Freunde können auf dem Weg Unterstützung geben.",
-           "Viel zu lesen bringt neue Ideen und andere Sichtweisen.", "Fehler sind normal und zeigen den Weg.",
-           "Ein kurzer Spaziergang hilft klar zu denken.", "Gute Gewohnheiten wachsen langsam aber sie halten lange."),
-    "it": ("Questo tema è interessante per molte persone.", "È importante imparare qualcosa ogni giorno.",
-           "La pratica costante aiuta a migliorare i risultati.", "Gli amici possono offrire sostegno nel cammino.",
-           "Leggere molto porta nuove idee e altri punti di vista.", "Gli errori sono normali e mostrano la strada.",
-           "Una breve passeggiata aiuta a pensare con chiarezza.", "Le buone abitudini crescono piano ma durano."),
-    "pt": ("Este tema é interessante para muitas pessoas.", "É importante aprender um pouco todos os dias.",
-           "A prática constante ajuda a melhorar os resultados.", "Os amigos podem oferecer apoio no caminho.",
-           "Ler muito traz novas ideias e outros pontos de vista.", "Os erros são normais e mostram onde melhorar.",
-           "Uma caminhada curta ajuda a pensar com clareza.", "Os bons hábitos crescem devagar mas duram muito."),
+    "es": (
+        "Este tema es interesante para muchas personas.",
+        "Es importante aprender un poco cada día.",
+        "La práctica constante ayuda a mejorar los resultados.",
+        "Los amigos pueden ofrecer apoyo en el camino.",
+        "Leer mucho da nuevas ideas y otros puntos de vista.",
+        "Los errores son normales y muestran dónde mejorar.",
+        "Un paseo corto ayuda a pensar con claridad.",
+        "Los buenos hábitos crecen despacio pero duran mucho.",
+    ),
+    "fr": (
+        "Ce sujet est intéressant pour beaucoup de gens.",
+        "Il est important d'apprendre un peu chaque jour.",
+        "La pratique régulière aide à améliorer les résultats.",
+        "Les amis peuvent offrir un soutien en chemin.",
+        "Lire beaucoup donne de nouvelles idées.",
+        "Les erreurs sont normales et montrent où progresser.",
+        "Une courte promenade aide à penser clairement.",
+        "Les bonnes habitudes grandissent lentement.",
+    ),
+    "de": (
+        "Dieses Thema ist für viele Menschen interessant.",
+        "Es ist wichtig jeden Tag ein wenig zu lernen.",
+        "Regelmäßiges Üben hilft die Ergebnisse zu verbessern.",
+        "Freunde können auf dem Weg Unterstützung geben.",
+        "Viel zu lesen bringt neue Ideen und andere Sichtweisen.",
+        "Fehler sind normal und zeigen den Weg.",
+        "Ein kurzer Spaziergang hilft klar zu denken.",
+        "Gute Gewohnheiten wachsen langsam aber sie halten lange.",
+    ),
+    "it": (
+        "Questo tema è interessante per molte persone.",
+        "È importante imparare qualcosa ogni giorno.",
+        "La pratica costante aiuta a migliorare i risultati.",
+        "Gli amici possono offrire sostegno nel cammino.",
+        "Leggere molto porta nuove idee e altri punti di vista.",
+        "Gli errori sono normali e mostrano la strada.",
+        "Una breve passeggiata aiuta a pensare con chiarezza.",
+        "Le buone abitudini crescono piano ma durano.",
+    ),
+    "pt": (
+        "Este tema é interessante para muitas pessoas.",
+        "É importante aprender um pouco todos os dias.",
+        "A prática constante ajuda a melhorar os resultados.",
+        "Os amigos podem oferecer apoio no caminho.",
+        "Ler muito traz novas ideias e outros pontos de vista.",
+        "Os erros são normais e mostram onde melhorar.",
+        "Uma caminhada curta ajuda a pensar com clareza.",
+        "Os bons hábitos crescem devagar mas duram muito.",
+    ),
 }
 _TITLE_WORD = {"en": "Notes on", "es": "Notas", "fr": "Notes", "de": "Notizen", "it": "Note", "pt": "Notas"}
 _PLACEHOLDERS = ("[name]", "[address]", "[date]", "[city]", "[phone]", "[email]")
@@ -76,8 +106,28 @@ _SOFT_SENTENCES = {
     "soft:tone_friendly": "Thank you for reading and enjoy your day.",
     "soft:style_vivid": "Picture the bright and fresh morning light.",
 }
-_LETTER_WORDS = ("banana", "apple", "river", "stone", "letter", "moment", "tree", "sound", "island", "mirror",
-                 "door", "lemon", "salad", "tiger", "radio", "model", "melon", "idea", "oasis", "tomato")
+_LETTER_WORDS = (
+    "banana",
+    "apple",
+    "river",
+    "stone",
+    "letter",
+    "moment",
+    "tree",
+    "sound",
+    "island",
+    "mirror",
+    "door",
+    "lemon",
+    "salad",
+    "tiger",
+    "radio",
+    "model",
+    "melon",
+    "idea",
+    "oasis",
+    "tomato",
+)
 
 
 def _kwargs_by_id(task: IFTask) -> dict[str, Mapping[str, Any]]:
@@ -95,7 +145,11 @@ def _allowed(sentence: str, kw: Mapping[str, Mapping[str, Any]]) -> bool:
         if re.search(r"\b" + re.escape(word) + r"\b", sentence, flags=re.IGNORECASE):
             return False
     letter = kw.get("keywords:letter_frequency")
-    if letter and letter["let_relation"] in ("less than", "at most", "exactly") and letter["letter"] in sentence.lower():
+    if (
+        letter
+        and letter["let_relation"] in ("less than", "at most", "exactly")
+        and letter["letter"] in sentence.lower()
+    ):
         return False
     freq = kw.get("keywords:frequency")
     if freq and freq["keyword"].lower() in sentence.lower():
@@ -121,13 +175,15 @@ def _build(task: IFTask, n: int, extra_letters: int, rotation: int) -> str:
         topical = [s.replace("{T}", topic[:1].upper() + topic[1:]).replace("{t}", topic) for s in _EN_TOPICAL]
         bank = topical + list(_EN_GENERIC)
     bank = [s for s in bank if _allowed(s, kw)] or ["Steady work pays off."]
-    bank = bank[rotation % len(bank):] + bank[: rotation % len(bank)]
+    bank = bank[rotation % len(bank) :] + bank[: rotation % len(bank)]
 
     def take(count: int, offset: int = 0) -> list[str]:
         return [bank[(offset + i) % len(bank)] for i in range(count)]
 
     if "detectable_format:constrained_response" in kw:
-        options = list(kw["detectable_format:constrained_response"].get("options") or CONSTRAINED_RESPONSE_OPTIONS)
+        options = list(
+            kw["detectable_format:constrained_response"].get("options") or CONSTRAINED_RESPONSE_OPTIONS
+        )
         return " ".join([options[0]] + take(max(n - 1, 0)))
 
     # blocks and their sentences
@@ -157,9 +213,11 @@ def _build(task: IFTask, n: int, extra_letters: int, rotation: int) -> str:
         extras.append("This note touches on " + " and ".join(words) + ".")
     freq = kw.get("keywords:frequency")
     if freq and freq["relation"] in ("at least", "exactly", "around", "at most"):
-        target = freq["frequency"] if freq["relation"] != "at least" else freq["frequency"]
-        extras.extend(f"Think about {freq['keyword']} once more." if i else f"Consider {freq['keyword']}."
-                      for i in range(target))
+        target = freq["frequency"]
+        extras.extend(
+            f"Think about {freq['keyword']} once more." if i else f"Consider {freq['keyword']}."
+            for i in range(target)
+        )
     if "detectable_content:number_placeholders" in kw:
         count = kw["detectable_content:number_placeholders"]["num_placeholders"]
         holders = [_PLACEHOLDERS[i % len(_PLACEHOLDERS)] for i in range(count)]
@@ -206,7 +264,11 @@ def _build(task: IFTask, n: int, extra_letters: int, rotation: int) -> str:
             title = None
 
     if "length_constraints:number_paragraphs" in kw:
-        divider = "\n* * *\n" if str(kw["length_constraints:number_paragraphs"].get("divider")) == "* * *" else "\n***\n"
+        divider = (
+            "\n* * *\n"
+            if str(kw["length_constraints:number_paragraphs"].get("divider")) == "* * *"
+            else "\n***\n"
+        )
         body = divider.join(texts)
     elif nth:
         body = "\n\n".join(texts)

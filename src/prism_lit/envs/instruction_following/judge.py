@@ -41,7 +41,7 @@ __all__ = [
 
 @dataclass(frozen=True)
 class SoftConstraint:
-    """A constraint no code can verify exactly: ``instruction`` goes into the prompt, ``rubric`` to the judge."""
+    """A constraint no code verifies exactly: ``instruction`` goes in the prompt, ``rubric`` to the judge."""
 
     id: str
     instruction: str
@@ -51,21 +51,37 @@ class SoftConstraint:
 SOFT_CONSTRAINTS: dict[str, SoftConstraint] = {
     c.id: c
     for c in (
-        SoftConstraint("soft:tone_formal", "Use a formal, professional tone.",
-                       "The tone is formal and professional: no slang, no contractions, no exclamations."),
-        SoftConstraint("soft:tone_friendly", "Keep the tone warm and friendly.",
-                       "The tone is warm and friendly toward the reader."),
-        SoftConstraint("soft:style_concise", "Be concise and get to the point.",
-                       "The writing is concise: short sentences, no padding or repetition."),
-        SoftConstraint("soft:style_vivid", "Use vivid, descriptive language.",
-                       "The language is vivid and descriptive, with concrete sensory detail."),
-        SoftConstraint("soft:helpful", "Make the answer genuinely useful to the reader.",
-                       "The response addresses the request directly and gives useful, specific content."),
+        SoftConstraint(
+            "soft:tone_formal",
+            "Use a formal, professional tone.",
+            "The tone is formal and professional: no slang, no contractions, no exclamations.",
+        ),
+        SoftConstraint(
+            "soft:tone_friendly",
+            "Keep the tone warm and friendly.",
+            "The tone is warm and friendly toward the reader.",
+        ),
+        SoftConstraint(
+            "soft:style_concise",
+            "Be concise and get to the point.",
+            "The writing is concise: short sentences, no padding or repetition.",
+        ),
+        SoftConstraint(
+            "soft:style_vivid",
+            "Use vivid, descriptive language.",
+            "The language is vivid and descriptive, with concrete sensory detail.",
+        ),
+        SoftConstraint(
+            "soft:helpful",
+            "Make the answer genuinely useful to the reader.",
+            "The response addresses the request directly and gives useful, specific content.",
+        ),
     )
 }
 
 JUDGE_PROMPT = (
-    "You are a strict grader. Decide whether the RESPONSE satisfies the REQUIREMENT, given the user's PROMPT.\n"
+    "You are a strict grader. Decide whether the RESPONSE satisfies the REQUIREMENT, "
+    "given the user's PROMPT.\n"
     "PROMPT:\n{prompt}\n\n"
     "REQUIREMENT:\n{requirement}\n\n"
     "RESPONSE:\n{response}\n\n"
@@ -84,18 +100,79 @@ class Judge(Protocol):
     name: str
 
     def score(self, prompt: str, response: str, requirement: str) -> JudgeScore:
-        """How well ``response`` meets ``requirement`` (a soft constraint's rubric or any instruction text)."""
+        """How well ``response`` meets ``requirement`` (a soft constraint's rubric or an instruction)."""
 
 
 # ------------------------------------------------------------------------------------------ stand-in
 _CONTRACTION_RE = re.compile(r"\b\w+'(?:t|s|re|ve|ll|d|m)\b", re.IGNORECASE)
 _SLANG = {"gonna", "wanna", "kinda", "cool", "awesome", "stuff", "yeah", "hey", "guys", "lol", "totally"}
-_WARM = {"you", "your", "glad", "happy", "hope", "enjoy", "welcome", "friend", "thanks", "thank", "love", "warm"}
-_VIVID = {"bright", "warm", "quiet", "golden", "crisp", "gentle", "vivid", "sparkling", "soft", "deep", "green",
-          "fresh", "glowing", "rough", "smooth", "fragrant", "loud", "cold", "sweet", "bitter", "shimmering"}
+_WARM = {
+    "you",
+    "your",
+    "glad",
+    "happy",
+    "hope",
+    "enjoy",
+    "welcome",
+    "friend",
+    "thanks",
+    "thank",
+    "love",
+    "warm",
+}
+_VIVID = {
+    "bright",
+    "warm",
+    "quiet",
+    "golden",
+    "crisp",
+    "gentle",
+    "vivid",
+    "sparkling",
+    "soft",
+    "deep",
+    "green",
+    "fresh",
+    "glowing",
+    "rough",
+    "smooth",
+    "fragrant",
+    "loud",
+    "cold",
+    "sweet",
+    "bitter",
+    "shimmering",
+}
 _REFUSAL_RE = re.compile(r"\b(i cannot|i can't|as an ai|i am unable|i'm unable)\b", re.IGNORECASE)
-_STOP = {"the", "a", "an", "of", "to", "in", "and", "for", "about", "with", "on", "is", "are", "your", "you",
-         "write", "who", "that", "why", "new", "short", "give", "describe", "explain", "which", "plays", "part"}
+_STOP = {
+    "the",
+    "a",
+    "an",
+    "of",
+    "to",
+    "in",
+    "and",
+    "for",
+    "about",
+    "with",
+    "on",
+    "is",
+    "are",
+    "your",
+    "you",
+    "write",
+    "who",
+    "that",
+    "why",
+    "new",
+    "short",
+    "give",
+    "describe",
+    "explain",
+    "which",
+    "plays",
+    "part",
+}
 
 
 class RuleBasedJudge:
@@ -119,13 +196,19 @@ class RuleBasedJudge:
         elif "concise" in req:
             sentences = split_sentences(text) or [""]
             mean_len = count_words(text) / len(sentences)
-            value = (1.0 if count_words(text) <= 150 else 0.5) * (1.0 if mean_len <= 20 else 0.4) if words else 0.0
+            value = (
+                (1.0 if count_words(text) <= 150 else 0.5) * (1.0 if mean_len <= 20 else 0.4)
+                if words
+                else 0.0
+            )
         elif "vivid" in req:
             value = min(1.0, sum(w in _VIVID for w in words) / 3.0)
         else:  # helpfulness and anything else: on topic, substantial, not a refusal
             topic = {w for w in re.findall(r"[a-z]+", prompt.lower()) if w not in _STOP and len(w) > 3}
             overlap = len(topic & set(words)) / max(len(topic), 1)
-            value = 0.0 if _REFUSAL_RE.search(text) else 0.5 * min(1.0, n / 80.0) + 0.5 * min(1.0, 2 * overlap)
+            value = (
+                0.0 if _REFUSAL_RE.search(text) else 0.5 * min(1.0, n / 80.0) + 0.5 * min(1.0, 2 * overlap)
+            )
         return JudgeScore(float(value), value >= self.threshold, self.name)
 
 
@@ -141,9 +224,14 @@ class LLMJudge:
         prompt_template: defaults to :data:`JUDGE_PROMPT` (fields ``prompt``, ``requirement``, ``response``).
     """
 
-    def __init__(self, model_path: str, device: str = "cpu", threshold: float = 0.5,
-                 max_prompt_tokens: int = 2048, prompt_template: str = JUDGE_PROMPT) -> None:
-        import torch  # noqa: F401  (imported here on purpose: only a real judge needs it)
+    def __init__(
+        self,
+        model_path: str,
+        device: str = "cpu",
+        threshold: float = 0.5,
+        max_prompt_tokens: int = 2048,
+        prompt_template: str = JUDGE_PROMPT,
+    ) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.name = f"llm:{model_path}"
@@ -170,12 +258,12 @@ class LLMJudge:
         """The exact text the judge model reads."""
         content = self.prompt_template.format(prompt=prompt, requirement=requirement, response=response)
         if getattr(self.tokenizer, "chat_template", None):
-            return self.tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
-                                                      add_generation_prompt=True)
+            return self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
+            )
         return content + "\nAnswer:"
 
     def score(self, prompt: str, response: str, requirement: str) -> JudgeScore:
-        import torch
 
         text = self.render(prompt, response, requirement)
         ids = self.tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
@@ -190,7 +278,7 @@ class LLMJudge:
 
 
 def make_judge(judge: Any = "rule_based", **kwargs: Any) -> Judge:
-    """``"rule_based"`` -> :class:`RuleBasedJudge`; a model path -> :class:`LLMJudge`; a judge object as is."""
+    """``"rule_based"``: :class:`RuleBasedJudge`; a model path: :class:`LLMJudge`; a judge object as is."""
     if judge is None or judge == "rule_based":
         return RuleBasedJudge(**kwargs)
     if isinstance(judge, str):

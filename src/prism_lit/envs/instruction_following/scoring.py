@@ -23,8 +23,9 @@ def _pair(item: Verdict | Mapping[str, Any]) -> tuple[str, bool, bool]:
     return str(item.get("id", "")), bool(item["strict"]), bool(item["loose"])
 
 
-def ifeval_scores(results: Sequence[Sequence[Verdict | Mapping[str, Any]]], by_type: bool = False
-                  ) -> dict[str, Any]:
+def ifeval_scores(
+    results: Sequence[Sequence[Verdict | Mapping[str, Any]]], by_type: bool = False
+) -> dict[str, Any]:
     """IFEval scores from per-prompt verdicts (``Verdict`` objects or dicts with ``strict``/``loose``).
 
     Soft verdicts (dicts with ``hard: False``) are ignored: IFEval scores hard instructions only.
@@ -61,12 +62,15 @@ def ifeval_scores(results: Sequence[Sequence[Verdict | Mapping[str, Any]]], by_t
         "n_instructions": n_inst,
     }
     if by_type:
-        out["by_type"] = {t: {"n": n, "strict": s / n, "loose": lo / n} for t, (n, s, lo) in sorted(per_type.items())}
+        out["by_type"] = {
+            t: {"n": n, "strict": s / n, "loose": lo / n} for t, (n, s, lo) in sorted(per_type.items())
+        }
     return out
 
 
-def evaluate_responses(tasks: Sequence[IFTask], responses: Sequence[str] | Mapping[str, str],
-                       by_type: bool = False) -> dict[str, Any]:
+def evaluate_responses(
+    tasks: Sequence[IFTask], responses: Sequence[str] | Mapping[str, str], by_type: bool = False
+) -> dict[str, Any]:
     """Verify ``responses`` (aligned with ``tasks``, or keyed by prompt as IFEval's response file) and score.
 
     A task with no response counts as failed (the empty response passes nothing).

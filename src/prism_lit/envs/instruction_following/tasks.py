@@ -70,8 +70,10 @@ class IFTask:
 
     def __post_init__(self) -> None:
         if len(self.instruction_id_list) != len(self.kwargs):
-            raise ValueError(f"task {self.key!r}: {len(self.instruction_id_list)} instruction ids but "
-                             f"{len(self.kwargs)} kwargs")
+            raise ValueError(
+                f"task {self.key!r}: {len(self.instruction_id_list)} instruction ids but "
+                f"{len(self.kwargs)} kwargs"
+            )
 
     @property
     def constraint_ids(self) -> list[str]:
@@ -79,8 +81,12 @@ class IFTask:
 
     def to_ifeval(self) -> dict[str, Any]:
         """The IFEval ``input_data.jsonl`` row of this task (soft constraints are not IFEval's)."""
-        return {"key": self.key, "prompt": self.prompt, "instruction_id_list": list(self.instruction_id_list),
-                "kwargs": [dict(k) for k in self.kwargs]}
+        return {
+            "key": self.key,
+            "prompt": self.prompt,
+            "instruction_id_list": list(self.instruction_id_list),
+            "kwargs": [dict(k) for k in self.kwargs],
+        }
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -90,34 +96,63 @@ class IFTask:
 def _build_conflicts() -> dict[str, set[str]]:
     every = set(INSTRUCTION_IDS)
     table: dict[str, set[str]] = {i: {i} for i in INSTRUCTION_IDS}
-    pairs = {
+    pairs = [
         # IFEval's conflict table
-        "language:response_language": {
-            "detectable_format:multiple_sections", "keywords:existence", "keywords:frequency",
-            "keywords:forbidden_words", "startend:end_checker", "change_case:english_capital",
-            "change_case:english_lowercase"},
-        "length_constraints:number_paragraphs": {
-            "length_constraints:nth_paragraph_first_word", "length_constraints:number_sentences"},
-        "detectable_format:constrained_response": every,
-        "detectable_format:multiple_sections": {"detectable_format:number_highlighted_sections"},
-        "detectable_format:json_format": every - {"keywords:forbidden_words", "keywords:existence"},
-        "combination:two_responses": every - {
-            "keywords:forbidden_words", "keywords:existence", "language:response_language",
-            "detectable_format:title", "punctuation:no_comma"},
-        "combination:repeat_prompt": every - {
-            "keywords:existence", "detectable_format:title", "punctuation:no_comma"},
-        "change_case:capital_word_frequency": {"change_case:english_lowercase", "change_case:english_capital"},
-        "change_case:english_lowercase": {"change_case:english_capital"},
-        "startend:quotation": {"detectable_format:title"},
+        (
+            "language:response_language",
+            {
+                "detectable_format:multiple_sections",
+                "keywords:existence",
+                "keywords:frequency",
+                "keywords:forbidden_words",
+                "startend:end_checker",
+                "change_case:english_capital",
+                "change_case:english_lowercase",
+            },
+        ),
+        (
+            "length_constraints:number_paragraphs",
+            {"length_constraints:nth_paragraph_first_word", "length_constraints:number_sentences"},
+        ),
+        ("detectable_format:constrained_response", every),
+        ("detectable_format:multiple_sections", {"detectable_format:number_highlighted_sections"}),
+        ("detectable_format:json_format", every - {"keywords:forbidden_words", "keywords:existence"}),
+        (
+            "combination:two_responses",
+            every
+            - {
+                "keywords:forbidden_words",
+                "keywords:existence",
+                "language:response_language",
+                "detectable_format:title",
+                "punctuation:no_comma",
+            },
+        ),
+        (
+            "combination:repeat_prompt",
+            every - {"keywords:existence", "detectable_format:title", "punctuation:no_comma"},
+        ),
+        (
+            "change_case:capital_word_frequency",
+            {"change_case:english_lowercase", "change_case:english_capital"},
+        ),
+        ("change_case:english_lowercase", {"change_case:english_capital"}),
+        ("startend:quotation", {"detectable_format:title"}),
         # ours: pairs the generator avoids because no simple response satisfies both
-        "detectable_format:multiple_sections": {
-            "change_case:english_lowercase", "change_case:english_capital",
-            "length_constraints:nth_paragraph_first_word", "length_constraints:number_paragraphs"},
-        "length_constraints:nth_paragraph_first_word": {"length_constraints:number_sentences"},
-        "keywords:letter_frequency": {"language:response_language"},
-        "combination:repeat_prompt": {"punctuation:no_comma"},  # the repeated request often has commas
-    }
-    for a, others in pairs.items():
+        (
+            "detectable_format:multiple_sections",
+            {
+                "change_case:english_lowercase",
+                "change_case:english_capital",
+                "length_constraints:nth_paragraph_first_word",
+                "length_constraints:number_paragraphs",
+            },
+        ),
+        ("length_constraints:nth_paragraph_first_word", {"length_constraints:number_sentences"}),
+        ("keywords:letter_frequency", {"language:response_language"}),
+        ("combination:repeat_prompt", {"punctuation:no_comma"}),  # the repeated request often has commas
+    ]
+    for a, others in pairs:
         for b in others:
             table[a].add(b)
             table[b].add(a)
@@ -149,31 +184,96 @@ TEMPLATES: tuple[str, ...] = (
 )
 
 TOPICS: tuple[str, ...] = (
-    "urban gardening", "learning a second language", "remote work", "honey bees", "the water cycle",
-    "public libraries", "electric cars", "volcanoes", "chess", "healthy breakfasts", "recycling",
-    "jazz music", "rainforests", "time management", "coffee", "the printing press", "marathon training",
-    "solar power", "board games", "photography", "ocean tides", "saving money", "dinosaurs", "city parks",
-    "baking bread", "mountain hiking", "sleep", "ancient Rome", "video games", "public transport",
+    "urban gardening",
+    "learning a second language",
+    "remote work",
+    "honey bees",
+    "the water cycle",
+    "public libraries",
+    "electric cars",
+    "volcanoes",
+    "chess",
+    "healthy breakfasts",
+    "recycling",
+    "jazz music",
+    "rainforests",
+    "time management",
+    "coffee",
+    "the printing press",
+    "marathon training",
+    "solar power",
+    "board games",
+    "photography",
+    "ocean tides",
+    "saving money",
+    "dinosaurs",
+    "city parks",
+    "baking bread",
+    "mountain hiking",
+    "sleep",
+    "ancient Rome",
+    "video games",
+    "public transport",
     # the held-out half (test splits)
-    "museums", "green tea", "space telescopes", "bird migration", "volunteering", "street food",
-    "wind turbines", "handwriting", "coral reefs", "podcasts",
+    "museums",
+    "green tea",
+    "space telescopes",
+    "bird migration",
+    "volunteering",
+    "street food",
+    "wind turbines",
+    "handwriting",
+    "coral reefs",
+    "podcasts",
 )
 _TRAIN_TOPICS = TOPICS[:30]
 _TEST_TOPICS = TOPICS[30:]
 
 KEYWORDS: tuple[str, ...] = (
-    "balance", "community", "future", "journey", "patience", "season", "curiosity", "habit", "budget",
-    "window", "garden", "signal", "harvest", "village", "lantern", "compass", "bridge", "rhythm", "canvas",
+    "balance",
+    "community",
+    "future",
+    "journey",
+    "patience",
+    "season",
+    "curiosity",
+    "habit",
+    "budget",
+    "window",
+    "garden",
+    "signal",
+    "harvest",
+    "village",
+    "lantern",
+    "compass",
+    "bridge",
+    "rhythm",
+    "canvas",
     "anchor",
 )
 FORBIDDEN: tuple[str, ...] = (
-    "very", "really", "thing", "stuff", "basically", "literally", "amazing", "awesome", "nice", "bad",
-    "good", "just", "quite", "simply",
+    "very",
+    "really",
+    "thing",
+    "stuff",
+    "basically",
+    "literally",
+    "amazing",
+    "awesome",
+    "nice",
+    "bad",
+    "good",
+    "just",
+    "quite",
+    "simply",
 )
 FIRST_WORDS: tuple[str, ...] = ("today", "first", "finally", "overall", "however", "imagine", "consider")
 END_PHRASES: tuple[str, ...] = (
-    "Any other questions?", "Is there anything else I can help with?",
-    "Let me know if you have additional questions.", "That is all for now.", "Peace!",
+    "Any other questions?",
+    "Is there anything else I can help with?",
+    "Let me know if you have additional questions.",
+    "That is all for now.",
+    "Peace!",
 )
 GENERATOR_LANGUAGES: tuple[str, ...] = ("es", "fr", "de", "it", "pt")
 
@@ -184,8 +284,11 @@ def _sample_kwargs(instruction_id: str, rng: random.Random) -> dict[str, Any]:
     if instruction_id == "keywords:existence":
         return {"keywords": rng.sample(KEYWORDS, 2)}
     if instruction_id == "keywords:frequency":
-        return {"keyword": rng.choice(KEYWORDS), "relation": rel,
-                "frequency": rng.randint(2, 4) if rel == "less than" else rng.randint(1, 4)}
+        return {
+            "keyword": rng.choice(KEYWORDS),
+            "relation": rel,
+            "frequency": rng.randint(2, 4) if rel == "less than" else rng.randint(1, 4),
+        }
     if instruction_id == "keywords:forbidden_words":
         return {"forbidden_words": rng.sample(FORBIDDEN, rng.randint(2, 4))}
     if instruction_id == "keywords:letter_frequency":
@@ -195,14 +298,24 @@ def _sample_kwargs(instruction_id: str, rng: random.Random) -> dict[str, Any]:
     if instruction_id == "language:response_language":
         return {"language": rng.choice(GENERATOR_LANGUAGES)}
     if instruction_id == "length_constraints:number_sentences":
-        return {"relation": rel, "num_sentences": rng.randint(12, 24) if rel == "less than" else rng.randint(2, 10)}
+        return {
+            "relation": rel,
+            "num_sentences": rng.randint(12, 24) if rel == "less than" else rng.randint(2, 10),
+        }
     if instruction_id == "length_constraints:number_paragraphs":
         return {"num_paragraphs": rng.randint(2, 5)}
     if instruction_id == "length_constraints:number_words":
-        return {"relation": rel, "num_words": rng.randint(150, 400) if rel == "less than" else rng.randint(30, 250)}
+        return {
+            "relation": rel,
+            "num_words": rng.randint(150, 400) if rel == "less than" else rng.randint(30, 250),
+        }
     if instruction_id == "length_constraints:nth_paragraph_first_word":
         n = rng.randint(2, 4)
-        return {"num_paragraphs": n, "nth_paragraph": rng.randint(1, n), "first_word": rng.choice(FIRST_WORDS)}
+        return {
+            "num_paragraphs": n,
+            "nth_paragraph": rng.randint(1, n),
+            "first_word": rng.choice(FIRST_WORDS),
+        }
     if instruction_id == "detectable_content:number_placeholders":
         return {"num_placeholders": rng.randint(1, 4)}
     if instruction_id == "detectable_content:postscript":
@@ -216,8 +329,10 @@ def _sample_kwargs(instruction_id: str, rng: random.Random) -> dict[str, Any]:
     if instruction_id == "startend:end_checker":
         return {"end_phrase": rng.choice(END_PHRASES)}
     if instruction_id == "change_case:capital_word_frequency":
-        return {"capital_relation": rel,
-                "capital_frequency": rng.randint(3, 10) if rel == "less than" else rng.randint(1, 8)}
+        return {
+            "capital_relation": rel,
+            "capital_frequency": rng.randint(3, 10) if rel == "less than" else rng.randint(1, 8),
+        }
     return {}  # types without arguments (repeat_prompt's prompt is filled in when the prompt is built)
 
 
@@ -234,9 +349,15 @@ class TaskGenerator:
             task is solvable (``False`` keeps the first draw).
     """
 
-    def __init__(self, seed: int = 0, held_out_types: Sequence[str] = DEFAULT_HELD_OUT_TYPES,
-                 max_constraints: int = 3, soft_fraction: float = 0.0, types: Sequence[str] | None = None,
-                 ensure_feasible: bool = True) -> None:
+    def __init__(
+        self,
+        seed: int = 0,
+        held_out_types: Sequence[str] = DEFAULT_HELD_OUT_TYPES,
+        max_constraints: int = 3,
+        soft_fraction: float = 0.0,
+        types: Sequence[str] | None = None,
+        ensure_feasible: bool = True,
+    ) -> None:
         pool = list(types) if types is not None else list(INSTRUCTION_IDS)
         unknown = [t for t in list(pool) + list(held_out_types) if t not in INSTRUCTION_IDS]
         if unknown:
@@ -272,8 +393,15 @@ class TaskGenerator:
                 from prism_lit.envs.instruction_following.judge import SOFT_CONSTRAINTS
 
                 soft = [rng.choice(sorted(SOFT_CONSTRAINTS))]
-            task = compose_task(f"ifgen/{split}/{index}", request, ids, kwargs, soft, split=split,
-                                meta={"template_request": request, "attempt": attempt, "source": "generator"})
+            task = compose_task(
+                f"ifgen/{split}/{index}",
+                request,
+                ids,
+                kwargs,
+                soft,
+                split=split,
+                meta={"template_request": request, "attempt": attempt, "source": "generator"},
+            )
             if not self.ensure_feasible or _oracle_solves(task):
                 break
         assert task is not None
@@ -302,13 +430,22 @@ class TaskGenerator:
         return chosen
 
 
-def compose_task(key: str, request: str, instruction_ids: Sequence[str], kwargs: Sequence[Mapping[str, Any]],
-                 soft_constraints: Sequence[str] = (), *, split: str = "train",
-                 meta: Mapping[str, Any] | None = None) -> IFTask:
+def compose_task(
+    key: str,
+    request: str,
+    instruction_ids: Sequence[str],
+    kwargs: Sequence[Mapping[str, Any]],
+    soft_constraints: Sequence[str] = (),
+    *,
+    split: str = "train",
+    meta: Mapping[str, Any] | None = None,
+) -> IFTask:
     """Build the prompt: the request, then each instruction's sentence (``repeat_prompt`` last)."""
     from prism_lit.envs.instruction_following.judge import SOFT_CONSTRAINTS
 
-    order = sorted(range(len(instruction_ids)), key=lambda i: instruction_ids[i] == "combination:repeat_prompt")
+    order = sorted(
+        range(len(instruction_ids)), key=lambda i: instruction_ids[i] == "combination:repeat_prompt"
+    )
     ids = [instruction_ids[i] for i in order]
     kws = [dict(kwargs[i]) for i in order]
     parts = [request]
@@ -330,7 +467,9 @@ def _oracle_solves(task: IFTask) -> bool:
     from prism_lit.envs.instruction_following.verifiers import verify_response
 
     response = write_response(task)
-    return all(v.strict for v in verify_response(task.instruction_id_list, task.kwargs, response, task.prompt))
+    return all(
+        v.strict for v in verify_response(task.instruction_id_list, task.kwargs, response, task.prompt)
+    )
 
 
 # ------------------------------------------------------------------------------------------ loaders
@@ -364,44 +503,80 @@ def load_ifeval_jsonl(path: str | Path, *, split: str = "test", on_unknown: str 
             if on_unknown == "skip":
                 continue
             raise ValueError(f"{path}: task {row.get('key')!r}: {exc}") from exc
-        tasks.append(IFTask(f"ifeval/{row.get('key', len(tasks))}", row["prompt"], ids, kwargs, [], split,
-                            {"source": str(path)}))
+        tasks.append(
+            IFTask(
+                f"ifeval/{row.get('key', len(tasks))}",
+                row["prompt"],
+                ids,
+                kwargs,
+                [],
+                split,
+                {"source": str(path)},
+            )
+        )
     return tasks
 
 
 # open-instruct's func_name -> (IFEval instruction id, {their argument: IFEval argument}, fixed arguments)
 RLVR_FUNC_TO_IFEVAL: dict[str, tuple[str, dict[str, str], dict[str, Any]]] = {
     "verify_keywords": ("keywords:existence", {"keyword_list": "keywords"}, {}),
-    "verify_keyword_frequency": ("keywords:frequency", {"word": "keyword", "N": "frequency"},
-                                 {"relation": "exactly"}),
+    "verify_keyword_frequency": (
+        "keywords:frequency",
+        {"word": "keyword", "N": "frequency"},
+        {"relation": "exactly"},
+    ),
     "validate_forbidden_words": ("keywords:forbidden_words", {"forbidden_words": "forbidden_words"}, {}),
-    "verify_letter_frequency": ("keywords:letter_frequency", {"letter": "letter", "N": "let_frequency"},
-                                {"let_relation": "exactly"}),
+    "verify_letter_frequency": (
+        "keywords:letter_frequency",
+        {"letter": "letter", "N": "let_frequency"},
+        {"let_relation": "exactly"},
+    ),
     "validate_response_language": ("language:response_language", {"language": "language"}, {}),
-    "verify_paragraph_count": ("length_constraints:number_paragraphs", {"N": "num_paragraphs"},
-                               {"divider": "* * *"}),
-    "validate_word_constraint": ("length_constraints:number_words", {"N": "num_words", "quantifier": "relation"},
-                                 {}),
-    "verify_sentence_constraint": ("length_constraints:number_sentences",
-                                   {"N": "num_sentences", "quantifier": "relation"}, {}),
-    "validate_paragraphs": ("length_constraints:nth_paragraph_first_word",
-                            {"N": "num_paragraphs", "i": "nth_paragraph", "first_word": "first_word"}, {}),
+    "verify_paragraph_count": (
+        "length_constraints:number_paragraphs",
+        {"N": "num_paragraphs"},
+        {"divider": "* * *"},
+    ),
+    "validate_word_constraint": (
+        "length_constraints:number_words",
+        {"N": "num_words", "quantifier": "relation"},
+        {},
+    ),
+    "verify_sentence_constraint": (
+        "length_constraints:number_sentences",
+        {"N": "num_sentences", "quantifier": "relation"},
+        {},
+    ),
+    "validate_paragraphs": (
+        "length_constraints:nth_paragraph_first_word",
+        {"N": "num_paragraphs", "i": "nth_paragraph", "first_word": "first_word"},
+        {},
+    ),
     "verify_postscript": ("detectable_content:postscript", {"postscript_marker": "postscript_marker"}, {}),
     "validate_placeholders": ("detectable_content:number_placeholders", {"N": "num_placeholders"}, {}),
     "verify_bullet_points": ("detectable_format:number_bullet_lists", {"N": "num_bullets"}, {}),
     "validate_title": ("detectable_format:title", {}, {}),
     "validate_choice": ("detectable_format:constrained_response", {"options": "options"}, {}),
-    "validate_highlighted_sections": ("detectable_format:number_highlighted_sections", {"N": "num_highlights"},
-                                      {}),
-    "validate_sections": ("detectable_format:multiple_sections",
-                          {"N": "num_sections", "section_splitter": "section_spliter"}, {}),
+    "validate_highlighted_sections": (
+        "detectable_format:number_highlighted_sections",
+        {"N": "num_highlights"},
+        {},
+    ),
+    "validate_sections": (
+        "detectable_format:multiple_sections",
+        {"N": "num_sections", "section_splitter": "section_spliter"},
+        {},
+    ),
     "validate_json_format": ("detectable_format:json_format", {}, {}),
     "validate_repeat_prompt": ("combination:repeat_prompt", {"original_prompt": "prompt_to_repeat"}, {}),
     "validate_two_responses": ("combination:two_responses", {}, {}),
     "validate_uppercase": ("change_case:english_capital", {}, {}),
     "validate_lowercase": ("change_case:english_lowercase", {}, {}),
-    "validate_frequency_capital_words": ("change_case:capital_word_frequency",
-                                         {"N": "capital_frequency", "quantifier": "capital_relation"}, {}),
+    "validate_frequency_capital_words": (
+        "change_case:capital_word_frequency",
+        {"N": "capital_frequency", "quantifier": "capital_relation"},
+        {},
+    ),
     "validate_end": ("startend:end_checker", {"end_phrase": "end_phrase"}, {}),
     "validate_quotation": ("startend:quotation", {}, {}),
     "validate_no_commas": ("punctuation:no_comma", {}, {}),
@@ -417,7 +592,11 @@ def _rlvr_constraints(ground_truth: Any) -> list[tuple[str, dict[str, Any]]]:
         if isinstance(item, str):
             item = json.loads(item)
         if "instruction_id" in item:  # IFEval-style ground truth (lists of ids and kwargs)
-            ids = item["instruction_id"] if isinstance(item["instruction_id"], list) else [item["instruction_id"]]
+            ids = (
+                item["instruction_id"]
+                if isinstance(item["instruction_id"], list)
+                else [item["instruction_id"]]
+            )
             kws = item.get("kwargs") or [{} for _ in ids]
             kws = kws if isinstance(kws, list) else [kws]
             out.extend((i, dict(k or {})) for i, k in zip(ids, kws))

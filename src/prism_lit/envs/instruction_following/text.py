@@ -120,14 +120,16 @@ def _langdetect():
     try:
         import langdetect
         from langdetect import DetectorFactory
-    except ImportError:  # pragma: no cover - langdetect is a dependency; the fallback is for stripped installs
+    except (
+        ImportError
+    ):  # pragma: no cover - langdetect is a dependency; the fallback is for stripped installs
         return None
     DetectorFactory.seed = 0  # langdetect is random by default; seeded, the same text gets the same answer
     return langdetect
 
 
 def detect_language(text: str) -> str:
-    """ISO 639-1 code of ``text``'s language; raises :class:`LanguageNotDetected` when there is nothing to read."""
+    """ISO 639-1 code of ``text``'s language; :class:`LanguageNotDetected` when there is nothing to read."""
     module = _langdetect()
     if module is not None:
         try:
@@ -138,10 +140,23 @@ def detect_language(text: str) -> str:
 
 
 _SCRIPT_LANG = (
-    ("HIRAGANA", "ja"), ("KATAKANA", "ja"), ("HANGUL", "ko"), ("CJK", "zh-cn"), ("THAI", "th"),
-    ("HEBREW", "he"), ("ARABIC", "ar"), ("DEVANAGARI", "hi"), ("BENGALI", "bn"), ("TAMIL", "ta"),
-    ("TELUGU", "te"), ("KANNADA", "kn"), ("MALAYALAM", "ml"), ("GUJARATI", "gu"), ("GURMUKHI", "pa"),
-    ("CYRILLIC", "ru"), ("GREEK", "el"),
+    ("HIRAGANA", "ja"),
+    ("KATAKANA", "ja"),
+    ("HANGUL", "ko"),
+    ("CJK", "zh-cn"),
+    ("THAI", "th"),
+    ("HEBREW", "he"),
+    ("ARABIC", "ar"),
+    ("DEVANAGARI", "hi"),
+    ("BENGALI", "bn"),
+    ("TAMIL", "ta"),
+    ("TELUGU", "te"),
+    ("KANNADA", "kn"),
+    ("MALAYALAM", "ml"),
+    ("GUJARATI", "gu"),
+    ("GURMUKHI", "pa"),
+    ("CYRILLIC", "ru"),
+    ("GREEK", "el"),
 )
 _STOPWORDS = {
     "en": "the and is are of to in that it for with as on this be was have not you".split(),
@@ -158,7 +173,7 @@ _STOPWORDS = {
 
 
 def _fallback_detect(text: str) -> str:
-    """Script majority, then stopword overlap for Latin-script text (a stand-in when langdetect is missing)."""
+    """Script majority, then stopword overlap for Latin script (a stand-in when langdetect is missing)."""
     counts: dict[str, int] = {}
     letters = 0
     for ch in text:

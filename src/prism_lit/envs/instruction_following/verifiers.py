@@ -50,11 +50,36 @@ RELATIONS = ("less than", "at least", "at most", "exactly", "around")
 
 # IFEval's language list (ISO 639-1 code -> name shown in the prompt)
 LANGUAGE_NAMES: dict[str, str] = {
-    "en": "English", "es": "Spanish", "pt": "Portuguese", "ar": "Arabic", "hi": "Hindi", "fr": "French",
-    "ru": "Russian", "de": "German", "ja": "Japanese", "it": "Italian", "bn": "Bengali", "uk": "Ukrainian",
-    "th": "Thai", "ur": "Urdu", "ta": "Tamil", "te": "Telugu", "bg": "Bulgarian", "ko": "Korean",
-    "pl": "Polish", "he": "Hebrew", "fa": "Persian", "vi": "Vietnamese", "ne": "Nepali", "sw": "Swahili",
-    "kn": "Kannada", "mr": "Marathi", "gu": "Gujarati", "pa": "Punjabi", "ml": "Malayalam", "fi": "Finnish",
+    "en": "English",
+    "es": "Spanish",
+    "pt": "Portuguese",
+    "ar": "Arabic",
+    "hi": "Hindi",
+    "fr": "French",
+    "ru": "Russian",
+    "de": "German",
+    "ja": "Japanese",
+    "it": "Italian",
+    "bn": "Bengali",
+    "uk": "Ukrainian",
+    "th": "Thai",
+    "ur": "Urdu",
+    "ta": "Tamil",
+    "te": "Telugu",
+    "bg": "Bulgarian",
+    "ko": "Korean",
+    "pl": "Polish",
+    "he": "Hebrew",
+    "fa": "Persian",
+    "vi": "Vietnamese",
+    "ne": "Nepali",
+    "sw": "Swahili",
+    "kn": "Kannada",
+    "mr": "Marathi",
+    "gu": "Gujarati",
+    "pa": "Punjabi",
+    "ml": "Malayalam",
+    "fi": "Finnish",
 }
 CONSTRAINED_RESPONSE_OPTIONS = ("My answer is yes.", "My answer is no.", "My answer is maybe.")
 
@@ -188,8 +213,7 @@ def _json_format(r: str, kw: Mapping[str, Any]) -> bool:
         if text.startswith(prefix):
             text = text[len(prefix) :]
             break
-    if text.endswith("```"):
-        text = text[:-3]
+    text = text.removesuffix("```")
     try:
         json.loads(text.strip())
     except ValueError:
@@ -257,107 +281,203 @@ def _join_words(words: Sequence[str]) -> str:
 
 _SPECS: dict[str, _Spec] = {
     "keywords:existence": _Spec(
-        _keywords_existence, ("keywords",),
-        lambda k: f"Include keywords {_join_words(k['keywords'])} in the response."),
+        _keywords_existence,
+        ("keywords",),
+        lambda k: f"Include keywords {_join_words(k['keywords'])} in the response.",
+    ),
     "keywords:frequency": _Spec(
-        _keywords_frequency, ("keyword", "frequency", "relation"),
-        lambda k: f"In your response, the word {k['keyword']} should appear {k['relation']} {k['frequency']} times."),
+        _keywords_frequency,
+        ("keyword", "frequency", "relation"),
+        lambda k: (
+            f"In your response, the word {k['keyword']} should appear {k['relation']} {k['frequency']} times."
+        ),
+    ),
     "keywords:forbidden_words": _Spec(
-        _forbidden_words, ("forbidden_words",),
-        lambda k: f"Do not include keywords {_join_words(k['forbidden_words'])} in the response."),
+        _forbidden_words,
+        ("forbidden_words",),
+        lambda k: f"Do not include keywords {_join_words(k['forbidden_words'])} in the response.",
+    ),
     "keywords:letter_frequency": _Spec(
-        _letter_frequency, ("letter", "let_frequency", "let_relation"),
-        lambda k: f"In your response, the letter {k['letter']} should appear {k['let_relation']} "
-        f"{k['let_frequency']} times."),
+        _letter_frequency,
+        ("letter", "let_frequency", "let_relation"),
+        lambda k: (
+            f"In your response, the letter {k['letter']} should appear {k['let_relation']} "
+            f"{k['let_frequency']} times."
+        ),
+    ),
     "language:response_language": _Spec(
-        _response_language, ("language",),
-        lambda k: f"Your ENTIRE response should be in {LANGUAGE_NAMES.get(k['language'], k['language'])} "
-        "language, no other language is allowed."),
+        _response_language,
+        ("language",),
+        lambda k: (
+            f"Your ENTIRE response should be in {LANGUAGE_NAMES.get(k['language'], k['language'])} "
+            "language, no other language is allowed."
+        ),
+    ),
     "length_constraints:number_sentences": _Spec(
-        _number_sentences, ("num_sentences", "relation"),
-        lambda k: f"Your response should contain {k['relation']} {k['num_sentences']} sentences."),
+        _number_sentences,
+        ("num_sentences", "relation"),
+        lambda k: f"Your response should contain {k['relation']} {k['num_sentences']} sentences.",
+    ),
     "length_constraints:number_paragraphs": _Spec(
-        _number_paragraphs, ("num_paragraphs",),
-        lambda k: f"There should be {k['num_paragraphs']} paragraphs. "
-        f"Paragraphs are separated with the markdown divider: {k.get('divider', '***')}", ("divider",)),
+        _number_paragraphs,
+        ("num_paragraphs",),
+        lambda k: (
+            f"There should be {k['num_paragraphs']} paragraphs. "
+            f"Paragraphs are separated with the markdown divider: {k.get('divider', '***')}"
+        ),
+        ("divider",),
+    ),
     "length_constraints:number_words": _Spec(
-        _number_words, ("num_words", "relation"),
-        lambda k: f"Answer with {k['relation']} {k['num_words']} words."),
+        _number_words,
+        ("num_words", "relation"),
+        lambda k: f"Answer with {k['relation']} {k['num_words']} words.",
+    ),
     "length_constraints:nth_paragraph_first_word": _Spec(
-        _nth_paragraph_first_word, ("num_paragraphs", "nth_paragraph", "first_word"),
-        lambda k: f"There should be {k['num_paragraphs']} paragraphs. Paragraphs and only paragraphs are "
-        "separated with each other by two new lines as if it was '\\n\\n' in python. "
-        f"Paragraph {k['nth_paragraph']} must start with word {k['first_word']}."),
+        _nth_paragraph_first_word,
+        ("num_paragraphs", "nth_paragraph", "first_word"),
+        lambda k: (
+            f"There should be {k['num_paragraphs']} paragraphs. Paragraphs and only paragraphs are "
+            "separated with each other by two new lines as if it was '\\n\\n' in python. "
+            f"Paragraph {k['nth_paragraph']} must start with word {k['first_word']}."
+        ),
+    ),
     "detectable_content:number_placeholders": _Spec(
-        _placeholders, ("num_placeholders",),
-        lambda k: f"The response must contain at least {k['num_placeholders']} placeholders represented by "
-        "square brackets, such as [address]."),
+        _placeholders,
+        ("num_placeholders",),
+        lambda k: (
+            f"The response must contain at least {k['num_placeholders']} placeholders represented by "
+            "square brackets, such as [address]."
+        ),
+    ),
     "detectable_content:postscript": _Spec(
-        _postscript, ("postscript_marker",),
-        lambda k: f"At the end of your response, please explicitly add a postscript starting with "
-        f"{k['postscript_marker']}"),
+        _postscript,
+        ("postscript_marker",),
+        lambda k: (
+            f"At the end of your response, please explicitly add a postscript starting with "
+            f"{k['postscript_marker']}"
+        ),
+    ),
     "detectable_format:number_bullet_lists": _Spec(
-        _bullets, ("num_bullets",),
-        lambda k: f"Your answer must contain exactly {k['num_bullets']} bullet points. Use the markdown bullet "
-        "points such as:\n* This is point 1. \n* This is point 2"),
+        _bullets,
+        ("num_bullets",),
+        lambda k: (
+            f"Your answer must contain exactly {k['num_bullets']} bullet points. Use the markdown bullet "
+            "points such as:\n* This is point 1. \n* This is point 2"
+        ),
+    ),
     "detectable_format:constrained_response": _Spec(
-        _constrained_response, (),
-        lambda k: f"Answer with one of the following options: {tuple(k.get('options') or CONSTRAINED_RESPONSE_OPTIONS)}",
-        ("options",)),
+        _constrained_response,
+        (),
+        lambda k: (
+            "Answer with one of the following options: "
+            f"{tuple(k.get('options') or CONSTRAINED_RESPONSE_OPTIONS)}"
+        ),
+        ("options",),
+    ),
     "detectable_format:number_highlighted_sections": _Spec(
-        _highlights, ("num_highlights",),
-        lambda k: f"Highlight at least {k['num_highlights']} sections in your answer with markdown, "
-        "i.e. *highlighted section*."),
+        _highlights,
+        ("num_highlights",),
+        lambda k: (
+            f"Highlight at least {k['num_highlights']} sections in your answer with markdown, "
+            "i.e. *highlighted section*."
+        ),
+    ),
     "detectable_format:multiple_sections": _Spec(
-        _sections, ("section_spliter", "num_sections"),
-        lambda k: f"Your response must have {k['num_sections']} sections. Mark the beginning of each section "
-        f"with {k['section_spliter']} X, such as:\n{k['section_spliter']} 1\n[content of section 1]\n"
-        f"{k['section_spliter']} 2\n[content of section 2]"),
+        _sections,
+        ("section_spliter", "num_sections"),
+        lambda k: (
+            f"Your response must have {k['num_sections']} sections. Mark the beginning of each section "
+            f"with {k['section_spliter']} X, such as:\n{k['section_spliter']} 1\n[content of section 1]\n"
+            f"{k['section_spliter']} 2\n[content of section 2]"
+        ),
+    ),
     "detectable_format:json_format": _Spec(
-        _json_format, (),
-        lambda k: "Entire output should be wrapped in JSON format. You can use markdown ticks such as ```."),
+        _json_format,
+        (),
+        lambda k: "Entire output should be wrapped in JSON format. You can use markdown ticks such as ```.",
+    ),
     "detectable_format:title": _Spec(
-        _title, (),
-        lambda k: "Your answer must contain a title, wrapped in double angular brackets, such as <<poem of joy>>."),
+        _title,
+        (),
+        lambda k: (
+            "Your answer must contain a title, wrapped in double angular brackets, such as <<poem of joy>>."
+        ),
+    ),
     "combination:two_responses": _Spec(
-        _two_responses, (),
-        lambda k: "Give two different responses. Responses and only responses should be separated by 6 "
-        "asterisk symbols: ******."),
+        _two_responses,
+        (),
+        lambda k: (
+            "Give two different responses. Responses and only responses should be separated by 6 "
+            "asterisk symbols: ******."
+        ),
+    ),
     "combination:repeat_prompt": _Spec(
-        _repeat_prompt, ("prompt_to_repeat",),
-        lambda k: "First repeat the request word for word without change, then give your answer (1. do not "
-        "say any words or characters before repeating the request; 2. the request you need to repeat does "
-        "not include this sentence)"),
+        _repeat_prompt,
+        ("prompt_to_repeat",),
+        lambda k: (
+            "First repeat the request word for word without change, then give your answer (1. do not "
+            "say any words or characters before repeating the request; 2. the request you need to repeat "
+            "does not include this sentence)"
+        ),
+    ),
     "startend:end_checker": _Spec(
-        _end_checker, ("end_phrase",),
-        lambda k: f"Finish your response with this exact phrase {k['end_phrase']}. "
-        "No other words should follow this phrase."),
+        _end_checker,
+        ("end_phrase",),
+        lambda k: (
+            f"Finish your response with this exact phrase {k['end_phrase']}. "
+            "No other words should follow this phrase."
+        ),
+    ),
     "change_case:capital_word_frequency": _Spec(
-        _capital_word_frequency, ("capital_frequency", "capital_relation"),
-        lambda k: f"In your response, words with all capital letters should appear {k['capital_relation']} "
-        f"{k['capital_frequency']} times."),
+        _capital_word_frequency,
+        ("capital_frequency", "capital_relation"),
+        lambda k: (
+            f"In your response, words with all capital letters should appear {k['capital_relation']} "
+            f"{k['capital_frequency']} times."
+        ),
+    ),
     "change_case:english_capital": _Spec(
-        lambda r, k: _english_case(r, upper=True), (),
-        lambda k: "Your entire response should be in English, and in all capital letters."),
+        lambda r, k: _english_case(r, upper=True),
+        (),
+        lambda k: "Your entire response should be in English, and in all capital letters.",
+    ),
     "change_case:english_lowercase": _Spec(
-        lambda r, k: _english_case(r, upper=False), (),
-        lambda k: "Your entire response should be in English, and in all lowercase letters. "
-        "No capital letters are allowed."),
+        lambda r, k: _english_case(r, upper=False),
+        (),
+        lambda k: (
+            "Your entire response should be in English, and in all lowercase letters. "
+            "No capital letters are allowed."
+        ),
+    ),
     "punctuation:no_comma": _Spec(
-        _no_comma, (), lambda k: "In your entire response, refrain from the use of any commas."),
+        _no_comma, (), lambda k: "In your entire response, refrain from the use of any commas."
+    ),
     "startend:quotation": _Spec(
-        _quotation, (), lambda k: "Wrap your entire response with double quotation marks."),
+        _quotation, (), lambda k: "Wrap your entire response with double quotation marks."
+    ),
 }
 
 INSTRUCTION_IDS: tuple[str, ...] = tuple(_SPECS)
 
 _RELATION_ARGS = ("relation", "let_relation", "capital_relation")
-_INT_ARGS = ("frequency", "let_frequency", "num_sentences", "num_paragraphs", "num_words", "nth_paragraph",
-             "num_placeholders", "num_bullets", "num_highlights", "num_sections", "capital_frequency")
+_INT_ARGS = (
+    "frequency",
+    "let_frequency",
+    "num_sentences",
+    "num_paragraphs",
+    "num_words",
+    "nth_paragraph",
+    "num_placeholders",
+    "num_bullets",
+    "num_highlights",
+    "num_sections",
+    "capital_frequency",
+)
 
 
-def normalize_kwargs(instruction_id: str, kwargs: Mapping[str, Any] | None, prompt: str | None = None
-                     ) -> dict[str, Any]:
+def normalize_kwargs(
+    instruction_id: str, kwargs: Mapping[str, Any] | None, prompt: str | None = None
+) -> dict[str, Any]:
     """The keyword arguments of one instruction, checked: ``None`` values dropped, types fixed.
 
     Raises ``KeyError`` for an unknown instruction id and ``ValueError`` for missing or bad arguments.
@@ -398,7 +518,7 @@ def normalize_kwargs(instruction_id: str, kwargs: Mapping[str, Any] | None, prom
 
 
 def _parse_options(value: Any) -> list[str]:
-    """Options as a list: a list/tuple, or its string form (``"('My answer is yes.', 'My answer is no.')"``)."""
+    """A list/tuple of options, or its string form (``"('My answer is yes.', 'My answer is no.')"``)."""
     if isinstance(value, str):
         quoted = re.findall(r"'([^']*)'|\"([^\"]*)\"", value)
         found = [a or b for a, b in quoted if (a or b)]
@@ -439,8 +559,14 @@ class Verdict:
         return family_of(self.instruction_id)
 
     def as_dict(self) -> dict[str, Any]:
-        out = {"id": self.instruction_id, "type": self.family, "hard": True, "strict": self.strict,
-               "loose": self.loose, "score": 1.0 if self.strict else 0.0}
+        out = {
+            "id": self.instruction_id,
+            "type": self.family,
+            "hard": True,
+            "strict": self.strict,
+            "loose": self.loose,
+            "score": 1.0 if self.strict else 0.0,
+        }
         if self.error:
             out["error"] = self.error
         return out
@@ -455,8 +581,9 @@ def _safe_check(instruction_id: str, kw: Mapping[str, Any], text: str) -> bool:
         return False
 
 
-def verify_instruction(instruction_id: str, kwargs: Mapping[str, Any] | None, response: str,
-                       prompt: str | None = None) -> Verdict:
+def verify_instruction(
+    instruction_id: str, kwargs: Mapping[str, Any] | None, response: str, prompt: str | None = None
+) -> Verdict:
     """Strict and loose verdicts of one instruction on ``response`` (never raises on the response)."""
     response = "" if response is None else str(response)
     try:
@@ -468,8 +595,12 @@ def verify_instruction(instruction_id: str, kwargs: Mapping[str, Any] | None, re
     return Verdict(instruction_id, strict, loose, kw)
 
 
-def verify_response(instruction_ids: Sequence[str], kwargs_list: Sequence[Mapping[str, Any] | None],
-                    response: str, prompt: str | None = None) -> list[Verdict]:
+def verify_response(
+    instruction_ids: Sequence[str],
+    kwargs_list: Sequence[Mapping[str, Any] | None],
+    response: str,
+    prompt: str | None = None,
+) -> list[Verdict]:
     """Verdicts of every instruction of a prompt (``kwargs_list`` aligned with ``instruction_ids``)."""
     if len(instruction_ids) != len(kwargs_list):
         raise ValueError(f"{len(instruction_ids)} instruction ids but {len(kwargs_list)} kwargs")
