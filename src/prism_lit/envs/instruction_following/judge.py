@@ -264,6 +264,7 @@ class LLMJudge:
         return content + "\nAnswer:"
 
     def score(self, prompt: str, response: str, requirement: str) -> JudgeScore:
+        import torch  # only a real judge needs it; the env package does not import it
 
         text = self.render(prompt, response, requirement)
         ids = self.tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
