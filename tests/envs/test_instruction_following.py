@@ -491,7 +491,7 @@ def test_check_env_and_garbage_actions():
     env = gym.make(INSTRUCTION_FOLLOWING_ID, n_tasks=30)
     check_env(env.unwrapped)
     for split in ("test_unseen",):
-        check_env(InstructionFollowingEnv(split=split, n_tasks=10, soft_fraction=0.5))
+        check_env(InstructionFollowingEnv(split=split, n_tasks=10, soft_fraction=0.5, soft_splits=[split]))
     raw = InstructionFollowingEnv(n_tasks=10)
     for garbage in ("", "\x00\x01", "}{" * 5000, "\u2603 snowman", "*" * 100):
         raw.reset(seed=1)
@@ -570,6 +570,21 @@ def test_soft_constraints_are_judged_and_routable():
     no_judge = InstructionFollowingEnv(tasks=[t], judge=None)
     no_judge.reset(options={"task_id": "s/1"})
     assert no_judge.step(friendly)[4]["won"] is False  # a soft constraint without a judge is never passed
+
+
+def test_soft_constraints_only_in_training_splits_by_default():
+    mixed_train = InstructionFollowingEnv(split="train", n_tasks=40, soft_fraction=1.0)
+    assert all(len(t.soft_constraints) == 1 for t in mixed_train.tasks)
+    hard_train = InstructionFollowingEnv(split="train", n_tasks=40)
+    assert not any(t.soft_constraints for t in hard_train.tasks)
+    same = sum(
+        a.instruction_id_list == b.instruction_id_list for a, b in zip(mixed_train.tasks, hard_train.tasks)
+    )
+    assert same >= 30  # the two arms train on (mostly) the same hard constraints
+    for split in ("test_seen", "test_unseen"):  # evaluation is the same hard-only panel for both arms
+        mixed = InstructionFollowingEnv(split=split, n_tasks=20, soft_fraction=1.0)
+        hard = InstructionFollowingEnv(split=split, n_tasks=20)
+        assert [t.prompt for t in mixed.tasks] == [t.prompt for t in hard.tasks]
 
 
 def test_rule_based_judge_is_labelled_and_its_precision_is_measurable():

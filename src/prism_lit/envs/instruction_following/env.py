@@ -51,6 +51,8 @@ class InstructionFollowingEnv(gym.Env):
         held_out_types: instruction types reserved for ``test_unseen``.
         max_constraints: hard instructions per generated task (1..max).
         soft_fraction: share of generated tasks with a soft (judge-scored) constraint.
+        soft_splits: splits whose generated tasks get soft constraints (default: ``train`` only, so the
+            evaluation splits are the same hard-only tasks whatever the training mix).
         data_path: load tasks from this local file instead (IFEval ``input_data.jsonl`` or RLVR-IFeval rows).
         data_format: ``auto`` / ``ifeval`` / ``rlvr``.
         tasks: explicit :class:`IFTask` list (tests, custom data); overrides the above.
@@ -71,6 +73,7 @@ class InstructionFollowingEnv(gym.Env):
         held_out_types: Sequence[str] = DEFAULT_HELD_OUT_TYPES,
         max_constraints: int = 3,
         soft_fraction: float = 0.0,
+        soft_splits: Sequence[str] = ("train",),
         data_path: str | None = None,
         data_format: str = "auto",
         tasks: Sequence[IFTask] | None = None,
@@ -94,7 +97,7 @@ class InstructionFollowingEnv(gym.Env):
                 seed=seed,
                 held_out_types=held_out_types,
                 max_constraints=max_constraints,
-                soft_fraction=soft_fraction,
+                soft_fraction=soft_fraction if split in soft_splits else 0.0,
             )
             self._generator.task(split, 0)  # fail early on a bad split
             loaded = []
