@@ -18,6 +18,7 @@ from prism_lit.envs.instruction_following.judge import (
     SOFT_CONSTRAINTS,
     RuleBasedJudge,
     judge_agreement,
+    make_judge,
 )
 from prism_lit.envs.instruction_following.scoring import evaluate_responses, ifeval_scores
 from prism_lit.envs.instruction_following.tasks import (
@@ -572,6 +573,52 @@ def test_soft_constraints_are_judged_and_routable():
     assert no_judge.step(friendly)[4]["won"] is False  # a soft constraint without a judge is never passed
 
 
+def test_task_types_are_instruction_families():
+    env = InstructionFollowingEnv(n_tasks=40, task_types=["keywords", "punctuation"])
+    assert env.task_types == ["keywords", "punctuation"]
+    for i in range(40):
+        _, info = env.reset(seed=i)
+        assert info["task_type"] in ("keywords", "punctuation")
+        assert set(info["task_families"].split("+")) <= {"keywords", "punctuation"}
+    full = InstructionFollowingEnv(n_tasks=5)
+    assert len(full.task_types) == 9
+    with pytest.raises(ValueError, match="unknown families"):
+        InstructionFollowingEnv(n_tasks=5, task_types=["tone"])
+
+
+@pytest.mark.slow
+def test_rl_rollouts_and_evaluation_run_on_the_env(tiny_policy_dir):
+    from prism_lit.envs.protocol import AgentProtocol
+    from prism_lit.policy import PolicySpec, load_policy
+    from prism_lit.rl import evaluate_policy
+
+    model, tok = load_policy(PolicySpec(path=str(tiny_policy_dir)))
+    protocol = AgentProtocol(
+        env="instruction_following", reply_format="think_tags", history_turns=0, show_admissible=False
+    )
+    env_kwargs = {"n_tasks": 6, "split": "test_unseen"}
+    tasks = InstructionFollowingEnv(**env_kwargs).task_ids[:4]
+    result = evaluate_policy(
+        model,
+        tok,
+        protocol,
+        INSTRUCTION_FOLLOWING_ID,
+        env_kwargs,
+        tasks,
+        max_steps=1,
+        max_new_tokens=8,
+        batch_size=2,
+        return_episodes=True,
+    )
+    assert result["episodes"] == 4 and result["mean_steps"] == 1.0
+    for episode in result["episodes_list"]:
+        assert len(episode.steps) == 1 and episode.steps[0].done
+        assert episode.task_type in DEFAULT_FAMILIES_OF_HELD_OUT
+
+
+DEFAULT_FAMILIES_OF_HELD_OUT = {t.split(":")[0] for t in DEFAULT_HELD_OUT_TYPES}
+
+
 def test_soft_constraints_only_in_training_splits_by_default():
     mixed_train = InstructionFollowingEnv(split="train", n_tasks=40, soft_fraction=1.0)
     assert all(len(t.soft_constraints) == 1 for t in mixed_train.tasks)
@@ -607,6 +654,7 @@ def test_llm_judge_scores_with_a_local_model(tiny_policy_dir):
     from prism_lit.envs.instruction_following.judge import LLMJudge
 
     judge = LLMJudge(str(tiny_policy_dir))
+    assert make_judge(str(tiny_policy_dir)) is make_judge(str(tiny_policy_dir))  # env copies share one model
     result = judge.score("Write about tea.", "Tea is nice.", SOFT_CONSTRAINTS["soft:tone_formal"].rubric)
     assert 0.0 <= result.score <= 1.0 and result.judge.startswith("llm:")
     assert "REQUIREMENT" in judge.render("p", "r", "q")

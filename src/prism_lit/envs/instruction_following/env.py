@@ -8,7 +8,8 @@ episode. ``info`` after the step:
 * ``won``: every constraint satisfied (hard: strict verdict; soft: the judge passes it); ``hard_won``;
 * ``score``: the fraction of constraints satisfied (hard strict + soft passed), ``score_loose`` likewise
   with loose verdicts, ``hard_score`` / ``soft_score`` per kind;
-* ``constraint_ids``, ``constraint_types``, ``instruction_id_list``, ``kwargs``, ``task_id``, ``task_type``,
+* ``constraint_ids``, ``constraint_types``, ``instruction_id_list``, ``kwargs``, ``task_id``, ``task_type``
+  (the family of the first instruction), ``task_families`` (every family, joined with ``+``),
   ``admissible_actions`` (empty: the action is free text) and ``valid_action`` (a non-blank response).
 
 Reward (``reward``): ``"fraction"`` (default) pays ``score`` with soft constraints counted by the judge's
@@ -32,7 +33,12 @@ from prism_lit.envs.instruction_following.tasks import (
     TaskGenerator,
     load_tasks,
 )
-from prism_lit.envs.instruction_following.verifiers import family_of, verify_response
+from prism_lit.envs.instruction_following.verifiers import (
+    FAMILIES,
+    INSTRUCTION_IDS,
+    family_of,
+    verify_response,
+)
 
 __all__ = ["InstructionFollowingEnv"]
 
@@ -50,6 +56,8 @@ class InstructionFollowingEnv(gym.Env):
         seed: generator seed.
         held_out_types: instruction types reserved for ``test_unseen``.
         max_constraints: hard instructions per generated task (1..max).
+        task_types: draw generated tasks from these instruction families only (e.g. ``["keywords",
+            "punctuation"]``; ``None``: all nine). A task's ``task_type`` is the family of its first instruction.
         soft_fraction: share of generated tasks with a soft (judge-scored) constraint.
         soft_splits: splits whose generated tasks get soft constraints (default: ``train`` only, so the
             evaluation splits are the same hard-only tasks whatever the training mix).
@@ -72,6 +80,7 @@ class InstructionFollowingEnv(gym.Env):
         seed: int = 0,
         held_out_types: Sequence[str] = DEFAULT_HELD_OUT_TYPES,
         max_constraints: int = 3,
+        task_types: Sequence[str] | None = None,
         soft_fraction: float = 0.0,
         soft_splits: Sequence[str] = ("train",),
         data_path: str | None = None,
@@ -93,8 +102,18 @@ class InstructionFollowingEnv(gym.Env):
             if n_tasks < 1:
                 raise ValueError(f"InstructionFollowingEnv.n_tasks must be >= 1, got {n_tasks}")
             # generated tasks are built on first use (each is checked solvable by the oracle)
+            pool = None
+            if task_types is not None:
+                unknown = sorted(set(task_types) - set(FAMILIES))
+                if unknown:
+                    raise ValueError(
+                        f"InstructionFollowingEnv.task_types: unknown families {unknown}; "
+                        f"expected some of {list(FAMILIES)}"
+                    )
+                pool = [i for i in INSTRUCTION_IDS if family_of(i) in set(task_types)]
             self._generator = TaskGenerator(
                 seed=seed,
+                types=pool,
                 held_out_types=held_out_types,
                 max_constraints=max_constraints,
                 soft_fraction=soft_fraction if split in soft_splits else 0.0,
@@ -153,10 +172,20 @@ class InstructionFollowingEnv(gym.Env):
     def env_name(self) -> str:
         return "instruction_following"
 
+    @property
+    def task_types(self) -> list[str]:
+        """The instruction families a task's ``task_type`` can be (per-type metrics report these)."""
+        if self._generator is not None:
+            present = {family_of(i) for i in self._generator.seen_types + self._generator.held_out_types}
+        else:
+            present = {
+                family_of(t.instruction_id_list[0]) for t in self._tasks.values() if t.instruction_id_list
+            }
+        return [f for f in FAMILIES if f in present]
+
     def _task_type(self) -> str:
-        task = self.task
-        families = sorted({family_of(i) for i in task.instruction_id_list})
-        return "+".join(families + (["soft"] if task.soft_constraints else []))
+        ids = self.task.instruction_id_list
+        return family_of(ids[0]) if ids else "none"
 
     def _base_info(self) -> dict[str, Any]:
         task = self.task
@@ -164,6 +193,10 @@ class InstructionFollowingEnv(gym.Env):
             "admissible_actions": [],
             "task_id": task.key,
             "task_type": self._task_type(),
+            "task_families": "+".join(
+                sorted({family_of(i) for i in self.task.instruction_id_list})
+                + (["soft"] if self.task.soft_constraints else [])
+            ),
             "constraint_ids": task.constraint_ids,
             "constraint_types": [family_of(i) for i in task.instruction_id_list]
             + ["soft"] * len(task.soft_constraints),

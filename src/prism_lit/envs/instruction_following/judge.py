@@ -278,12 +278,21 @@ class LLMJudge:
         return JudgeScore(value, value >= self.threshold, self.name)
 
 
+_LLM_JUDGES: dict[tuple[str, tuple[tuple[str, Any], ...]], LLMJudge] = {}
+
+
 def make_judge(judge: Any = "rule_based", **kwargs: Any) -> Judge:
-    """``"rule_based"``: :class:`RuleBasedJudge`; a model path: :class:`LLMJudge`; a judge object as is."""
+    """``"rule_based"``: :class:`RuleBasedJudge`; a model path: :class:`LLMJudge`; a judge object as is.
+
+    LLM judges are cached per (path, arguments), so the many env copies of a rollout pool share one model.
+    """
     if judge is None or judge == "rule_based":
         return RuleBasedJudge(**kwargs)
     if isinstance(judge, str):
-        return LLMJudge(judge, **kwargs)
+        key = (judge, tuple(sorted(kwargs.items())))
+        if key not in _LLM_JUDGES:
+            _LLM_JUDGES[key] = LLMJudge(judge, **kwargs)
+        return _LLM_JUDGES[key]
     return judge
 
 

@@ -33,6 +33,7 @@ from prism_lit.envs.instruction_following.text import (
 )
 
 __all__ = [
+    "FAMILIES",
     "INSTRUCTION_IDS",
     "LANGUAGE_NAMES",
     "RELATIONS",
@@ -458,6 +459,7 @@ _SPECS: dict[str, _Spec] = {
 }
 
 INSTRUCTION_IDS: tuple[str, ...] = tuple(_SPECS)
+FAMILIES: tuple[str, ...] = tuple(dict.fromkeys(family_of(i) for i in INSTRUCTION_IDS))
 
 _RELATION_ARGS = ("relation", "let_relation", "capital_relation")
 _INT_ARGS = (
