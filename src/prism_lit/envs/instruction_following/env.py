@@ -57,7 +57,7 @@ class InstructionFollowingEnv(gym.Env):
         held_out_types: instruction types reserved for ``test_unseen``.
         max_constraints: hard instructions per generated task (1..max).
         task_types: draw generated tasks from these instruction families only (e.g. ``["keywords",
-            "punctuation"]``; ``None``: all nine). A task's ``task_type`` is the family of its first instruction.
+            "punctuation"]``; ``None``: all nine). A task's ``task_type`` is its first instruction's family.
         soft_fraction: share of generated tasks with a soft (judge-scored) constraint.
         soft_splits: splits whose generated tasks get soft constraints (default: ``train`` only, so the
             evaluation splits are the same hard-only tasks whatever the training mix).
