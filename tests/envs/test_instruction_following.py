@@ -636,6 +636,11 @@ def test_soft_constraints_only_in_training_splits_by_default():
 
 def test_rule_based_judge_is_labelled_and_its_precision_is_measurable():
     judge = RuleBasedJudge()
+    assert isinstance(make_judge("rule_based"), RuleBasedJudge) and isinstance(
+        make_judge(None), RuleBasedJudge
+    )
+    with pytest.raises(ValueError, match="class_path"):
+        make_judge({"init_args": {}})
     assert "stand_in" in judge.name
     assert set(SOFT_CONSTRAINTS) >= {"soft:tone_formal", "soft:helpful"}
     formal = SOFT_CONSTRAINTS["soft:tone_formal"].rubric
@@ -651,13 +656,23 @@ def test_rule_based_judge_is_labelled_and_its_precision_is_measurable():
 
 @pytest.mark.slow
 def test_llm_judge_scores_with_a_local_model(tiny_policy_dir):
-    from prism_lit.envs.instruction_following.judge import LLMJudge
+    from prism_lit.policy.judge import LLMJudge
 
-    judge = LLMJudge(str(tiny_policy_dir))
-    assert make_judge(str(tiny_policy_dir)) is make_judge(str(tiny_policy_dir))  # env copies share one model
+    judge = make_judge(str(tiny_policy_dir))  # a model path means the LLM judge
+    assert isinstance(judge, LLMJudge) and judge.name.startswith("llm:")
+    spec = {
+        "class_path": "prism_lit.policy.judge.LLMJudge",
+        "init_args": {"model_path": str(tiny_policy_dir)},
+    }
+    assert make_judge(spec) is judge  # cached per config: the env copies of a rollout pool share one model
     result = judge.score("Write about tea.", "Tea is nice.", SOFT_CONSTRAINTS["soft:tone_formal"].rubric)
-    assert 0.0 <= result.score <= 1.0 and result.judge.startswith("llm:")
+    assert 0.0 <= result.score <= 1.0 and result.passed == (result.score >= 0.5)
     assert "REQUIREMENT" in judge.render("p", "r", "q")
+    t = IFTask("j/1", "Write about tea. Use a formal, professional tone.", [], [], ["soft:tone_formal"])
+    env = InstructionFollowingEnv(tasks=[t], judge=spec)
+    env.reset(options={"task_id": "j/1"})
+    verdict = env.step("Tea is a beverage.")[4]["verdicts"][0]
+    assert verdict["judge"] == judge.name and verdict["hard"] is False
 
 
 # ---------------------------------------------------------------------------------- loaders and scores
@@ -715,9 +730,12 @@ def test_rlvr_loader_maps_open_instruct_functions():
     assert tasks[0].kwargs == [{"keyword": "tea", "frequency": 2, "relation": "exactly"}]
     assert tasks[0].prompt.startswith("Write a short note about tea.")
     assert tasks[2].kwargs[0]["options"] == ["My answer is yes.", "My answer is no.", "My answer is maybe."]
-    check = lambda t, r: all(
-        verify_instruction(i, k, r, t.prompt).strict for i, k in zip(t.instruction_id_list, t.kwargs)
-    )
+
+    def check(t, r):
+        return all(
+            verify_instruction(i, k, r, t.prompt).strict for i, k in zip(t.instruction_id_list, t.kwargs)
+        )
+
     assert check(tasks[0], "Tea time. I love tea.") and not check(tasks[0], "Tea tea tea.")
     assert check(tasks[1], "The sun sets.\n* * *\nThe sky glows.")
     assert check(tasks[3], "Gravity pulls.") and not check(tasks[3], "word " * 21)

@@ -1,31 +1,32 @@
 """Instruction following with verifiable rewards: ``prism_lit/InstructionFollowing-v0``.
 
-Everything this env needs lives in this package (env, verifiers, generator and loaders, judge, oracle),
-so its registration is the three names below: the gymnasium id, the entry point and the expert path.
+Modules: ``env`` (the Gymnasium env), ``verifiers`` (IFEval's 25 instruction checks, strict and loose),
+``text`` (sentence splitting, word counts, language detection, no downloads), ``tasks`` (the task record,
+the generator with seen / held-out splits, IFEval and RLVR-IFeval loaders), ``judge`` (soft constraints, the
+LLM judge and its rule-based stand-in), ``scoring`` (IFEval's four scores), ``expert`` (the oracle).
+Everything this env needs lives here; its registration is the :class:`~prism_lit.envs.spec.EnvSpec` below.
 Nothing here imports torch or Lightning (the optional LLM judge imports transformers when it is built).
 See docs/envs/instruction_following.md.
 """
 
-from gymnasium.envs.registration import register, registry
+from prism_lit.envs.spec import EnvSpec, register_env
 
-INSTRUCTION_FOLLOWING_ID = "prism_lit/InstructionFollowing-v0"
-ENV_FAMILY = "instruction_following"
-ENTRY_POINT = "prism_lit.envs.instruction_following.env:InstructionFollowingEnv"
-EXPERT_PATH = "prism_lit.envs.instruction_following.expert:InstructionFollowingExpert"
+SPLITS = ("train", "test_seen", "test_unseen")
 
+SPEC = register_env(
+    EnvSpec(
+        name="instruction_following",
+        gym_id="prism_lit/InstructionFollowing-v0",
+        entry_point="prism_lit.envs.instruction_following.env:InstructionFollowingEnv",
+        # one step ends every episode; a limit of 2 only guards a step after the end, never truncates one
+        max_episode_steps=2,
+        expert="prism_lit.envs.instruction_following.expert:InstructionFollowingExpert",
+        splits=SPLITS,
+        score="the fraction of the prompt's constraints satisfied (hard: IFEval strict; soft: the judge); "
+        "won = all satisfied",
+    )
+)
 
-def register_instruction_following() -> None:
-    """Register ``prism_lit/InstructionFollowing-v0`` with Gymnasium (no-op when it already is)."""
-    if INSTRUCTION_FOLLOWING_ID not in registry:
-        register(id=INSTRUCTION_FOLLOWING_ID, entry_point=ENTRY_POINT)  # one step by construction
+INSTRUCTION_FOLLOWING_ID = SPEC.gym_id
 
-
-register_instruction_following()
-
-__all__ = [
-    "ENTRY_POINT",
-    "ENV_FAMILY",
-    "EXPERT_PATH",
-    "INSTRUCTION_FOLLOWING_ID",
-    "register_instruction_following",
-]
+__all__ = ["INSTRUCTION_FOLLOWING_ID", "SPEC", "SPLITS"]

@@ -3,10 +3,11 @@
 A judge answers one question: does ``response`` meet ``requirement`` given ``prompt``? It returns a
 :class:`JudgeScore` (a score in [0, 1] and ``passed = score >= threshold``). Two judges:
 
-* :class:`LLMJudge`: a causal LM loaded from a **local** Hugging Face model path. It is shown
-  :data:`JUDGE_PROMPT` (through the model's chat template when it has one) and the score is
-  ``P(Yes) / (P(Yes) + P(No))`` from the logits of the first answer token. ``transformers`` (and so torch) is
-  imported only when an ``LLMJudge`` is built; the env package itself never imports it.
+* :class:`prism_lit.policy.judge.LLMJudge`: a causal LM loaded from a **local** Hugging Face model path.
+  It is shown :data:`JUDGE_PROMPT` (through the model's chat template when it has one) and the score is
+  ``P(Yes) / (P(Yes) + P(No))`` from the logits of the first answer token. It lives with the policy code
+  (it needs torch and transformers); the env builds it by class name (:func:`make_judge`), so the env
+  package never imports them and stays usable from any RL library.
 * :class:`RuleBasedJudge`: **a rule-based stand-in, not a judge model**: keyword and length heuristics, for
   tests and embedded runs where no judge model is available. It is cheap and deterministic and, like a weak
   LLM judge, easy to game (e.g. "friendly" rewards second-person words); use it to exercise the plumbing of
@@ -19,8 +20,10 @@ right) and recall, i.e. how often a wrong response is rewarded (the paper's rewa
 
 from __future__ import annotations
 
+import importlib
+import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -31,7 +34,7 @@ __all__ = [
     "SOFT_CONSTRAINTS",
     "Judge",
     "JudgeScore",
-    "LLMJudge",
+    "LLM_JUDGE_CLASS",
     "RuleBasedJudge",
     "SoftConstraint",
     "judge_agreement",
@@ -212,87 +215,39 @@ class RuleBasedJudge:
         return JudgeScore(float(value), value >= self.threshold, self.name)
 
 
-# ------------------------------------------------------------------------------------------ LLM judge
-class LLMJudge:
-    """A causal LM judge from a local Hugging Face model path (no download: ``local_files_only``).
-
-    Args:
-        model_path: folder with the model and tokenizer (``save_pretrained`` layout).
-        device: torch device string.
-        threshold: ``passed = score >= threshold``.
-        max_prompt_tokens: the judge prompt is cut from the left of the response beyond this.
-        prompt_template: defaults to :data:`JUDGE_PROMPT` (fields ``prompt``, ``requirement``, ``response``).
-    """
-
-    def __init__(
-        self,
-        model_path: str,
-        device: str = "cpu",
-        threshold: float = 0.5,
-        max_prompt_tokens: int = 2048,
-        prompt_template: str = JUDGE_PROMPT,
-    ) -> None:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        self.name = f"llm:{model_path}"
-        self.tokenizer = AutoTokenizer.from_pretrained(model_path, local_files_only=True)
-        self.model = AutoModelForCausalLM.from_pretrained(model_path, local_files_only=True).to(device).eval()
-        self.device = device
-        self.threshold = threshold
-        self.max_prompt_tokens = max_prompt_tokens
-        self.prompt_template = prompt_template
-        self._yes = self._first_tokens(("Yes", " Yes", "yes"))
-        self._no = self._first_tokens(("No", " No", "no"))
-        if not self._yes or not self._no:
-            raise ValueError(f"LLMJudge: the tokenizer of {model_path} cannot encode 'Yes'/'No'")
-
-    def _first_tokens(self, words: Sequence[str]) -> list[int]:
-        ids = []
-        for w in words:
-            enc = self.tokenizer.encode(w, add_special_tokens=False)
-            if enc and enc[0] not in ids and enc[0] != self.tokenizer.unk_token_id:
-                ids.append(enc[0])
-        return ids
-
-    def render(self, prompt: str, response: str, requirement: str) -> str:
-        """The exact text the judge model reads."""
-        content = self.prompt_template.format(prompt=prompt, requirement=requirement, response=response)
-        if getattr(self.tokenizer, "chat_template", None):
-            return self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
-            )
-        return content + "\nAnswer:"
-
-    def score(self, prompt: str, response: str, requirement: str) -> JudgeScore:
-        import torch  # only a real judge needs it; the env package does not import it
-
-        text = self.render(prompt, response, requirement)
-        ids = self.tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
-        ids = ids[:, -self.max_prompt_tokens :].to(self.device)
-        with torch.no_grad():
-            logits = self.model(input_ids=ids).logits[0, -1].float()
-        probs = torch.softmax(logits, dim=-1)
-        yes = float(probs[self._yes].sum())
-        no = float(probs[self._no].sum())
-        value = yes / (yes + no) if yes + no > 0 else 0.0
-        return JudgeScore(value, value >= self.threshold, self.name)
+_JUDGES: dict[str, Judge] = {}
+LLM_JUDGE_CLASS = "prism_lit.policy.judge.LLMJudge"
 
 
-_LLM_JUDGES: dict[tuple[str, tuple[tuple[str, Any], ...]], LLMJudge] = {}
+def make_judge(judge: Any = "rule_based") -> Judge:
+    """Build a judge from a config value.
 
+    * ``None`` or ``"rule_based"``: :class:`RuleBasedJudge` (the labelled stand-in);
+    * ``{"class_path": "module.Class", "init_args": {...}}``: that class, e.g. the LLM judge
+      ``{"class_path": "prism_lit.policy.judge.LLMJudge", "init_args": {"model_path": "/models/judge"}}``;
+    * a string other than ``"rule_based"``: a local model path for the LLM judge (:data:`LLM_JUDGE_CLASS`);
+    * any object with ``name`` and ``score``: used as is.
 
-def make_judge(judge: Any = "rule_based", **kwargs: Any) -> Judge:
-    """``"rule_based"``: :class:`RuleBasedJudge`; a model path: :class:`LLMJudge`; a judge object as is.
-
-    LLM judges are cached per (path, arguments), so the many env copies of a rollout pool share one model.
+    Judges built from a config are cached per config, so the many env copies of a rollout pool share one
+    model. The class is imported by name only here, so the env package itself never imports torch.
     """
     if judge is None or judge == "rule_based":
-        return RuleBasedJudge(**kwargs)
+        return RuleBasedJudge()
     if isinstance(judge, str):
-        key = (judge, tuple(sorted(kwargs.items())))
-        if key not in _LLM_JUDGES:
-            _LLM_JUDGES[key] = LLMJudge(judge, **kwargs)
-        return _LLM_JUDGES[key]
+        judge = {"class_path": LLM_JUDGE_CLASS, "init_args": {"model_path": judge}}
+    if isinstance(judge, Mapping):
+        if "class_path" not in judge:
+            raise ValueError(f"judge: a mapping needs a 'class_path', got {dict(judge)!r}")
+        key = json.dumps(dict(judge), sort_keys=True, default=str)
+        if key not in _JUDGES:
+            module_name, _, attr = str(judge["class_path"]).rpartition(".")
+            cls = getattr(importlib.import_module(module_name), attr)
+            _JUDGES[key] = cls(**dict(judge.get("init_args") or {}))
+        return _JUDGES[key]
+    if not (hasattr(judge, "score") and hasattr(judge, "name")):
+        raise TypeError(
+            f"judge: expected 'rule_based', a model path, a class_path mapping or a judge, got {judge!r}"
+        )
     return judge
 
 

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from prism_lit.envs.instruction_following import SPLITS
 from prism_lit.envs.instruction_following.verifiers import (
     INSTRUCTION_IDS,
     describe_instruction,
@@ -44,7 +45,6 @@ __all__ = [
     "load_tasks",
 ]
 
-SPLITS = ("train", "test_seen", "test_unseen")
 
 # instruction types kept out of train / test_seen by default: one per family where the family has others
 DEFAULT_HELD_OUT_TYPES: tuple[str, ...] = (
