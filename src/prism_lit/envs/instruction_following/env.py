@@ -65,8 +65,8 @@ class InstructionFollowingEnv(gym.Env):
         data_format: ``auto`` / ``ifeval`` / ``rlvr``.
         tasks: explicit :class:`IFTask` list (tests, custom data); overrides the above.
         judge: ``"rule_based"`` (the labelled stand-in), a local HF model path (the LLM judge of
-            ``prism_lit.policy.judge``), a ``{"class_path", "init_args"}`` mapping, a judge object, or ``None``
-            (soft constraints then score 0 and fail: a task with soft constraints needs a judge).
+            ``prism_lit.policy.judge``), a ``{"class_path", "init_args"}`` mapping, a judge object, or
+            ``None`` (soft constraints then score 0 and fail: a task with soft constraints needs a judge).
         reward: ``fraction`` / ``all`` / ``hard`` (see the module docstring).
         loose: score hard constraints with IFEval's loose verdicts.
         max_response_chars: responses are cut to this many characters before checking.
