@@ -30,6 +30,7 @@ from prism_lit.envs.instruction_following.tasks import (
     load_ifeval_jsonl,
     load_rlvr_ifeval,
     load_tasks,
+    save_ifeval_jsonl,
 )
 from prism_lit.envs.instruction_following.text import (
     count_sentences,
@@ -745,6 +746,18 @@ def test_rlvr_loader_maps_open_instruct_functions():
     env.reset(options={"task_id": tasks[1].key})
     expert_response = write_response(env.task)
     assert env.step(expert_response)[4]["won"]
+
+
+def test_generated_split_round_trips_through_ifeval_format(tmp_path):
+    tasks = TaskGenerator(seed=0).tasks("test_unseen", 30)
+    path = save_ifeval_jsonl(tasks, tmp_path / "input_data.jsonl")
+    loaded = load_ifeval_jsonl(path)
+    assert [t.key for t in loaded] == [t.key for t in tasks]
+    assert [(t.prompt, t.instruction_id_list, t.kwargs) for t in loaded] == [
+        (t.prompt, t.instruction_id_list, t.kwargs) for t in tasks
+    ]
+    responses = {t.prompt: write_response(t) for t in tasks}
+    assert evaluate_responses(loaded, responses)["prompt_level_strict"] == 1.0
 
 
 def test_loader_errors_name_the_row(tmp_path):

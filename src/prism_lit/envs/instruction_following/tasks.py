@@ -43,6 +43,7 @@ __all__ = [
     "load_ifeval_jsonl",
     "load_rlvr_ifeval",
     "load_tasks",
+    "save_ifeval_jsonl",
 ]
 
 
@@ -503,9 +504,10 @@ def load_ifeval_jsonl(path: str | Path, *, split: str = "test", on_unknown: str 
             if on_unknown == "skip":
                 continue
             raise ValueError(f"{path}: task {row.get('key')!r}: {exc}") from exc
+        key = str(row.get("key", len(tasks)))
         tasks.append(
             IFTask(
-                f"ifeval/{row.get('key', len(tasks))}",
+                key if "/" in key else f"ifeval/{key}",
                 row["prompt"],
                 ids,
                 kwargs,
@@ -633,6 +635,23 @@ def load_rlvr_ifeval(path: str | Path, *, split: str = "train", on_unknown: str 
         meta = {"source": str(path), "constraint_type": row.get("constraint_type")}
         tasks.append(IFTask(f"rlvr/{key}", prompt, ids, kwargs, [], split, meta))
     return tasks
+
+
+def save_ifeval_jsonl(tasks: Sequence[IFTask], path: str | Path) -> Path:
+    """Write tasks as IFEval ``input_data.jsonl`` rows (e.g. a generated split, for IFEval's own tooling).
+
+    Soft constraints are not IFEval's and are left out; ``load_ifeval_jsonl`` reads the file back.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        for task in tasks:
+            row = task.to_ifeval()
+            row["key"] = task.key
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    tmp.replace(path)
+    return path
 
 
 def load_tasks(path: str | Path, data_format: str = "auto", *, split: str = "train") -> list[IFTask]:
