@@ -108,3 +108,36 @@ def test_ruff_is_clean_with_the_configured_rules():
     result = subprocess.run([ruff, "check", "src", "tests", "--output-format", "concise"], cwd=root,
                             capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _code_lines(path: Path) -> list[tuple[int, str]]:
+    """(line number, stripped text) of the lines that carry code: no blanks, comments, docstring-only or import
+    lines (as pylint's similarity checker ignores them)."""
+    lines = []
+    in_docstring = False
+    for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        text = raw.strip()
+        quotes = text.count('"""') + text.count("'''")
+        if in_docstring or (quotes and text.startswith(('"""', "'''", 'r"""'))):
+            in_docstring = (in_docstring and quotes != 1) or (not in_docstring and quotes == 1)
+            continue
+        if not text or text.startswith(("#", "import ", "from ")):
+            continue
+        lines.append((number, text))
+    return lines
+
+
+def test_no_block_of_ten_lines_is_repeated_in_the_package():
+    """A copy-paste detector: any 10 consecutive code lines that occur twice in src/ (same file or not)."""
+    window = 10
+    seen: dict[tuple[str, ...], tuple[Path, int, int]] = {}
+    repeated = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        lines = _code_lines(path)
+        for i in range(len(lines) - window + 1):
+            block = tuple(text for _, text in lines[i:i + window])
+            first = seen.setdefault(block, (path, i, lines[i][0]))
+            if first[0] != path or i - first[1] >= window:  # not the same lines overlapping themselves
+                repeated.append(f"{path.relative_to(SRC)}:{lines[i][0]} repeats "
+                                f"{first[0].relative_to(SRC)}:{first[2]}")
+    assert not repeated, "\n".join(repeated[:10])

@@ -448,3 +448,21 @@ def test_a_half_done_stage_resumes_only_under_its_own_settings_and_counts_every_
     # the killed attempt's time (up to its last write) is counted on top of the resumed one
     assert marker["seconds"] > marker["seconds_this_attempt"] > 0
     assert marker["seconds"] - marker["seconds_this_attempt"] <= first + 1
+
+
+def test_the_run_seed_reaches_the_random_router_and_the_rl_module(tmp_path):
+    from prism_lit.pipeline.context import PipelineContext
+    from prism_lit.pipeline.stages import build_rl_module, probe_and_route
+    from prism_lit.policy import PolicySpec
+
+    partitions = []
+    for seed in (0, 1):
+        s = _settings(tmp_path / f"s{seed}", router="prism_lit.probe.routers.RandomRouter")
+        pipeline(**s, seed=seed, stop_after="tasks")
+        ctx = PipelineContext(run_dir=tmp_path / f"s{seed}" / "run", env=s["env"], base=s["base"], probe=s["probe"],
+                              sft=s["sft"], rl=s["rl"], eval=s["eval"], seed=seed, trainer={}, method="m")
+        probe_and_route(ctx)
+        partitions.append(json.loads((ctx.artifacts.partition).read_text())["rl_ids"])
+        assert s["probe"].router.seed is None  # the settings object is not changed (its record stays the same)
+        assert build_rl_module(ctx, PolicySpec(path="unused")).seed == seed
+    assert partitions[0] != partitions[1]
