@@ -161,3 +161,24 @@ def test_chat_template_kwargs_reach_every_rendering_and_the_export(tiny_model_di
     think = load_tokenizer(PolicySpec(path=str(tmp_path / "export"), chat_template_kwargs={"enable_thinking": True}))
     assert think.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False,
                                      add_generation_prompt=True).endswith("<|im_start|>assistant\n")
+
+
+def test_datamodule_rows_per_sequence_with_a_protocol(tiny_model_dirs):
+    """A Llama-3.1 tokenizer by path (no pad token of its own) and a Qwen3 one: with the RL stage's protocol the
+    DataModule keeps one row per training sequence, rows of a trajectory share its id and are numbered."""
+    from pathlib import Path
+
+    from prism_lit.data.datamodule import TrajectoryDataModule
+
+    fixture = str(Path(__file__).resolve().parents[1] / "fixtures" / "tiny_trajectories.jsonl")
+    protocol = AgentProtocol(env="webshop", history_turns=0)
+    for kind, parts in (("llama-3.1", 1), ("qwen3", 2)):
+        data = TrajectoryDataModule(train_files=[fixture], tokenizer_path=str(tiny_model_dirs(kind)),
+                                    protocol=protocol, batch_size=4)
+        data.setup("fit")
+        rows = data.train_rows
+        assert data.tokenizer.pad_token_id is not None
+        first = [r for r in rows if r["id"] == "fx-0"]
+        assert [r["part"] for r in first] == list(range(parts))  # two replies: Qwen3 trains each in its own prompt
+        batch = next(iter(data.train_dataloader()))
+        assert batch["input_ids"].shape[0] <= 4

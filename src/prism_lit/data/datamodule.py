@@ -149,9 +149,10 @@ class TrajectoryDataModule(L.LightningDataModule):
         if self.tokenizer is not None:
             return self.tokenizer
         if self.tokenizer_path is not None:
-            from transformers import AutoTokenizer
+            from prism_lit.policy import PolicySpec, load_tokenizer
 
-            self.tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_path, local_files_only=True)
+            # as the policy loads it: a pad token (Llama-3 has none), the template checked, its settings kept
+            self.tokenizer = load_tokenizer(PolicySpec(path=self.tokenizer_path))
         elif self.trainer is not None and getattr(self.trainer.lightning_module, "tokenizer", None) is not None:
             self.tokenizer = self.trainer.lightning_module.tokenizer
         else:
