@@ -182,3 +182,18 @@ def test_datamodule_rows_per_sequence_with_a_protocol(tiny_model_dirs):
         assert [r["part"] for r in first] == list(range(parts))  # two replies: Qwen3 trains each in its own prompt
         batch = next(iter(data.train_dataloader()))
         assert batch["input_ids"].shape[0] <= 4
+
+
+def test_a_template_without_a_system_role_points_to_system_in_user(tiny_model_dirs):
+    """Mistral v0.1/v0.2-style templates refuse a system message (raise_exception): the error says what to set."""
+    tokenizer = load_tokenizer(PolicySpec(path=str(tiny_model_dirs("mistral"))))
+    tokenizer.chat_template = (
+        "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'system' %}"
+        "{{ raise_exception('System role not supported') }}{% elif m['role'] == 'user' %}"
+        "{{ '[INST] ' + m['content'] + ' [/INST]' }}{% else %}{{ m['content'] + eos_token }}{% endif %}{% endfor %}"
+    )
+    protocol = AgentProtocol(env="webshop")
+    with pytest.raises(TemplateError, match=r"System role not supported.*system_in_user"):
+        tokenize_conversation(_trajectory(protocol), tokenizer, protocol)
+    fixed = AgentProtocol(env="webshop", system_in_user=True)
+    assert len(tokenize_conversation(_trajectory(fixed), tokenizer, fixed)) == 1

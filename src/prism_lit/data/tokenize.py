@@ -150,9 +150,13 @@ def _turn_sequence(
         prompt = render_text(tokenizer, context, add_generation_prompt=is_reply)
         full = render_text(tokenizer, context + [message])
     except Exception as err:  # noqa: BLE001  (jinja raise_exception, TemplateError, ...)
+        way_out = "give policy.chat_template a template that accepts this conversation"
+        if "system" in str(err).lower() or "alternate" in str(err).lower():
+            way_out = ("set protocol.system_in_user to true (the system prompt then opens the first user message), "
+                       f"or {way_out}")
         raise TemplateError(
             f"trajectory {trajectory.id!r}: {describe_template(tokenizer)} cannot render message {index} "
-            f"({type(err).__name__}: {err}); give policy.chat_template a template that accepts this conversation"
+            f"({type(err).__name__}: {err}); {way_out}"
         ) from None
     if not full.startswith(prompt):
         raise TemplateError(
