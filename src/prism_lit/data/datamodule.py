@@ -203,10 +203,15 @@ class TrajectoryDataModule(L.LightningDataModule):
             raise ValueError(f"data: no trainable trajectory left in {self.train_files} ({self.stats})")
         self.train_rows = datasets.Dataset.from_list(train)
         self.val_rows = datasets.Dataset.from_list(val) if val else None
+        kept = len({r["id"] for r in train} | {r["id"] for r in val})
         message = (
-            f"data: read {self.stats['read']} trajectories, kept {len(train) + len(val)}, "
+            f"data: read {self.stats['read']} trajectories, kept {kept}, "
             f"skipped {self.stats['skipped']} (too long or nothing trainable), truncated {self.stats['truncated']}"
         )
+        if len(train) + len(val) > kept:
+            # each turn trained in its own rollout prompt (Qwen3's template, a binding history bound): docs/data.md
+            message += (f"; {len(train) + len(val)} sequences (several per trajectory: a probe scores each "
+                        "trajectory by one of them)")
         (log.warning if self.stats["skipped"] else log.info)(message)
 
     # ------------------------------------------------------------------ loaders
