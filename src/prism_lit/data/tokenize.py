@@ -206,8 +206,8 @@ def tokenize_conversation(
     Turn ``k``'s sequence is its rollout prompt (same template, same settings, and with ``protocol``, what
     :meth:`AgentProtocol.prompt_messages` shows: the ``history_turns`` bound, ``system_in_user``) plus its
     reply; ``protocol.train_thinking=False`` leaves ``<think>`` blocks out of the loss. ``protocol=None``: the whole
-    recorded history, thinking trained. A turn whose sequence is a prefix of the next kept sequence (up to its last trained token) is trained
-    inside that sequence instead, so prefix-stable templates give one sequence.
+    recorded history, thinking trained. A turn whose sequence is a prefix of the next kept sequence (up to its last
+    trained token) is trained inside that sequence instead, so prefix-stable templates give one sequence.
     """
     messages: list[dict[str, Any]] = [{"role": m.role, "content": m.content} for m in trajectory.messages]
     trained = [i for i, m in enumerate(trajectory.messages) if m.trained]
