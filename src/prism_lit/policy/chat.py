@@ -213,5 +213,6 @@ def stop_token_ids(tokenizer, model=None) -> list[int]:
 
 __all__ = [
     "baked_kwargs", "base_template", "describe_template", "end_of_turn_token_ids", "generation_config_eos_ids",
-    "render_text", "renders_history_stably", "set_chat_template_kwargs", "stop_token_ids", "template_name", "with_chat_template_kwargs",
+    "render_text", "renders_history_stably", "set_chat_template_kwargs", "stop_token_ids", "template_name",
+    "with_chat_template_kwargs",
 ]
