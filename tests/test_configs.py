@@ -93,7 +93,7 @@ def test_pipeline_takes_a_whole_rl_section_file(tmp_path, capsys):
     with pytest.raises(SystemExit) as printed:
         main(["pipeline", "--config", "configs/pipeline_webshop_embedded.yaml", "--rl", str(rl), "--print_config"])
     assert printed.value.code in (0, None)
-    assert yaml.safe_load(capsys.readouterr().out)["rl"]["module"]["init_args"]["lr"] == 5.0e-4
+    assert yaml.safe_load(capsys.readouterr().out)["rl"]["module"]["init_args"]["optim"]["lr"] == 5.0e-4
 
 
 @pytest.mark.parametrize("env", ["webshop", "alfworld"])

@@ -53,6 +53,8 @@ from prism_lit.rl.rollout import Episode, RolloutConfig, RolloutEngine, episode_
 from prism_lit.rl.scoring import PolicyOutput, StepSample, TokenBatch, collate_steps, policy_forward
 
 CHECKPOINT_KEY = "prism_lit_rl"
+# signature defaults (read by jsonargparse; the module works on copies, so sharing them is safe)
+DEFAULT_OPTIM, DEFAULT_UPDATE, DEFAULT_KL, DEFAULT_EVAL = OptimConfig(), UpdateConfig(), KLConfig(), EvalConfig()
 
 def _numpy_state_to_plain(state: tuple) -> dict[str, Any]:
     """NumPy's RNG state as builtins, so checkpoints load with ``torch.load(weights_only=True)``."""
@@ -117,11 +119,11 @@ class RLModuleBase(pl.LightningModule):
         env_kwargs: dict[str, Any] | None = None,
         rollout: RolloutConfig | None = None,
         group_size: int = 8,
-        optim: OptimConfig = OptimConfig(),
-        update: UpdateConfig = UpdateConfig(),
-        kl: KLConfig = KLConfig(),
+        optim: OptimConfig = DEFAULT_OPTIM,
+        update: UpdateConfig = DEFAULT_UPDATE,
+        kl: KLConfig = DEFAULT_KL,
         entropy_coef: float = 0.0,
-        evaluation: EvalConfig = EvalConfig(),
+        evaluation: EvalConfig = DEFAULT_EVAL,
         export_dir: str | None = None,
         seed: int = 0,
     ) -> None:

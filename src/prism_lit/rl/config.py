@@ -48,8 +48,8 @@ class UpdateConfig:
         epochs: passes over each buffer.
         minibatch_size: steps per optimizer step; the number of minibatches then follows from the buffer (the
             largest over DDP ranks, so every rank takes the same number of steps).
-        num_minibatches: a fixed number of optimizer steps per pass instead (some may be empty on a rank).
-            Neither set: the whole buffer is one minibatch. Both set: an error.
+        num_minibatches: a fixed number of optimizer steps per pass instead (some may be empty on a rank);
+            ``minibatch_size``, when set, wins. Neither set: the whole buffer is one minibatch.
         micro_batch_size: steps per forward/backward pass (memory), never changes the loss.
         loss_agg: how per-token terms are reduced (see :mod:`prism_lit.rl.losses`): ``token-mean`` (default),
             ``seq-mean-token-sum``, ``seq-mean-token-mean``, ``seq-mean-token-sum-norm``.
@@ -64,8 +64,6 @@ class UpdateConfig:
     def __post_init__(self) -> None:
         if self.epochs < 1:
             raise ValueError(f"update.epochs must be >= 1, got {self.epochs}")
-        if self.minibatch_size is not None and self.num_minibatches is not None:
-            raise ValueError("update.minibatch_size and update.num_minibatches exclude each other; set one")
         for name in ("minibatch_size", "num_minibatches", "micro_batch_size"):
             value = getattr(self, name)
             if value is not None and value < 1:

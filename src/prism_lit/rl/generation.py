@@ -28,7 +28,7 @@ class Generation:
 
 
 def pad_sequences(
-    rows: Sequence[Sequence[int | float]], value: int | float, side: str = "right", dtype: torch.dtype = torch.long,
+    rows: Sequence[Sequence[float]], value: float, side: str = "right", dtype: torch.dtype = torch.long,
     width: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(values, mask)`` of shape ``[len(rows), width]`` (default: the longest row), each row aligned to ``side``

@@ -29,6 +29,8 @@ from prism_lit.rl.losses import Minibatch, clipped_surrogate, clipped_value_loss
 from prism_lit.rl.rollout import Episode
 from prism_lit.rl.scoring import PolicyOutput, StepSample, TokenBatch, collate_steps, policy_forward
 
+PPO_UPDATE = UpdateConfig(epochs=4, num_minibatches=4)  # the default: 4 passes x 4 minibatches
+
 
 class PPOModule(RLModuleBase):
     """PPO with a value head, GAE(lambda) and a clipped value loss (see the module docstring).
@@ -56,7 +58,7 @@ class PPOModule(RLModuleBase):
         norm_adv: bool = True,
         value_lr: float | None = None,
         group_size: int = 1,
-        update: UpdateConfig = UpdateConfig(epochs=4, num_minibatches=4),
+        update: UpdateConfig = PPO_UPDATE,
         **kwargs,
     ) -> None:
         super().__init__(group_size=group_size, update=update, **kwargs)
