@@ -103,21 +103,6 @@ def _load(target: str) -> Callable:
     return getattr(importlib.import_module(module), name)
 
 
-# Class-path settings of the pipeline held as plain dicts: jsonargparse ignores a nested override of them and
-# fails on a whole one, so both are refused here with the way that works.
-_DICT_SECTIONS = {"--rl.module": "rl", "--probe.router": "probe"}
-
-
-def _refuse_dict_overrides(command: str, args: list[str]) -> None:
-    for arg in args:
-        for prefix, section in _DICT_SECTIONS.items():
-            if arg == prefix or arg.startswith((prefix + ".", prefix + "=")):
-                raise SystemExit(
-                    f"prism-lit {command}: {arg.split('=')[0]} cannot be set on the command line "
-                    f"({prefix[2:]} is a class_path dict). Copy the config's {section} section to a YAML file, "
-                    f"edit it there and pass --{section} that_file.yaml.")
-
-
 def main(argv: list[str] | None = None) -> None:
     from_shell = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -127,8 +112,6 @@ def main(argv: list[str] | None = None) -> None:
         from jsonargparse import CLI
 
         target, help_ = EXTRA_COMMANDS[argv[0]]
-        if argv[0] == "pipeline":
-            _refuse_dict_overrides(argv[0], argv[1:])
         CLI(_load(target), args=argv[1:], prog=f"prism-lit {argv[0]}", description=help_)
         return
     _lightning_cli(None if from_shell else argv)
