@@ -83,7 +83,7 @@ def test_baselines_share_one_sft_and_one_rl_recipe(env, monkeypatch):
 
 
 @pytest.mark.parametrize("args, key, value", [
-    (["--rl.module.init_args.lr", "5e-4"], ("rl", "module", "init_args", "lr"), 5e-4),
+    (["--rl.module.init_args.optim.lr", "5e-4"], ("rl", "module", "init_args", "optim", "lr"), 5e-4),
     (["--probe.router.init_args.rl_fraction=0.3"], ("probe", "router", "init_args", "rl_fraction"), 0.3),
     (["--probe.router.class_path=prism_lit.probe.routers.RandomRouter"], ("probe", "router", "class_path"),
      "prism_lit.probe.routers.RandomRouter"),

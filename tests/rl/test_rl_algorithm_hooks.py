@@ -9,6 +9,7 @@ import torch
 import yaml
 
 from prism_lit.envs.guess_word import GUESS_WORD_ID
+from prism_lit.envs.protocol import AgentProtocol
 from prism_lit.policy import PolicySpec, load_policy
 from prism_lit.rl import RLModuleBase, StepSample
 
@@ -17,8 +18,9 @@ class MovingAverageReinforce(RLModuleBase):
     """Plain REINFORCE: ``A = R - b`` with ``b`` an exponential moving average of past mean returns,
     ``L = -agg(A log pi(a|s))`` (no ratio, no clipping)."""
 
-    def __init__(self, baseline_decay: float = 0.9, **kwargs):
-        super().__init__(**kwargs)
+    def __init__(self, policy: PolicySpec, protocol: AgentProtocol, env_id: str, env_kwargs: dict | None = None,
+                 baseline_decay: float = 0.9, **kwargs):
+        super().__init__(policy, protocol, env_id, env_kwargs, **kwargs)
         self.baseline_decay = baseline_decay
         self.baseline: float | None = None
 
@@ -74,6 +76,27 @@ def test_a_new_algorithm_is_a_short_subclass_and_runs_through_prism_lit_fit(tmp_
     trained, _ = load_policy(PolicySpec(path=str(tmp_path / "export")))
     assert any(not torch.equal(a, b) for a, b in zip(start.parameters(), trained.parameters()))
 
+
+
+@pytest.mark.parametrize("algorithm", [f"{__name__}.MovingAverageReinforce", "prism_lit.rl.GRPOModule",
+                                       "prism_lit.rl.PPOModule"])
+def test_modules_plug_into_the_pipeline_factory(algorithm, gw_policy_dir, gw_protocol):
+    """The pipeline reads ``rl.module`` as a factory (jsonargparse) and calls it with policy, protocol, env_id and
+    env_kwargs positionally, plus export_dir and seed."""
+    from jsonargparse import ArgumentParser
+
+    from prism_lit.pipeline.config import RLModuleFactory
+
+    parser = ArgumentParser()
+    parser.add_argument("--module", type=RLModuleFactory)
+    spec = {"class_path": algorithm, "init_args": {"optim": {"lr": 0.05}, "update": {"epochs": 2}}}
+    args = parser.parse_args(["--module", yaml.safe_dump(spec), "--module.init_args.kl.coef", "0.1"])
+    factory = parser.instantiate(args).module
+    module = factory(PolicySpec(path=str(gw_policy_dir)), gw_protocol, GUESS_WORD_ID, {"max_attempts": 1},
+                     export_dir="out", seed=3)
+    assert type(module).__name__ == algorithm.rsplit(".", 1)[1]
+    assert (module.optim.lr, module.update_config.epochs, module.kl.coef) == (0.05, 2, 0.1)
+    assert (module.env_kwargs, module.export_dir, module.seed) == ({"max_attempts": 1}, "out", 3)
 
 def _grads_of_one_minibatch(module, minibatch):
     module.model.zero_grad(set_to_none=True)

@@ -26,6 +26,10 @@ policy-gradient term is exactly 0, so the loss and the gradient are the same, on
 
 from __future__ import annotations
 
+from typing import Any
+
+from prism_lit.envs.protocol import AgentProtocol
+from prism_lit.policy import PolicySpec
 from prism_lit.rl.advantages import compute_step_advantages, get_estimator
 from prism_lit.rl.base import RLModuleBase
 from prism_lit.rl.losses import Minibatch, clipped_surrogate
@@ -44,12 +48,17 @@ class GRPOModule(RLModuleBase):
         clip_low / clip_high: ratio clip range (``clip_high`` None = symmetric; DAPO uses a larger one).
         skip_zero_advantage: skip the forward/backward of steps whose advantage is exactly 0 when no KL/entropy
             term needs them (they still count in the loss's denominator; the gradient is unchanged).
-        **kwargs: the shared arguments of :class:`~prism_lit.rl.base.RLModuleBase` (policy, protocol, env_id,
-            env_kwargs, rollout, group_size, optim, update, kl, entropy_coef, evaluation, export_dir, seed).
+        policy, protocol, env_id, env_kwargs, **kwargs: the shared arguments of
+            :class:`~prism_lit.rl.base.RLModuleBase` (rollout, group_size, optim, update, kl, entropy_coef,
+            evaluation, export_dir, seed).
     """
 
     def __init__(
         self,
+        policy: PolicySpec,
+        protocol: AgentProtocol,
+        env_id: str,
+        env_kwargs: dict[str, Any] | None = None,
         advantage: str = "grpo",
         norm_adv_by_std: bool = True,
         gigpo_gamma: float = 0.95,
@@ -59,7 +68,7 @@ class GRPOModule(RLModuleBase):
         skip_zero_advantage: bool = True,
         **kwargs,
     ) -> None:
-        super().__init__(**kwargs)
+        super().__init__(policy, protocol, env_id, env_kwargs, **kwargs)
         get_estimator(advantage)  # an unknown name fails here, naming the registered ones
         if advantage == "rloo" and self.group_size < 2:
             raise ValueError("advantage='rloo' needs group_size >= 2")

@@ -20,9 +20,13 @@ One iteration (the loop is :class:`~prism_lit.rl.base.RLModuleBase`'s; this file
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
+from prism_lit.envs.protocol import AgentProtocol
+from prism_lit.policy import PolicySpec
 from prism_lit.rl.base import RLModuleBase
 from prism_lit.rl.config import UpdateConfig
 from prism_lit.rl.losses import Minibatch, clipped_surrogate, clipped_value_loss, gae
@@ -42,13 +46,18 @@ class PPOModule(RLModuleBase):
         norm_adv: normalise advantages over the buffer.
         group_size: episodes per task (1: PPO needs no groups).
         update: as :class:`~prism_lit.rl.config.UpdateConfig`, by default 4 epochs x 4 minibatches.
-        **kwargs: the other shared arguments of :class:`~prism_lit.rl.base.RLModuleBase`.
+        policy, protocol, env_id, env_kwargs, **kwargs: the other shared arguments of
+            :class:`~prism_lit.rl.base.RLModuleBase`.
     """
 
     needs_state_hidden = True
 
     def __init__(
         self,
+        policy: PolicySpec,
+        protocol: AgentProtocol,
+        env_id: str,
+        env_kwargs: dict[str, Any] | None = None,
         gamma: float = 1.0,
         gae_lambda: float = 0.95,
         clip_low: float = 0.2,
@@ -61,7 +70,7 @@ class PPOModule(RLModuleBase):
         update: UpdateConfig = PPO_UPDATE,
         **kwargs,
     ) -> None:
-        super().__init__(group_size=group_size, update=update, **kwargs)
+        super().__init__(policy, protocol, env_id, env_kwargs, group_size=group_size, update=update, **kwargs)
         self.gamma = gamma
         self.gae_lambda = gae_lambda
         self.clip_low = clip_low
