@@ -130,6 +130,38 @@ def test_zero_advantage_steps_stay_in_the_token_mean_denominator(gw_policy_dir, 
     assert logs["train/clipfrac"] == 0.0 and logs["train/ratio_mean"] > 0  # logs: means over the steps run
 
 
+
+@pytest.mark.parametrize("algorithm", ["GRPOModule", "PPOModule"])
+@pytest.mark.parametrize("loss_agg", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"])
+def test_micro_batches_accumulate_to_the_minibatch_gradient(gw_policy_dir, gw_protocol, algorithm, loss_agg):
+    """Every term (policy, value, entropy, KL) is reduced with the minibatch's totals: one step at a time gives the
+    gradient of the whole minibatch at once."""
+    import prism_lit.rl as rl
+
+    def grads(micro_batch_size):
+        torch.manual_seed(0)
+        module = getattr(rl, algorithm)(policy=PolicySpec(path=str(gw_policy_dir)), protocol=gw_protocol,
+                                        env_id=GUESS_WORD_ID, entropy_coef=0.01, kl={"coef": 0.1},
+                                        update={"micro_batch_size": micro_batch_size, "loss_agg": loss_agg})
+        module.configure_model()
+        if algorithm == "PPOModule":
+            torch.nn.init.normal_(module.value_head.weight, std=0.1)
+        with torch.no_grad():  # move away from the reference so the KL term has a gradient
+            for p in module.model.parameters():
+                p.add_(0.01 * torch.randn_like(p))
+        samples = [StepSample(prompt_ids=[5, 6, 7][: 1 + i % 3], action_ids=[8 + i, 9, 10][: 1 + i % 3],
+                              old_logprobs=[-2.0, -2.5, -1.5][: 1 + i % 3], advantage=0.5 - i % 2, ret=0.3 * i,
+                              old_value=0.1) for i in range(5)]
+        return _grads_of_one_minibatch(module, samples)
+
+    (one_by_one, logs_one), (at_once, logs_all) = grads(1), grads(8)
+    for name in at_once:
+        scale = float(at_once[name].abs().max())  # fp32 sums in another order: error relative to the largest entry
+        assert float((one_by_one[name] - at_once[name]).abs().max()) <= 1e-5 * scale + 1e-7, name
+    assert logs_one.keys() == logs_all.keys() and {"train/kl", "train/entropy", "train/pg_loss"} <= logs_all.keys()
+    for key in logs_all:
+        assert logs_one[key] == pytest.approx(logs_all[key], rel=1e-4, abs=1e-6), key
+
 def test_advantage_estimators_are_a_registry_users_extend(gw_policy_dir, gw_protocol):
     from prism_lit.rl import ADVANTAGE_ESTIMATORS, GRPOModule, compute_step_advantages, register_advantage
 
