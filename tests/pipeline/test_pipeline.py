@@ -17,8 +17,8 @@ from prism_lit.pipeline.run import STAGE_ORDER, pipeline, read_stage_marker
 from prism_lit.policy import EmbeddedModelSpec
 
 
-RL_MODULE = {"class_path": "prism_lit.rl.reinforce.ReinforceModule",
-             "init_args": {"group_size": 2, "lr": 1e-4, "rollout": {"max_new_tokens": 8, "max_steps": 3}}}
+RL_MODULE = {"class_path": "prism_lit.rl.GRPOModule",
+             "init_args": {"group_size": 2, "optim": {"lr": 1e-4}, "rollout": {"max_new_tokens": 8, "max_steps": 3}}}
 
 
 def _settings(tmp_path, router="prism_lit.probe.routers.PrismRouter"):
