@@ -83,7 +83,7 @@ def test_baselines_share_one_sft_and_one_rl_recipe(env, monkeypatch):
 
 
 @pytest.mark.parametrize("args, key, value", [
-    (["--rl.module.init_args.lr", "5e-4"], ("rl", "module", "init_args", "lr"), 5e-4),
+    (["--rl.module.init_args.optim.lr", "5e-4"], ("rl", "module", "init_args", "optim", "lr"), 5e-4),
     (["--probe.router.init_args.rl_fraction=0.3"], ("probe", "router", "init_args", "rl_fraction"), 0.3),
     (["--probe.router.class_path=prism_lit.probe.routers.RandomRouter"], ("probe", "router", "class_path"),
      "prism_lit.probe.routers.RandomRouter"),
@@ -109,7 +109,7 @@ def test_pipeline_takes_a_whole_rl_section_file(tmp_path, capsys):
     with pytest.raises(SystemExit) as printed:
         main(["pipeline", "--config", "configs/pipeline_webshop_embedded.yaml", "--rl", str(rl), "--print_config"])
     assert printed.value.code in (0, None)
-    assert yaml.safe_load(capsys.readouterr().out)["rl"]["module"]["init_args"]["lr"] == 5.0e-4
+    assert yaml.safe_load(capsys.readouterr().out)["rl"]["module"]["init_args"]["optim"]["lr"] == 5.0e-4
 
 
 @pytest.mark.parametrize("env", ["webshop", "alfworld"])

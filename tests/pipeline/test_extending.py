@@ -98,7 +98,7 @@ def test_a_new_env_and_a_new_router_run_through_the_pipeline(tmp_path):
         base=BaseModelSettings(embedded=tiny, pretrain_tasks=6, pretrain_epochs=1),
         probe=ProbeSettings(corpus_tasks=8, batch_size=4, router=LongestToRL(rl_fraction=0.25)),
         sft=SFTSettings(epochs=1, batch_size=4),
-        rl=RLSettings(module={"class_path": "prism_lit.rl.reinforce.ReinforceModule",
+        rl=RLSettings(module={"class_path": "prism_lit.rl.GRPOModule",
                               "init_args": {"group_size": 2, "rollout": {"max_new_tokens": 4, "max_steps": 1}}},
                       data={"tasks_per_batch": 2}, max_steps=1),
         eval=EvalSettings(policies=["final"], batch_size=4, max_new_tokens=4),

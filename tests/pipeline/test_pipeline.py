@@ -17,8 +17,8 @@ from prism_lit.pipeline.run import STAGE_ORDER, pipeline, read_stage_marker
 from prism_lit.policy import EmbeddedModelSpec
 
 
-RL_MODULE = {"class_path": "prism_lit.rl.reinforce.ReinforceModule",
-             "init_args": {"group_size": 2, "lr": 1e-4, "rollout": {"max_new_tokens": 8, "max_steps": 3}}}
+RL_MODULE = {"class_path": "prism_lit.rl.GRPOModule",
+             "init_args": {"group_size": 2, "optim": {"lr": 1e-4}, "rollout": {"max_new_tokens": 8, "max_steps": 3}}}
 
 
 def _settings(tmp_path, router="prism_lit.probe.routers.PrismRouter"):
@@ -385,7 +385,7 @@ def test_plugin_overrides_on_the_command_line_reach_the_run(tmp_path):
     assert config["probe"]["router"] == {"class_path": "prism_lit.probe.routers.PrismRouter",
                                          "init_args": {"score": "gini", "rl_fraction": 0.3}}
     assert config["rl"]["module"]["init_args"]["group_size"] == 2
-    assert config["rl"]["module"]["init_args"]["lr"] == 5e-5  # the rest of the YAML's module is kept
+    assert config["rl"]["module"]["init_args"]["optim"]["lr"] == 5e-5  # the rest of the YAML's module is kept
 
 
 def test_rl_never_trains_on_other_splits_or_evaluation_tasks(tmp_path):

@@ -311,7 +311,7 @@ class RLSettings:
     enabled: bool = True
     tasks: Literal["partition", "all"] = "partition"
     module: RLModuleFactory = field(
-        default_factory=lambda: rl_module_factory({"class_path": "prism_lit.rl.reinforce.ReinforceModule"}))
+        default_factory=lambda: rl_module_factory({"class_path": "prism_lit.rl.GRPOModule"}))
     data: dict[str, Any] = field(default_factory=dict)
     epochs: float = 1.0
     max_steps: int | None = None
