@@ -7,7 +7,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from tiny_models import KINDS, build_tiny  # noqa: E402
+from tiny_models import build_tiny  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -23,5 +23,3 @@ def tiny_model_dirs(tmp_path_factory):
 
     return get
 
-
-ALL_KINDS = sorted(KINDS)

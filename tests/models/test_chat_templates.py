@@ -4,7 +4,7 @@ Qwen2.5, Llama-3.1/3.2 and Mistral v0.3, checked token by token against the roll
 from __future__ import annotations
 
 import pytest
-from conftest import ALL_KINDS
+from tiny_models import ALL_KINDS
 
 from prism_lit.data.schema import Message, Trajectory
 from prism_lit.data.tokenize import (

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import ALL_KINDS
+from tiny_models import ALL_KINDS
 from torch import nn
 
 from prism_lit.data.schema import Message, Trajectory

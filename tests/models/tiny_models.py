@@ -56,6 +56,8 @@ KINDS: dict[str, TinyKind] = {
                         generation_eos=["</s>"], metaspace=True),
 }
 
+ALL_KINDS = sorted(KINDS)
+
 CORPUS = [
     "You are a shopping agent in the WebShop website. Follow the instruction to buy the right product.",
     "WebShop [SEP] Instruction: [SEP] i want a black sofa under 15 dollars [SEP] Search",
