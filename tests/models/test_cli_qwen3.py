@@ -60,7 +60,8 @@ def test_probe_sft_rl_eval_of_a_tiny_qwen3_through_the_cli(tiny_model_dirs, tmp_
     init["policy"] = {"path": qwen3, "adapter_path": str(tmp_path / "export"),
                       "chat_template_kwargs": {"enable_thinking": False}}
     init.update(protocol=protocol, env_kwargs={"num_products": 60, "split": "train"}, group_size=2,
-                micro_batch_size=8, export_dir=str(tmp_path / "rl_export"))
+                export_dir=str(tmp_path / "rl_export"))
+    init["update"]["micro_batch_size"] = 8
     init["rollout"].update(max_new_tokens=6, max_steps=2)
     rl["data"]["init_args"].update(env_kwargs={"num_products": 60, "split": "train"}, tasks_per_batch=2,
                                    partition_path=str(tmp_path / "probe" / "partition.json"), eval_batch_size=2,

@@ -67,16 +67,16 @@ def test_an_rl_iteration_on_imported_tasks(tiny_model_dirs, tmp_path):
     """The RL stage replays the imported task ids: one GRPO iteration of a tiny Qwen3 on them."""
     import lightning as L
 
-    from prism_lit.rl import ReinforceModule, RLTaskDataModule
+    from prism_lit.rl import GRPOModule, RLTaskDataModule
 
     import_corpus("eto", str(FIXTURES / "eto_webshop.jsonl"), str(tmp_path / "eto.jsonl"), "webshop", WEBSHOP)
     tasks = sorted({t.task_id for t in read_trajectories(tmp_path / "eto.jsonl")})
-    module = ReinforceModule(
+    module = GRPOModule(
         policy={"path": str(tiny_model_dirs("qwen3")), "chat_template_kwargs": {"enable_thinking": False}},
         protocol={"env": "webshop", "reply_format": "thought_action", "history_turns": 2},
         env_id="prism_lit/WebShop-v0", env_kwargs={**WEBSHOP, "split": "train"},
-        rollout={"max_new_tokens": 6, "max_steps": 2}, group_size=2, lr=1e-4, micro_batch_size=8,
-        export_dir=str(tmp_path / "export"),
+        rollout={"max_new_tokens": 6, "max_steps": 2}, group_size=2, optim={"lr": 1e-4},
+        update={"micro_batch_size": 8}, export_dir=str(tmp_path / "export"),
     )
     data = RLTaskDataModule(env_id="prism_lit/WebShop-v0", env_kwargs={**WEBSHOP, "split": "train"}, task_ids=tasks,
                             tasks_per_batch=2, eval_panels=[])
