@@ -159,3 +159,34 @@ def test_a_single_seed_row_shows_no_spread(tmp_path):
     _run(tmp_path, "base", 0, {"g0": True, "g1": False})
     md = comparison_markdown(summarize(tmp_path, "base", paired=[], bootstrap_samples=100))
     assert "| base | 1 | 50.0 | 50.0 |" in md and "Paired" not in md
+
+
+def test_conflict_variant_applies_its_overrides_to_every_baseline(monkeypatch):
+    """Gate 3's compare config: every baseline parses with the overrides (the main job's base, the contradicting
+    expert rule, a 200-goal panel), and its pairs are well formed and name methods of the table."""
+    from pathlib import Path
+
+    import yaml
+
+    from prism_lit.pipeline.compare import _check_pairs, _parse_pipeline_config
+
+    root = Path(__file__).parents[2]
+    monkeypatch.chdir(root)
+    config = yaml.safe_load((root / "configs" / "conflict" / "compare_webshop_conflict.yaml").read_text())
+    methods = set()
+    for path in config["configs"]:
+        kwargs = _parse_pipeline_config(path, config["overrides"])
+        assert kwargs["base"].path == "runs/pipeline_webshop/base/model"
+        assert kwargs["env"].expert_kwargs == {"query": "instruction", "product": "first_match"}
+        assert kwargs["env"].eval_splits == {"test": 200}
+        assert kwargs["base"].familiar_task_types == ["beauty", "fashion", "food"]
+        methods.add(kwargs["method"])
+    _check_pairs(config["paired"])
+    assert {name.split(":")[0] for pair in config["paired"] for name in pair} <= methods
+    # the single-run config builds the same corpus rule on the same base
+    single = _parse_pipeline_config("configs/conflict/pipeline_webshop_conflict.yaml", {})
+    assert single["env"].expert_kwargs == kwargs["env"].expert_kwargs and single["base"].path == kwargs["base"].path
+    main = _parse_pipeline_config("configs/pipeline_webshop_embedded.yaml", {})
+    assert main["env"].expert_kwargs["query"] == "short"  # the base's rule, which the variant contradicts
+    assert {k: v for k, v in vars(single["env"]).items() if k not in ("expert_kwargs", "eval_splits")} == \
+        {k: v for k, v in vars(main["env"]).items() if k not in ("expert_kwargs", "eval_splits")}

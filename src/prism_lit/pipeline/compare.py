@@ -43,7 +43,7 @@ def _link_shared(shared: Path, run_dir: Path) -> None:
             os.symlink(os.path.relpath(shared / stage, run_dir), target)
 
 
-def _run_method(config: str, seed: int, run_dir: str, threads: int) -> None:
+def _run_method(config: str, seed: int, run_dir: str, threads: int, overrides: dict[str, Any] | None = None) -> None:
     """One method × seed in a worker process of its own: ``threads`` torch threads, output in ``pipeline.log``."""
     log = os.open(Path(run_dir) / "pipeline.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(log, 1)
@@ -53,10 +53,10 @@ def _run_method(config: str, seed: int, run_dir: str, threads: int) -> None:
     torch.set_num_threads(threads)
     from prism_lit.pipeline.run import pipeline
 
-    pipeline(**{**_parse_pipeline_config(config, {"seed": seed}), "run_dir": run_dir})
+    pipeline(**{**_parse_pipeline_config(config, {**(overrides or {}), "seed": seed}), "run_dir": run_dir})
 
 
-def _run_parallel(jobs: list[tuple[str, int, Path]], workers: int) -> list[str]:
+def _run_parallel(jobs: list[tuple[str, int, Path]], workers: int, overrides: dict[str, Any] | None = None) -> list[str]:
     """Run ``(config, seed, run_dir)`` jobs ``workers`` at a time, each in a fresh process with an equal share of
     the cores; returns one line per failed job."""
     import multiprocessing
@@ -67,7 +67,7 @@ def _run_parallel(jobs: list[tuple[str, int, Path]], workers: int) -> list[str]:
           flush=True)
     failures = []
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), max_tasks_per_child=1) as pool:
-        futures = {pool.submit(_run_method, config, seed, str(run_dir), threads): run_dir
+        futures = {pool.submit(_run_method, config, seed, str(run_dir), threads, overrides): run_dir
                    for config, seed, run_dir in jobs}
         for done, future in enumerate(as_completed(futures), 1):
             run_dir = futures[future]
@@ -90,6 +90,7 @@ def compare(
     workers: int = 1,
     paired: list[list[str]] | None = None,
     bootstrap_samples: int = 10_000,
+    overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run every config for every seed; write ``comparison.json``, ``comparison.md`` and plots in ``out_dir``.
 
@@ -109,7 +110,11 @@ def compare(
             Default: PRISM-Gini against random, SFT-100 and SFT-then-RL (pairs with a method not in the table are
             listed as missing).
         bootstrap_samples: bootstrap replicates of every interval (seeded: the table repeats exactly).
+        overrides: settings applied to every config, as on the pipeline's command line without the dashes
+            (``{"env.eval_splits": {"test": 200}}``, ``{"base.path": "runs/pipeline_webshop/base/model"}``), so a
+            variant of a benchmark reuses the baseline configs.
     """
+    overrides = dict(overrides or {})
     from prism_lit.pipeline.run import pipeline
 
     if not configs:
@@ -120,22 +125,22 @@ def compare(
     out = Path(out_dir)
     seeds = [0, 1, 2] if seeds is None else seeds
     for config in configs:  # every config is checked before the first run starts
-        _parse_pipeline_config(config, {})
+        _parse_pipeline_config(config, overrides)
     jobs = []
     for seed in seeds:
         shared = out / "shared" / (f"seed{seed}" if data_per_seed else "all")
         data_seed = {"seed": seed} if data_per_seed else {}
-        first = _parse_pipeline_config(configs[0], {"run_dir": str(shared), **data_seed})
+        first = _parse_pipeline_config(configs[0], {**overrides, "run_dir": str(shared), **data_seed})
         pipeline(**{**first, "stop_after": SHARED_STAGES[-1]})
         for config in configs:
-            kwargs = _parse_pipeline_config(config, {"seed": seed})
+            kwargs = _parse_pipeline_config(config, {**overrides, "seed": seed})
             run_dir = out / kwargs["method"] / f"seed{seed}"
             _link_shared(shared, run_dir)
             if workers == 1:
                 pipeline(**{**kwargs, "run_dir": str(run_dir)})
             else:
                 jobs.append((config, seed, run_dir))
-    failures = _run_parallel(jobs, workers) if jobs else []
+    failures = _run_parallel(jobs, workers, overrides) if jobs else []
     table = summarize(out, reference, paired=paired, bootstrap_samples=bootstrap_samples)
     atomic_write_json(out / "comparison.json", table)
     atomic_write_text(out / "comparison.md", comparison_markdown(table))
