@@ -190,3 +190,17 @@ def test_conflict_variant_applies_its_overrides_to_every_baseline(monkeypatch):
     assert main["env"].expert_kwargs["query"] == "short"  # the base's rule, which the variant contradicts
     assert {k: v for k, v in vars(single["env"]).items() if k not in ("expert_kwargs", "eval_splits")} == \
         {k: v for k, v in vars(main["env"]).items() if k not in ("expert_kwargs", "eval_splits")}
+
+
+def test_levels_give_every_policy_an_interval_over_seeds_and_goals(tmp_path):
+    from prism_lit.pipeline.compare import comparison_markdown, summarize
+
+    for seed in (0, 1):
+        _run(tmp_path, "m", seed, {f"g{i:02d}": i < 10 for i in range(40)})  # 25 % on every seed
+    table = summarize(tmp_path, "m", paired=[], bootstrap_samples=2000)
+    (level,) = table["levels"]
+    assert level["name"] == "m" and level["split"] == "test"
+    assert level["success_rate"]["mean"] == pytest.approx(0.25)
+    lo, hi = level["success_rate"]["ci"]
+    assert lo < 0.25 < hi and hi - lo == pytest.approx(2 * 1.96 * math.sqrt(0.25 * 0.75 / 40), rel=0.2)
+    assert "| m | test | 2 | 40 | 25.0 [" in comparison_markdown(table)

@@ -176,13 +176,33 @@ def _side(name: str) -> tuple[str, str]:
     return method, policy or "final"
 
 
-def paired_differences(methods: dict[str, Any], pairs: list[list[str]],
+def _field(cells_by_seed: dict[int, dict[tuple, dict[str, float]]], name: str) -> dict[int, dict[tuple, float]]:
+    return {s: {g: c[name] for g, c in cells.items()} for s, cells in cells_by_seed.items()}
+
+
+def level_intervals(outcomes: dict[str, Any], bootstrap_samples: int = 10_000) -> list[dict[str, Any]]:
+    """Every evaluated policy's success rate and score per split, with a 95 % bootstrap interval over goals and
+    seeds: ``{"name": "method" or "method:policy", "split", "success_rate", "score"}``."""
+    from prism_lit.pipeline.report import OUTCOMES
+    from prism_lit.pipeline.stats import bootstrap_mean
+
+    rows = []
+    for method, policies in outcomes.items():
+        for policy in sorted(policies, key=lambda p: (p != "final", p)):
+            for split, cells in sorted(policies[policy].items()):
+                rows.append({"name": method if policy == "final" else f"{method}:{policy}", "split": split,
+                             **{m: bootstrap_mean(_field(cells, f), n_boot=bootstrap_samples)
+                                for m, f in OUTCOMES.items()}})
+    return rows
+
+
+def paired_differences(outcomes: dict[str, Any], pairs: list[list[str]],
                        bootstrap_samples: int = 10_000) -> list[dict[str, Any]]:
-    """Every ``[A, B]`` pair's A − B per split and outcome, paired by goal and seed, with its 95 % interval."""
+    """Every ``[A, B]`` pair's A − B per split and outcome, paired by goal and seed, with its 95 % interval
+    (``outcomes``: :func:`_episode_outcomes` per method)."""
     from prism_lit.pipeline.report import OUTCOMES
     from prism_lit.pipeline.stats import paired_difference
 
-    outcomes = {name: _episode_outcomes(row["runs"]) for name, row in methods.items()}
     rows = []
     for a, b in pairs:
         (ma, pa), (mb, pb) = _side(a), _side(b)
@@ -195,10 +215,8 @@ def paired_differences(methods: dict[str, Any], pairs: list[list[str]],
             left, right = outcomes[ma][pa][split], outcomes[mb][pb][split]
             row: dict[str, Any] = {"a": a, "b": b, "split": split}
             for metric, field_name in OUTCOMES.items():
-                row[metric] = paired_difference(
-                    {s: {g: c[field_name] for g, c in cells.items()} for s, cells in left.items()},
-                    {s: {g: c[field_name] for g, c in cells.items()} for s, cells in right.items()},
-                    n_boot=bootstrap_samples)
+                row[metric] = paired_difference(_field(left, field_name), _field(right, field_name),
+                                                n_boot=bootstrap_samples)
             rows.append(row)
     return rows
 
@@ -236,8 +254,10 @@ def summarize(out: Path, reference: str, paired: list[list[str]] | None = None,
         row["speedup_vs_reference"] = (ref / total) if ref and total and row["trained"] else None
     pairs = DEFAULT_PAIRS if paired is None else paired
     _check_pairs(pairs)
+    outcomes = {name: _episode_outcomes(row["runs"]) for name, row in methods.items()}
     return {"reference": reference, "methods": methods,
-            "paired": paired_differences(methods, pairs, bootstrap_samples) if pairs else []}
+            "levels": level_intervals(outcomes, bootstrap_samples),
+            "paired": paired_differences(outcomes, pairs, bootstrap_samples) if pairs else []}
 
 
 def _cell(stat: dict[str, Any] | None, scale: float = 100.0, digits: int = 1) -> str:
@@ -265,6 +285,7 @@ def comparison_markdown(table: dict[str, Any]) -> str:
                    "seed(s) (a single value has no ±); seconds of wall-clock per stage (probe + SFT + RL = total). "
                    "Two methods whose means differ by less than their ± are not told apart by this table; the "
                    "paired differences below are the test.")]
+    lines += levels_markdown(table.get("levels") or [])
     lines += paired_markdown(table.get("paired") or [])
     return "\n".join(lines) + "\n"
 
@@ -275,6 +296,19 @@ def _interval(stat: dict[str, Any]) -> str:
     lo, hi = stat["ci"]
     verdict = "" if lo <= 0.0 <= hi else " *"
     return f"{stat['mean'] * 100:+.1f} [{lo * 100:+.1f}, {hi * 100:+.1f}]{verdict}"
+
+
+def levels_markdown(rows: list[dict[str, Any]]) -> list[str]:
+    if not rows:
+        return []
+    lines = ["", "## Success and score with 95 % intervals", "",
+             "| policy | split | seeds | goals | success (%) | score (×100) |", "|---|---|---|---|---|---|"]
+    for row in rows:
+        s = row["success_rate"]
+        cells = [f"{m['mean'] * 100:.1f} [{m['ci'][0] * 100:.1f}, {m['ci'][1] * 100:.1f}]"
+                 for m in (s, row["score"])]
+        lines.append(f"| {row['name']} | {row['split']} | {s['n_seeds']} | {s['n_goals']} | {cells[0]} | {cells[1]} |")
+    return lines + ["", "From `eval/episodes.jsonl` of every run; the interval resamples seeds and goals."]
 
 
 def paired_markdown(rows: list[dict[str, Any]]) -> list[str]:
