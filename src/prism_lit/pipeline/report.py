@@ -92,9 +92,6 @@ def probe_summary(run_dir: Path) -> dict[str, Any]:
             "separation": probe_separation(records, familiar, rl)}
 
 
-PROBE_SCORES = ("gini", "kurtosis", "cv", "loss", "l2")
-
-
 def probe_separation(records: list, familiar_task_types: list[str], rl_ids: set[str] | None = None) -> dict[str, Any]:
     """How each probe score relates to what the base knows and to two confounds.
 
@@ -106,6 +103,7 @@ def probe_separation(records: list, familiar_task_types: list[str], rl_ids: set[
     measured nothing (a router that reads no score).
     """
     from prism_lit.pipeline.stats import auroc, spearman
+    from prism_lit.probe.records import SCORES
 
     if not any(math.isfinite(r.gini) for r in records):
         return {}
@@ -115,7 +113,7 @@ def probe_separation(records: list, familiar_task_types: list[str], rl_ids: set[
     lengths = [float(r.n_tokens) for r in records]
     losses = [r.loss for r in records]
     scores = {}
-    for name in PROBE_SCORES:
+    for name in SCORES:
         values = [r.score(name) for r in records]
         scores[name] = {
             "auroc_unfamiliar": (auroc([v for v, u in zip(values, is_unfamiliar) if u],
