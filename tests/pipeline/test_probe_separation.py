@@ -96,3 +96,40 @@ def test_summary_shows_separation_and_intervals():
     assert "| test | base | 50 | 12.0 [6.0, 18.0] |" in md
     assert "| test | final − base | 50 | +6.0 [-2.0, +14.0] |" in md
     assert "| loss | 1.000 |" in md and "(itself)" in md and "20 unfamiliar" in md
+
+
+def test_bootstrap_mean_difference_of_independent_samples():
+    from prism_lit.pipeline.stats import bootstrap_mean_difference
+
+    same = bootstrap_mean_difference([1.0, 2.0, 3.0] * 20, [1.0, 2.0, 3.0] * 10)
+    assert same["mean"] == 0.0 and same["ci"][0] < 0.0 < same["ci"][1]
+    shifted = bootstrap_mean_difference([5.0] * 30, [2.0] * 10)
+    assert shifted["mean"] == 3.0 and shifted["ci"] == pytest.approx([3.0, 3.0])
+    assert bootstrap_mean_difference([], [1.0])["mean"] is None
+
+
+def test_probe_shift_pairs_two_probes_of_one_base_goal_by_goal(tmp_path):
+    """The conflict variant's read-out: the familiar goals' Gini rises by 0.05 under the other expert rule, the
+    unfamiliar goals' does not move; length rises by 20 tokens everywhere."""
+    from prism_lit.pipeline.report import probe_shift
+    from prism_lit.probe.records import write_probe_records
+
+    control, variant = [], []
+    for i in range(30):
+        task_type = "beauty" if i % 3 else "furniture"
+        control.append(_record(i, task_type, gini=0.30 + i / 1000, loss=1.0, n_tokens=100 + i))
+        bump = 0.05 if task_type == "beauty" else 0.0
+        variant.append(_record(i, task_type, gini=0.30 + i / 1000 + bump, loss=1.2, n_tokens=120 + i))
+    variant.append(_record(99, "beauty", gini=0.9, loss=1.0, n_tokens=1))  # no partner: left out
+    for name, records in (("control", control), ("variant", variant)):
+        (tmp_path / name / "probe").mkdir(parents=True)
+        write_probe_records(tmp_path / name / "probe" / "probe.jsonl", records)
+    (tmp_path / "variant" / "pipeline_config.json").write_text('{"base": {"familiar_task_types": ["beauty"]}}')
+    shift = probe_shift(tmp_path / "control", tmp_path / "variant")
+    assert shift["n_pairs"] == 30 and shift["familiar_task_types"] == ["beauty"]
+    gini = shift["scores"]["gini"]
+    assert gini["shift_familiar"]["mean"] == pytest.approx(0.05) and gini["shift_unfamiliar"]["mean"] == 0.0
+    assert gini["familiar_minus_unfamiliar"]["ci"] == pytest.approx([0.05, 0.05])
+    tokens = shift["scores"]["n_tokens"]
+    assert tokens["shift_familiar"]["mean"] == tokens["shift_unfamiliar"]["mean"] == 20.0
+    assert tokens["familiar_minus_unfamiliar"]["mean"] == 0.0

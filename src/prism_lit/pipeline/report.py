@@ -131,6 +131,42 @@ def probe_separation(records: list, familiar_task_types: list[str], rl_ids: set[
     return out
 
 
+def probe_shift(control_dir: Path, variant_dir: Path, familiar_task_types: list[str] | None = None) -> dict[str, Any]:
+    """Two probes of one base on the same goals (e.g. the main job's corpus and the conflict variant's, recorded
+    under another expert rule): per score, the per-goal shift variant − control for familiar and for unfamiliar
+    goals, each with a 95 % bootstrap interval, and the difference of the two shifts (familiar − unfamiliar).
+
+    Trajectories are paired by id (the corpus's i-th task); ``familiar_task_types`` defaults to the variant's
+    ``base.familiar_task_types``. PRISM's premise predicts that contradicting what the base knows (the familiar
+    goals' shift) raises the concentration scores more than a change it has no prior on (the unfamiliar goals').
+    """
+    from prism_lit.pipeline.stats import bootstrap_mean, bootstrap_mean_difference
+    from prism_lit.probe.records import SCORES, read_probe_records
+
+    if familiar_task_types is None:
+        config = _read(Artifacts(Path(variant_dir)).config) or {}
+        familiar_task_types = list((config.get("base") or {}).get("familiar_task_types") or [])
+    familiar = set(familiar_task_types)
+    control = {r.id: r for r in read_probe_records(Artifacts(Path(control_dir)).probe_records)}
+    variant = {r.id: r for r in read_probe_records(Artifacts(Path(variant_dir)).probe_records)}
+    pairs = [(control[i], variant[i]) for i in sorted(set(control) & set(variant))
+             if control[i].task_id == variant[i].task_id]
+    out: dict[str, Any] = {"n_pairs": len(pairs), "familiar_task_types": sorted(familiar), "scores": {}}
+    for name in (*SCORES, "n_tokens"):
+        shifts = {True: {}, False: {}}
+        for c, v in pairs:
+            d = float(getattr(v, name)) - float(getattr(c, name))
+            if math.isfinite(d):
+                shifts[c.task_type in familiar][c.id] = d
+        out["scores"][name] = {
+            "shift_familiar": bootstrap_mean({0: shifts[True]}),
+            "shift_unfamiliar": bootstrap_mean({0: shifts[False]}),
+            "familiar_minus_unfamiliar": bootstrap_mean_difference(list(shifts[True].values()),
+                                                                   list(shifts[False].values())),
+        }
+    return out
+
+
 def plot_concentration_by_type(run_dir: Path, out: Path) -> Path | None:
     """Histogram of the Gini score per task type, with the routing threshold."""
     from prism_lit.probe.partition import load_partition

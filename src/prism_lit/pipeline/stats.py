@@ -166,3 +166,18 @@ def auroc(positives: Sequence[float | None], negatives: Sequence[float | None],
     z = statistics.NormalDist().inv_cdf(0.5 + confidence / 2.0)
     half = z * math.sqrt(var)
     return {"auroc": area, "ci": [max(0.0, area - half), min(1.0, area + half)], "n_pos": m, "n_neg": n}
+
+
+def bootstrap_mean_difference(
+    a: Sequence[float], b: Sequence[float], n_boot: int = BOOTSTRAP_SAMPLES, seed: int = BOOTSTRAP_SEED,
+    confidence: float = CONFIDENCE,
+) -> dict[str, Any]:
+    """mean(a) − mean(b) of two *independent* samples, with a percentile interval from a bootstrap that resamples
+    each sample on its own; ``None`` unless both have a value."""
+    x, y = np.asarray(finite(a)), np.asarray(finite(b))
+    if len(x) == 0 or len(y) == 0:
+        return {"mean": None, "ci": None, "n_a": len(x), "n_b": len(y)}
+    rng = np.random.default_rng(seed)
+    diffs = (_draw_counts(rng, n_boot, len(x)) @ x) / len(x) - (_draw_counts(rng, n_boot, len(y)) @ y) / len(y)
+    return {"mean": float(x.mean() - y.mean()), "ci": list(_percentile_interval(diffs, confidence)),
+            "n_a": len(x), "n_b": len(y)}
