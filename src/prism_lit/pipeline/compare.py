@@ -5,6 +5,11 @@ into every method's run dir, as the paper fixes its dataset and base model and v
 seeds; with ``data_per_seed`` each seed gets its own in ``<out_dir>/shared/seed<k>/``. Each method then runs its
 own probe, routing, SFT, RL and evaluation (their wall-clock is what the table compares). Every run dir
 resumes, so a killed comparison continues where it stopped.
+
+The table gives each metric's mean and sample standard deviation over seeds, every evaluated policy's success
+and score with a 95 % interval, and the paired differences A − B of the ``paired`` methods (same goals, same
+seeds) with 95 % intervals; the intervals come from each run's ``eval/episodes.jsonl`` by a seeded bootstrap
+over goals and seeds (:mod:`prism_lit.pipeline.stats`).
 """
 
 from __future__ import annotations
