@@ -121,6 +121,13 @@ def test_compare_runs_methods_over_seeds_and_writes_table(tmp_path, monkeypatch)
         assert len(row["runs"]) == 2 and row["metrics"]["test/success_rate"]["n"] == 2
     assert table["methods"]["random"]["speedup_vs_reference"] == pytest.approx(1.0)
     assert "| prism-gini | 2 |" in (out / "comparison.md").read_text()
+    # paired by goal and seed from every run's eval/episodes.jsonl; the default pairs name absent methods as missing
+    pairs = {(row["a"], row["b"]): row for row in table["paired"]}
+    diff = pairs[("prism-gini", "random")]["success_rate"]
+    assert (diff["n_seeds"], diff["n_goals"], diff["n_pairs"]) == (2, 3, 6) and diff["ci"][0] <= diff["ci"][1]
+    assert "missing" in pairs[("prism-gini", "sft-100")]
+    assert {row["name"] for row in table["levels"]} == {"prism-gini", "random"}
+    assert "## Paired differences" in (out / "comparison.md").read_text()
     assert (out / "pareto.png").stat().st_size > 1000
     # the corpus and base model were built once and shared by both methods and both seeds
     links = [out / m / f"seed{k}" / stage for m in ("prism-gini", "random") for k in (0, 1) for stage in ("tasks", "base")]
