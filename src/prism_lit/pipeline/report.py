@@ -103,7 +103,7 @@ def probe_separation(records: list, familiar_task_types: list[str], rl_ids: set[
     measured nothing (a router that reads no score).
     """
     from prism_lit.pipeline.stats import auroc, spearman
-    from prism_lit.probe.records import SCORES
+    from prism_lit.probe.records import RECORD_SCORES
 
     if not any(math.isfinite(r.gini) for r in records):
         return {}
@@ -113,7 +113,7 @@ def probe_separation(records: list, familiar_task_types: list[str], rl_ids: set[
     lengths = [float(r.n_tokens) for r in records]
     losses = [r.loss for r in records]
     scores = {}
-    for name in SCORES:
+    for name in RECORD_SCORES:
         values = [r.score(name) for r in records]
         scores[name] = {
             "auroc_unfamiliar": (auroc([v for v, u in zip(values, is_unfamiliar) if u],
@@ -141,7 +141,7 @@ def probe_shift(control_dir: Path, variant_dir: Path, familiar_task_types: list[
     goals' shift) raises the concentration scores more than a change it has no prior on (the unfamiliar goals').
     """
     from prism_lit.pipeline.stats import bootstrap_mean, bootstrap_mean_difference
-    from prism_lit.probe.records import SCORES, read_probe_records
+    from prism_lit.probe.records import RECORD_SCORES, read_probe_records
 
     if familiar_task_types is None:
         config = _read(Artifacts(Path(variant_dir)).config) or {}
@@ -152,7 +152,7 @@ def probe_shift(control_dir: Path, variant_dir: Path, familiar_task_types: list[
     pairs = [(control[i], variant[i]) for i in sorted(set(control) & set(variant))
              if control[i].task_id == variant[i].task_id]
     out: dict[str, Any] = {"n_pairs": len(pairs), "familiar_task_types": sorted(familiar), "scores": {}}
-    for name in (*SCORES, "n_tokens"):
+    for name in (*RECORD_SCORES, "n_tokens"):
         shifts = {True: {}, False: {}}
         for c, v in pairs:
             d = float(getattr(v, name)) - float(getattr(c, name))
