@@ -128,7 +128,10 @@ def apply_fsdp2(
             ``None`` = all ranks of the default process group.
         param_dtype / reduce_dtype: FSDP2 mixed precision (e.g. ``torch.bfloat16`` / ``torch.float32``);
             ``None`` keeps the parameters' dtype.
-        reshard_after_forward: free the gathered weights after forward (less memory, one more all-gather).
+        reshard_after_forward: free each decoder layer's gathered weights after its forward (less memory, one
+            more all-gather in backward). The root (embeddings, final norm, LM head) always stays gathered from its
+            forward to its backward: the chunked loss (:mod:`prism_lit.sft.loss`, the probe) applies the LM head
+            to the returned hidden states after the root's forward, and the backward needs them at once anyway.
         layer_class_names: transformer-block classes; default: the model's ``_no_split_modules``.
     """
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
@@ -137,7 +140,7 @@ def apply_fsdp2(
     mp_policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype)
     for layer in decoder_layers(model, layer_class_names):
         fully_shard(layer, mesh=mesh, mp_policy=mp_policy, reshard_after_forward=reshard_after_forward)
-    fully_shard(model, mesh=mesh, mp_policy=mp_policy, reshard_after_forward=reshard_after_forward)
+    fully_shard(model, mesh=mesh, mp_policy=mp_policy, reshard_after_forward=False)
     return model
 
 
