@@ -23,8 +23,10 @@ from prism_lit.distributed import (
     apply_fsdp2,
     clean_param_name,
     export_sharded_policy,
+    fsdp2_options,
     is_fsdp2_sharded,
     is_sharded,
+    load_sharded_fsdp2,
 )
 from prism_lit.policy import (
     EmbeddedModelSpec,
@@ -39,6 +41,36 @@ from prism_lit.sft.loss import causal_lm_loss
 
 # the saved hyper-parameters hold these dataclasses; resuming loads checkpoints with torch.load(weights_only=True)
 torch.serialization.add_safe_globals([PolicySpec, LoraSpec, EmbeddedModelSpec])
+
+
+def build_model_skeleton(spec: PolicySpec) -> torch.nn.Module:
+    """``spec``'s model as :func:`~prism_lit.policy.load_model` builds it (architecture, dtype, attention, activation
+    checkpointing, LoRA or the saved adapter's config), without reading any weight: the ranks that receive their
+    shards from rank 0 (:func:`~prism_lit.distributed.load_sharded_fsdp2`) build it under ``torch.device("meta")``."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from prism_lit.policy.loading import DTYPES
+
+    config = AutoConfig.from_pretrained(spec.path, local_files_only=True, trust_remote_code=spec.trust_remote_code)
+    model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, DTYPES[spec.dtype]),
+                                             attn_implementation=spec.attn_implementation,
+                                             trust_remote_code=spec.trust_remote_code)
+    if spec.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    peft_config = spec.lora.to_peft() if spec.lora is not None else None
+    if spec.adapter_path is not None:
+        from peft import PeftConfig
+
+        peft_config = PeftConfig.from_pretrained(spec.adapter_path, local_files_only=True)
+        peft_config.inference_mode = False  # trained further, as load_model's is_trainable=True
+    if peft_config is not None:
+        from peft import get_peft_model
+
+        model = get_peft_model(model, peft_config)
+    if spec.gradient_checkpointing and hasattr(model, "enable_input_require_grads"):
+        model.enable_input_require_grads()
+    return model
 
 
 class SFTModule(L.LightningModule):
@@ -99,12 +131,18 @@ class SFTModule(L.LightningModule):
         return self._tokenizer
 
     def configure_model(self) -> None:
+        options = fsdp2_options(self._trainer.strategy) if self._trainer is not None else {}
+        if self.model is None and self.device_mesh is not None:
+            # ModelParallelStrategy: FSDP2, one fully_shard unit per decoder layer, then the root; the full model
+            # is read on rank 0 only and broadcast shard by shard (docs/scaling.md)
+            ensure_policy_files(self.policy)
+            self.model = load_sharded_fsdp2(lambda: load_model(self.policy), lambda: build_model_skeleton(self.policy),
+                                            self.device_mesh, **options)
         if self.model is None:
             self.model = load_model(self.policy)
-            self.model.train()  # from_pretrained returns eval mode
+        self.model.train()  # from_pretrained returns eval mode
         if self.device_mesh is not None and not is_fsdp2_sharded(self.model):
-            # ModelParallelStrategy: FSDP2, one fully_shard unit per decoder layer, then the root
-            apply_fsdp2(self.model, self.device_mesh)
+            apply_fsdp2(self.model, self.device_mesh, **options)
 
     @property
     def is_adapter(self) -> bool:
