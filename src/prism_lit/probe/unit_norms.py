@@ -283,8 +283,8 @@ def measure_unit_grad_norms(
     `batch` holds input_ids, attention_mask and labels ([B, T], labels aligned with input_ids, -100 = not
     trained on; any padding side). `method` forces the direct or ghost reduction (default: the cheaper per
     layer). `logits_chunk_tokens`: positions projected onto the vocabulary at a time (``None``: the model's own
-    full logits, as a reference; FSDP-sharded models always use those, their LM head being sharded outside the
-    root's forward). The model runs in eval mode (restored after); weights and `.grad` are not modified.
+    full logits, as a reference; under FSDP2 the root must stay gathered after its forward, as
+    :func:`~prism_lit.distributed.apply_fsdp2` shards it). The model runs in eval mode (restored after); weights and `.grad` are not modified.
 
     Memory: without checkpointing the probe holds what a training step holds (every unit's input, which autograd
     saves anyway). ``activation_checkpointing`` (``None``: as the model is set up, HF's
@@ -296,8 +296,6 @@ def measure_unit_grad_norms(
     """
     if logits_chunk_tokens is not None and logits_chunk_tokens < 1:
         raise ValueError(f"logits_chunk_tokens must be >= 1 or None, got {logits_chunk_tokens}")
-    if logits_chunk_tokens is not None and any(type(p).__name__ == "DTensor" for p in model.parameters()):
-        logits_chunk_tokens = None
     if activation_checkpointing is None:
         activation_checkpointing = _checkpointing_requested(model)
     input_ids, attention_mask, labels = _check_batch(batch)
@@ -369,8 +367,14 @@ def measure_unit_grad_norms(
         if chunked:
             hidden = out.hidden_states[-1]
             del out
+            head = model.get_output_embeddings()
+            if type(head.weight).__name__ == "DTensor":
+                raise RuntimeError(
+                    "the LM head is still sharded after the model's forward (FSDP2 resharded the root), so the "
+                    "chunked loss cannot apply it; shard the root with reshard_after_forward=False "
+                    "(prism_lit.distributed.apply_fsdp2 does) or pass logits_chunk_tokens=None")
             loss, n_tokens, grad_hidden = _chunked_losses(
-                hidden, model.get_output_embeddings(), labels, attention_mask, logits_chunk_tokens)
+                hidden, head, labels, attention_mask, logits_chunk_tokens)
             return hidden, grad_hidden, loss, n_tokens
         loss, n_tokens = per_sample_losses(out.logits, labels, attention_mask)
         # Σ_i L_i: its gradient w.r.t. sample i's activations is ∇L_i (samples do not interact)
