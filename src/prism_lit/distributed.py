@@ -77,7 +77,8 @@ def decoder_layer_class_names(model: nn.Module) -> set[str]:
 def decoder_layers(model: nn.Module, class_names: Iterable[str] | None = None) -> list[nn.Module]:
     """The model's transformer blocks in order (the units FSDP shards one by one)."""
     wanted = set(class_names) if class_names else decoder_layer_class_names(model)
-    layers = [m for m in model.modules() if type(m).__name__ in wanted]
+    # by the class or a base class: fully_shard turns LlamaDecoderLayer into a subclass FSDPLlamaDecoderLayer
+    layers = [m for m in model.modules() if any(c.__name__ in wanted for c in type(m).__mro__)]
     if not layers:
         raise ValueError(
             f"no decoder layers found in {type(model).__name__} (looked for classes {sorted(wanted) or 'named *'}"

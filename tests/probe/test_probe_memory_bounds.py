@@ -184,3 +184,29 @@ def test_fsdp1_probe_through_the_root_equals_the_unsharded_probe(tiny_policy_dir
         torch.testing.assert_close(got["first"], expected.norms, rtol=1e-5, atol=0)
         torch.testing.assert_close(got["second"], expected.norms, rtol=1e-5, atol=0)
         torch.testing.assert_close(got["loss"], expected.loss, rtol=1e-5, atol=0)
+
+
+def _fsdp2_probe(policy_dir, run_dir, devices, *flags):
+    script = Path(__file__).parents[1] / "scale" / "fsdp2_probe_script.py"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, str(script), str(policy_dir), str(TINY_TRAJECTORIES), str(run_dir),
+                             str(devices), *flags], check=False, capture_output=True, text=True, timeout=600,
+                            env=env)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-6000:]
+    return {r.id: r for r in read_probe_records(Path(run_dir) / "probe.jsonl")}
+
+
+@pytest.mark.slow
+def test_fsdp2_probe_with_its_bounds_and_with_mixed_precision(tiny_policy_dir, tmp_path):
+    """2 processes under FSDP2: checkpointed layers and a 5-position logits chunk give the unbounded single-process
+    norms (1e-5); with FSDP2 mixed precision (bf16 parameters, fp32 reduce) the norms stay close."""
+    reference = _fsdp2_probe(tiny_policy_dir, tmp_path / "one", 1, "--chunk", "100000")
+    bounded = _fsdp2_probe(tiny_policy_dir, tmp_path / "two", 2, "--checkpointing", "--chunk", "5")
+    mixed = _fsdp2_probe(tiny_policy_dir, tmp_path / "bf16", 2, "--param-dtype", "bfloat16", "--chunk", "7")
+    assert sorted(reference) == sorted(bounded) == sorted(mixed) and len(reference) == 24
+    worst = 0.0
+    for key, record in reference.items():
+        assert bounded[key].norms == pytest.approx(record.norms, rel=1e-5)
+        rel = max(abs(a - b) / b for a, b in zip(mixed[key].norms, record.norms))
+        worst = max(worst, rel)
+    assert 0 < worst < 0.1, worst  # bf16 compute: close, and not the fp32 numbers (the policy applied)
