@@ -17,6 +17,7 @@ EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
     "import": ("prism_lit.commands:import_corpus", "Import AgentGym/ETO corpora with env task ids RL can replay."),
     "pipeline": ("prism_lit.pipeline.run:pipeline", "Run the whole PRISM pipeline from one config (resumable)."),
     "compare": ("prism_lit.pipeline.compare:compare", "Run several pipeline configs over seeds; write the table."),
+    "memory": ("prism_lit.memory:main", "Peak memory per GPU of each stage of a config; exit 1 if one cannot fit."),
 }
 
 DESCRIPTION = "prism_lit: PRISM hybrid SFT→RL training of LLM agents on Lightning.\n\nOther commands:\n" + "\n".join(
@@ -113,7 +114,11 @@ def main(argv: list[str] | None = None) -> None:
         from jsonargparse import CLI
 
         target, help_ = EXTRA_COMMANDS[argv[0]]
-        CLI(_load(target), args=argv[1:], prog=f"prism-lit {argv[0]}", description=help_)
+        command = _load(target)
+        if getattr(command, "parses_own_arguments", False):  # e.g. `memory --config X`: X is its input, not its args
+            command(argv[1:])
+            return
+        CLI(command, args=argv[1:], prog=f"prism-lit {argv[0]}", description=help_)
         return
     _lightning_cli(None if from_shell else argv)
 

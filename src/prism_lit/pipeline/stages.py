@@ -221,9 +221,11 @@ def probe_and_route(ctx: PipelineContext) -> dict[str, Any]:
         from prism_lit.policy import load_policy
 
         spec = base_policy(ctx)
-        model, _ = load_policy(PolicySpec(path=spec.path, dtype=spec.dtype, attn_implementation=spec.attn_implementation))
+        # gradient_checkpointing: the probe then recomputes each layer in its backward (same norms, less memory)
+        model, _ = load_policy(spec)
         data = TrajectoryDataModule(train_files=[str(art.corpus)], batch_size=ctx.probe.batch_size,
-                                    max_length=ctx.probe.max_length, seed=ctx.seed, tokenizer_path=spec.path)
+                                    max_length=ctx.probe.max_length, max_tokens=ctx.probe.max_tokens, seed=ctx.seed,
+                                    tokenizer_path=spec.path)
         data.prepare_data()
         data.setup("fit")
         partition = run_probe(model, data.train_dataloader(), router=router, output_dir=art.probe_dir)
@@ -274,7 +276,8 @@ def train_sft(ctx: PipelineContext) -> dict[str, Any]:
                        warmup_steps=ctx.sft.warmup_steps, schedule=ctx.sft.schedule, export_dir=str(art.sft_export))
     data = TrajectoryDataModule(
         train_files=[str(art.corpus)], batch_size=ctx.sft.batch_size,
-        max_length=ctx.sft.max_length, seed=ctx.seed, context_weight=ctx.sft.context_weight,
+        max_length=ctx.sft.max_length, max_tokens=ctx.sft.max_tokens, seed=ctx.seed,
+        context_weight=ctx.sft.context_weight,
         partition_path=str(art.partition) if ids is not None else None,
     )
     trainer = _trainer(ctx, "sft", max_epochs=ctx.sft.epochs)
