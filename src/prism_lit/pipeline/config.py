@@ -190,7 +190,11 @@ class BaseModelSettings:
         dtype: parameter dtype of every policy the pipeline loads (``float32``, ``bfloat16``, ``float16``); mixed
             precision is the trainer's ``precision``. An 8B model wants ``bfloat16``.
         attn_implementation: ``sdpa``, ``eager`` or ``flash_attention_2`` where installed.
-        gradient_checkpointing: recompute activations in the backward pass of SFT and RL (less memory).
+        gradient_checkpointing: recompute activations in the backward pass of the probe, SFT and RL (less memory).
+        chat_template: replaces the tokenizer's chat template (a file or the template text); ``None``: the one
+            shipped with the model.
+        chat_template_kwargs: settings the template reads (Qwen3: ``{enable_thinking: false}``), applied wherever a
+            conversation is rendered: SFT, probe, rollouts, evaluation (docs/policy.md).
     """
 
     path: str | None = None
@@ -205,6 +209,8 @@ class BaseModelSettings:
     dtype: str = "float32"
     attn_implementation: str = "sdpa"
     gradient_checkpointing: bool = False
+    chat_template: str | None = None
+    chat_template_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.copy_warmup_steps < 0:
