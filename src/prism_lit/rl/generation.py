@@ -15,7 +15,8 @@ already in the row's cache and only the tokens after their longest common prefix
 episode: only the new observation). A row whose prompt diverges earlier (a bounded history whose window slid, a
 reply that re-tokenises differently) has its cached columns after the divergence masked out, so its context is
 exactly the new prompt: results equal a fresh prefill up to floating-point rounding. Masked columns are holes in
-the batch's cache; it is compacted when they exceed half of it, and rows that are done are dropped.
+the batch's cache; it is compacted when they exceed a quarter of it, and rows that are done are dropped. The
+cache grows into preallocated room instead of being concatenated at every token.
 
 Prompts are left-padded; position ids count real tokens only, so padding and holes change nothing. A row stops
 at a stop token (kept: the policy learns to stop), when its decoded text contains a stop string, or at
@@ -174,6 +175,44 @@ def _map_cache(cache, fn) -> None:
         cache.value_cache = [fn(v) if v.numel() else v for v in cache.value_cache]
 
 
+def _growable_cache():
+    """A ``DynamicCache`` whose layers grow into preallocated room (doubling) instead of concatenating at every
+    token, which copies the whole cache each step (transformers >= 5; a plain ``DynamicCache`` before)."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    try:
+        from transformers.cache_utils import DynamicLayer
+    except ImportError:
+        return cache
+    if not hasattr(cache, "layer_class_to_replicate"):
+        return cache
+
+    class GrowableLayer(DynamicLayer):
+        _k = _v = None
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            n = self.get_seq_length()
+            add = key_states.shape[-2]
+            backed = (self._k is not None and n > 0 and self.keys.data_ptr() == self._k.data_ptr()
+                      and self._k.shape[0] == key_states.shape[0] and self.keys.stride() == self._k.stride())
+            if not backed or self._k.shape[-2] < n + add:
+                shape = (*key_states.shape[:2], max(2 * (n + add), 64), key_states.shape[-1])
+                k, v = key_states.new_empty(shape), value_states.new_empty(shape)
+                if n:
+                    k[:, :, :n], v[:, :, :n] = self.keys, self.values
+                self._k, self._v = k, v
+            self._k[:, :, n:n + add] = key_states
+            self._v[:, :, n:n + add] = value_states
+            self.keys, self.values = self._k[:, :, :n + add], self._v[:, :, :n + add]
+            return self.keys, self.values
+
+    cache.layer_class_to_replicate = GrowableLayer
+    return cache
+
+
 class KVCacheBackend:
     """The HF model as a :class:`GenerationBackend`: batched sampling with a KV cache, optionally kept per row
     across calls (``reuse_cache``; see the module docstring).
@@ -187,7 +226,7 @@ class KVCacheBackend:
     """
 
     def __init__(self, model, pad_token_id: int, tokenizer=None, reuse_cache: bool = True,
-                 compact_at: float = 0.5) -> None:
+                 compact_at: float = 0.25) -> None:
         self.model = model
         self.pad_token_id = pad_token_id
         self.tokenizer = tokenizer
@@ -248,8 +287,6 @@ class KVCacheBackend:
     @torch.no_grad()
     def generate(self, keys: Sequence[int], prompts: Sequence[Sequence[int]], params: SamplingParams,
                  generator: torch.Generator | None = None) -> list[Generation]:
-        from transformers import DynamicCache
-
         if not prompts:
             return []
         if len(keys) != len(prompts):
@@ -264,7 +301,7 @@ class KVCacheBackend:
         new_ids, new_mask = left_pad(new, pad, device)
         mask = torch.cat([self._mask, new_mask], dim=1)
         position_ids = position_ids_from_mask(mask)[:, -new_ids.shape[1]:]
-        cache = self._cache if self._cache is not None else DynamicCache()
+        cache = self._cache if self._cache is not None else _growable_cache()
         out = self.model(input_ids=new_ids, attention_mask=mask, position_ids=position_ids, past_key_values=cache,
                          use_cache=True, logits_to_keep=1)
         cache = out.past_key_values
