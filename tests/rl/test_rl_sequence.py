@@ -211,3 +211,37 @@ def test_episode_mode_resolution(gw_policy):
         resolve_episode_mode("sequence", Unstable(tok), PROTOCOL)
     with pytest.raises(ValueError, match="rollout.episode_mode"):
         RolloutConfig(episode_mode="packed")
+
+
+def test_stop_strings_spanning_tokens_stop_where_the_decoded_reply_first_holds_them(gw_policy_dir):
+    """Only rows whose new token may complete a stop string are decoded; the result is the full-decode rule's."""
+    model, tok = load_policy(PolicySpec(path=str(gw_policy_dir)))
+    model.eval()
+    prompts = [tok.encode(t, add_special_tokens=False) for t in ["guess the word apple", "clue red fox", "banana"]]
+    kwargs = {"pad_token_id": tok.pad_token_id, "stop_token_ids": [tok.eos_token_id], "max_new_tokens": 8,
+              "greedy": True}
+    free = generate(model, prompts, **kwargs)
+    row = max(free, key=lambda g: len(g.token_ids)).token_ids
+    assert len(row) >= 3
+    text = tok.decode(row[:3], skip_special_tokens=True)
+    cut = len(tok.decode(row[:2], skip_special_tokens=True))
+    stop = text[cut - 2:cut + 1]  # spans the boundary of the second and third tokens
+    stopped = generate(model, prompts, **kwargs, tokenizer=tok, stop_strings=[stop, "never-there"])
+    assert len(stop) == 3 and any(len(s.token_ids) < len(f.token_ids) for f, s in zip(free, stopped))
+    for f, s in zip(free, stopped):
+        ends = [t for t in range(len(f.token_ids)) if stop in tok.decode(f.token_ids[:t + 1], skip_special_tokens=True)]
+        expected = f.token_ids[:ends[0] + 1] if ends else f.token_ids
+        assert s.token_ids == expected and s.logprobs == pytest.approx(f.logprobs[:len(expected)], abs=1e-6)
+        assert s.stopped == (bool(ends) or f.stopped)
+
+
+def test_greedy_evaluation_is_the_same_in_both_modes(gw_policy, gw_protocol):
+    from prism_lit.rl import evaluate_policy
+
+    model, tok = gw_policy
+    results = [evaluate_policy(model, tok, PROTOCOL, GUESS_WORD_ID, {"max_attempts": 4}, TASKS, max_new_tokens=3,
+                               batch_size=4, return_episodes=True, episode_mode=mode) for mode in ("per_step", "auto")]
+    episodes = [r.pop("episodes_list") for r in results]
+    assert results[0] == results[1]
+    assert [[s.action_ids for s in e.steps] for e in episodes[0]] == [[s.action_ids for s in e.steps]
+                                                                      for e in episodes[1]]
