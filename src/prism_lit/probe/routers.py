@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from typing import Literal
 
 from prism_lit.probe.partition import Partition
-from prism_lit.probe.records import ProbeRecord
+from prism_lit.probe.records import CONCENTRATION_SCORES, ProbeRecord
 
 __all__ = [
     "AllRLRouter",
@@ -142,7 +142,7 @@ class PrismRouter(_ThresholdRouter):
     name = "prism"
 
     def __init__(self, score: ConcentrationScore = "gini", rl_fraction: float = 0.5) -> None:
-        if score not in ("gini", "kurtosis", "cv"):
+        if score not in CONCENTRATION_SCORES:
             raise ValueError(f"PrismRouter: score must be gini, kurtosis or cv, got {score!r}")
         super().__init__(score, rl_fraction)
 
@@ -154,7 +154,7 @@ class InverseRouter(_ThresholdRouter):
     sign = -1.0
 
     def __init__(self, score: ConcentrationScore = "gini", rl_fraction: float = 0.5) -> None:
-        if score not in ("gini", "kurtosis", "cv"):
+        if score not in CONCENTRATION_SCORES:
             raise ValueError(f"InverseRouter: score must be gini, kurtosis or cv, got {score!r}")
         super().__init__(score, rl_fraction)
 
