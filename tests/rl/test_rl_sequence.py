@@ -245,3 +245,34 @@ def test_greedy_evaluation_is_the_same_in_both_modes(gw_policy, gw_protocol):
     assert results[0] == results[1]
     assert [[s.action_ids for s in e.steps] for e in episodes[0]] == [[s.action_ids for s in e.steps]
                                                                       for e in episodes[1]]
+
+
+def test_the_decode_batch_shrinks_and_rows_that_stopped_keep_their_cache(gw_policy):
+    """Three of four rows stop at their first token: the last one decodes alone; next turn every row's reused
+    cache gives what a fresh prefill of its whole prompt gives."""
+    import prism_lit.rl.generation as generation
+
+    model, tok = gw_policy
+    ids = [tok.encode(t, add_special_tokens=False) for t in ["guess the word apple fruit", "clue red animal fox",
+                                                             "word banana yellow", "the animal dog"]]
+    free = generate(model, ids, pad_token_id=tok.pad_token_id, stop_token_ids=[], max_new_tokens=6, greedy=True)
+    stops = sorted({g.token_ids[0] for g in free[:3]} - {free[3].token_ids[0]})
+    assert len(stops) >= 2, "the tiny model should start some replies differently"
+    params = SamplingParams(max_new_tokens=6, greedy=True, stop_token_ids=stops)
+    backend = KVCacheBackend(model, tok.pad_token_id, tok, reuse_cache=True)
+    merged = []
+    original = generation._cache_tensors
+    generation._cache_tensors = lambda cache: merged.append(1) or original(cache)
+    try:
+        first = backend.generate([0, 1, 2, 3], ids, params)
+    finally:
+        generation._cache_tensors = original
+    assert merged, "the batch should have shrunk"
+    assert sum(len(g.token_ids) == 1 for g in first) >= 2 and len(first[3].token_ids) > 1
+    grown = [p + g.token_ids + ids[(k + 1) % 4] for k, (p, g) in enumerate(zip(ids, first))]
+    second = backend.generate([0, 1, 2, 3], grown, params)
+    fresh = generate(model, grown, pad_token_id=tok.pad_token_id, stop_token_ids=stops, max_new_tokens=6,
+                     greedy=True)
+    assert [g.token_ids for g in second] == [g.token_ids for g in fresh]
+    for a, b in zip(second, fresh):
+        assert a.logprobs == pytest.approx(b.logprobs, abs=1e-5)

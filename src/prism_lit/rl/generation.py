@@ -164,6 +164,18 @@ def stop_string_candidates(tokenizer, stop_strings: Sequence[str]) -> torch.Tens
     return _STOP_CANDIDATES[key][1]
 
 
+def _cache_tensors(cache) -> list[torch.Tensor]:
+    """Every key and value tensor of a ``DynamicCache``, in :func:`_map_cache`'s order."""
+    found: list[torch.Tensor] = []
+
+    def keep(x):
+        found.append(x)
+        return x
+
+    _map_cache(cache, keep)
+    return found
+
+
 def _map_cache(cache, fn) -> None:
     """Apply ``fn`` to every key and value tensor of a ``DynamicCache`` (``[batch, heads, length, dim]``)."""
     if hasattr(cache, "layers"):
@@ -317,26 +329,32 @@ class KVCacheBackend:
         lengths = torch.zeros(batch, dtype=torch.long, device=device)
         finished = torch.zeros(batch, dtype=torch.bool, device=device)
         stopped = torch.zeros(batch, dtype=torch.bool, device=device)
-        active = ~finished
+        last_active = torch.zeros(batch, dtype=torch.bool, device=device)
+        # the decode batch shrinks to the rows still running once half of it is done; ``levels`` keeps the enclosing
+        # batches' caches so the rows that stopped keep theirs for the next turn
+        rows = torch.arange(batch, device=device)
+        logits = out.logits[:, -1, :]
+        levels: list[tuple[list, torch.Tensor, torch.Tensor]] = []
         for t in range(params.max_new_tokens):
-            tokens, logprobs = sample_tokens(out.logits[:, -1, :], params.temperature, params.top_p, params.greedy,
-                                             generator)
-            active = ~finished
+            tokens, logprobs = sample_tokens(logits, params.temperature, params.top_p, params.greedy, generator)
+            active = ~finished[rows]
             tokens = torch.where(active, tokens, torch.full_like(tokens, pad))
-            out_tokens[:, t] = tokens
-            out_logprobs[:, t] = logprobs
-            lengths += active.long()
+            out_tokens[rows, t] = tokens
+            out_logprobs[rows, t] = logprobs
+            lengths[rows] += active.long()
             hit = torch.isin(tokens, stop_ids) & active
             if may_stop is not None:
                 check = may_stop[tokens] & active & ~hit
                 if bool(check.any()):
-                    for row in check.nonzero().squeeze(-1).tolist():
+                    for i in check.nonzero().squeeze(-1).tolist():
+                        row = int(rows[i])
                         text = self.tokenizer.decode(out_tokens[row, :t + 1].tolist(), skip_special_tokens=True)
                         if any(s in text for s in params.stop_strings):
-                            hit[row] = True
-            stopped |= hit
-            finished = finished | hit
+                            hit[i] = True
+            stopped[rows] |= hit
+            finished[rows] |= hit
             if t == params.max_new_tokens - 1 or bool(finished.all()):
+                last_active[rows] = active
                 break
             # feed this step's token of every row that was still running (rows done before feed a hole)
             position_ids = mask.sum(-1, keepdim=True)
@@ -344,13 +362,36 @@ class KVCacheBackend:
             out = self.model(input_ids=tokens[:, None], attention_mask=mask, position_ids=position_ids,
                              past_key_values=cache, use_cache=True, logits_to_keep=1)
             cache = out.past_key_values
+            logits = out.logits[:, -1, :]
+            running = ~finished[rows]
+            if 2 * int(running.sum()) <= rows.numel():
+                keep = running.nonzero().squeeze(-1)
+                if self.reuse_cache:
+                    levels.append((_cache_tensors(cache), mask, keep))
+                _map_cache(cache, lambda x, keep=keep: x.index_select(0, keep))
+                mask, rows, logits = mask[keep], rows[keep], logits[keep]
+        while levels:  # put the rows that ran longer back into the enclosing batches' caches
+            outer, outer_mask, keep = levels.pop()
+            extra = mask.shape[1] - outer_mask.shape[1]
+            merged_mask = torch.cat([outer_mask, outer_mask.new_zeros((outer_mask.shape[0], extra))], dim=1)
+            merged_mask[keep] = mask
+            inner = iter(_cache_tensors(cache))
+
+            def merge(x, outer=iter(outer), inner=inner, keep=keep, extra=extra):
+                tensor = next(outer)
+                tensor = torch.cat([tensor, tensor.new_zeros((*tensor.shape[:2], extra, tensor.shape[3]))], dim=2)
+                tensor[keep] = next(inner)
+                return tensor
+
+            _map_cache(cache, merge)
+            mask = merged_mask
         tok_rows, lp_rows = out_tokens.tolist(), out_logprobs.tolist()
-        lens, stop_list, last_active = lengths.tolist(), stopped.tolist(), active.tolist()
+        lens, stop_list, last_list = lengths.tolist(), stopped.tolist(), last_active.tolist()
         results = [Generation(tok_rows[i][:lens[i]], lp_rows[i][:lens[i]], stop_list[i]) for i in range(batch)]
         if self.reuse_cache:
             # cached now: each prompt and its reply, less the last token of rows still running at the last step
             for i, prompt in enumerate(prompts):
-                fed = lens[i] - (1 if last_active[i] else 0)
+                fed = lens[i] - (1 if last_list[i] else 0)
                 self._tokens[i] = list(prompt) + tok_rows[i][:fed]
             self._cache, self._mask = cache, mask
             if 1.0 - float(mask.sum()) / max(mask.numel(), 1) > self.compact_at:
