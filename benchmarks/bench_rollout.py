@@ -116,6 +116,7 @@ def iteration(module: GRPOModule, rows, seed: int) -> dict:
         "env_s": st.env_s, "prompt_s": st.prompt_s, "generation_s": st.generation_s,
         "prefill_tokens": st.prefill_tokens, "prompt_tokens": st.prompt_tokens,
         "generated_tokens": st.generated_tokens, "update_tokens": update_tokens, "forwards": len(micro),
+        "units": sum(len(m) for m in micro),
         "steps": len(samples),
     }
 
@@ -190,6 +191,7 @@ def main() -> None:
             "generated_tokens": int(med["generated_tokens"]),
             "generated_tokens_per_s": round(med["generated_tokens"] / med["generation_s"], 1),
             "update_tokens": int(med["update_tokens"]), "update_forwards": int(med["forwards"]),
+            "update_rows (units)": int(med["units"]),
             "update_tokens_per_s": round(med["update_tokens"] / med["update_s"], 1),
             "steps_per_episode": round(med["steps"] / n_ep, 2),
             "rollout_s": round(med["rollout_s"], 2), "update_s": round(med["update_s"], 2),

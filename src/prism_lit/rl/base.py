@@ -8,7 +8,9 @@ One training step is one RL iteration:
    whatever else its loss needs: returns, old values);
 3. ``update(samples)`` (shared): ``update.epochs`` passes over the buffer in shuffled minibatches (one optimizer
    step each, gradients averaged over DDP ranks and clipped to ``optim.max_grad_norm``), each run in
-   micro-batches whose gradients accumulate. Per micro-batch the loss is
+   micro-batches whose gradients accumulate. Samples are scored by unit: in ``sequence`` mode
+   (``rollout.episode_mode``) the steps of a full-history episode form one sequence, scored in one forward, with
+   exactly the per-step log-probs. Per micro-batch the loss is
 
        loss(...)  -  entropy_coef * agg(H(pi))  +  kl.coef * agg(KL(pi || pi_ref))
 

@@ -2,8 +2,10 @@
 
 Per step, for every live episode: the prompt is built by the shared :class:`AgentProtocol` (system prompt, the
 task's first observation, the last ``history_turns`` turns, the current observation with its admissible actions)
-and rendered with the tokenizer's chat template; all prompts are generated in one left-padded batch with a KV
-cache (:func:`prism_lit.rl.generation.generate`); each reply is parsed by the protocol and the env is stepped.
+and rendered with the tokenizer's chat template; all prompts are generated in one left-padded batch by a
+generation backend (:class:`~prism_lit.rl.generation.KVCacheBackend`: the policy with a KV cache, kept per row
+across turns in ``sequence`` mode so only the new tokens are prefilled); each reply is parsed by the protocol and
+the env is stepped.
 A malformed reply (``parse_action`` returns ``None``) gets ``invalid_action_penalty`` subtracted from its reward
 and the reply text is still sent to the env (envs answer garbage with a normal observation), so the episode goes on.
 
