@@ -14,6 +14,7 @@ from typing import Any
 
 EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("prism_lit.commands:generate", "Generate tasks and expert trajectories for an env (JSONL)."),
+    "import": ("prism_lit.commands:import_corpus", "Import AgentGym/ETO corpora with env task ids RL can replay."),
     "pipeline": ("prism_lit.pipeline.run:pipeline", "Run the whole PRISM pipeline from one config (resumable)."),
     "compare": ("prism_lit.pipeline.compare:compare", "Run several pipeline configs over seeds; write the table."),
 }

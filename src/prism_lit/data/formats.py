@@ -93,7 +93,7 @@ def iter_jsonl_or_json(path: str | os.PathLike) -> Iterable[tuple[int, Any]]:
             try:
                 items = json.load(fh)
             except json.JSONDecodeError as err:
-                raise TrajectoryFormatError(path, err.lineno, None, f"malformed JSON ({err.msg})")
+                raise TrajectoryFormatError(path, err.lineno, None, f"malformed JSON ({err.msg})") from None
         return list(enumerate(items, start=1))
     return list(iter_jsonl(path))
 

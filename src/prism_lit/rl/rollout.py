@@ -28,6 +28,7 @@ import torch
 
 from prism_lit.envs.protocol import AgentProtocol, Turn
 from prism_lit.envs.vector import EnvPool
+from prism_lit.policy.chat import stop_token_ids
 from prism_lit.rl.generation import GenerationBackend, KVCacheBackend, SamplingParams
 
 EpisodeMode = Literal["auto", "sequence", "per_step"]
@@ -207,11 +208,7 @@ class RolloutEngine:
         self.config = config or RolloutConfig()
         self._pools: dict[int, EnvPool] = {}
         self.stats = RolloutStats()
-        stop_ids = {tokenizer.eos_token_id}
-        im_end = tokenizer.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in tokenizer.get_vocab() else None
-        if im_end is not None:
-            stop_ids.add(im_end)
-        self.stop_token_ids = sorted(i for i in stop_ids if i is not None)
+        self.stop_token_ids = stop_token_ids(tokenizer)  # EOS, the template's end-of-turn, generation_config EOS ids
         self.sequence_mode = resolve_episode_mode(self.config.episode_mode, tokenizer, protocol)
 
     def make_backend(self, model) -> GenerationBackend:
