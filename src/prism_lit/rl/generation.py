@@ -187,6 +187,18 @@ def _map_cache(cache, fn) -> None:
         cache.value_cache = [fn(v) if v.numel() else v for v in cache.value_cache]
 
 
+def _cache_argument(model) -> str:
+    """The forward's name for the KV cache: ``cache`` (transformers >= 5.2x) or ``past_key_values``."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    try:
+        params = inspect.signature(base.forward).parameters
+    except (TypeError, ValueError):
+        return "past_key_values"
+    return "cache" if "cache" in params and "past_key_values" not in params else "past_key_values"
+
+
 def _growable_cache():
     """A ``DynamicCache`` whose layers grow into preallocated room (doubling) instead of concatenating at every
     token, which copies the whole cache each step (transformers >= 5; a plain ``DynamicCache`` before)."""
@@ -314,9 +326,9 @@ class KVCacheBackend:
         mask = torch.cat([self._mask, new_mask], dim=1)
         position_ids = position_ids_from_mask(mask)[:, -new_ids.shape[1]:]
         cache = self._cache if self._cache is not None else _growable_cache()
-        out = self.model(input_ids=new_ids, attention_mask=mask, position_ids=position_ids, past_key_values=cache,
-                         use_cache=True, logits_to_keep=1)
-        cache = out.past_key_values
+        cache_arg = _cache_argument(self.model)
+        out = self.model(input_ids=new_ids, attention_mask=mask, position_ids=position_ids, use_cache=True,
+                         logits_to_keep=1, **{cache_arg: cache})  # the cache object is updated in place
         stop_ids = torch.as_tensor(sorted(set(params.stop_token_ids)), dtype=torch.long, device=device)
         may_stop = None
         if params.stop_strings:
@@ -360,8 +372,7 @@ class KVCacheBackend:
             position_ids = mask.sum(-1, keepdim=True)
             mask = torch.cat([mask, active[:, None].long()], dim=1)
             out = self.model(input_ids=tokens[:, None], attention_mask=mask, position_ids=position_ids,
-                             past_key_values=cache, use_cache=True, logits_to_keep=1)
-            cache = out.past_key_values
+                             use_cache=True, logits_to_keep=1, **{cache_arg: cache})
             logits = out.logits[:, -1, :]
             running = ~finished[rows]
             if 2 * int(running.sum()) <= rows.numel():
