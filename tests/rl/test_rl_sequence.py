@@ -276,3 +276,14 @@ def test_the_decode_batch_shrinks_and_rows_that_stopped_keep_their_cache(gw_poli
     assert [g.token_ids for g in second] == [g.token_ids for g in fresh]
     for a, b in zip(second, fresh):
         assert a.logprobs == pytest.approx(b.logprobs, abs=1e-5)
+
+
+def test_bounded_history_chains_until_the_window_slides(gw_policy):
+    """history_turns=1: step 2's prompt still holds every turn (the first is always kept), step 3 drops one."""
+    model, tok = gw_policy
+    episodes, _ = _play(model, tok, "sequence", protocol=guess_word_protocol(history_turns=1))
+    long = [ep for ep in episodes if len(ep.steps) == 5]
+    assert long, "a random policy should use all five attempts somewhere"
+    for ep in long:
+        samples = _samples([ep])
+        assert chain_units(samples) == [[0, 1, 2], [3], [4]]
