@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from prism_lit.envs.protocol import AgentProtocol
 from prism_lit.pipeline import stages
 from prism_lit.pipeline.config import BaseModelSettings, ProbeSettings, SFTSettings
 
@@ -24,7 +25,7 @@ def ctx(tmp_path: Path):
                                attn_implementation="eager"),
         probe=ProbeSettings(batch_size=4, max_length=512, max_tokens=1024),
         sft=SFTSettings(data="all", batch_size=2, max_length=256, max_tokens=300),
-        artifacts=art, seed=3, trainer={})
+        env=SimpleNamespace(protocol=AgentProtocol(env="webshop")), artifacts=art, seed=3, trainer={})
 
 
 def spy_datamodule(monkeypatch, seen: dict):
@@ -41,11 +42,15 @@ def test_probe_gets_its_token_budget_and_the_model_settings(tmp_path, monkeypatc
     import prism_lit.policy as policy
 
     seen: dict = {}
-    monkeypatch.setattr(policy, "load_policy", lambda spec: (seen.setdefault("spec", spec), None))
+    import torch
+
+    monkeypatch.setattr(policy, "load_policy", lambda spec: (seen.setdefault("spec", spec) and torch.nn.Linear(1, 1),
+                                                             None))
     spy_datamodule(monkeypatch, seen)
     with pytest.raises(Stop):
         stages.probe_and_route(ctx(tmp_path))
     assert seen["data"]["max_tokens"] == 1024 and seen["data"]["batch_size"] == 4
+    assert seen["data"]["protocol"].env == "webshop"  # rendered as the rollouts render it
     spec = seen["spec"]
     assert (spec.dtype, spec.gradient_checkpointing, spec.attn_implementation) == ("bfloat16", True, "eager")
 
@@ -56,6 +61,7 @@ def test_sft_gets_its_token_budget(tmp_path, monkeypatch):
     with pytest.raises(Stop):
         stages.train_sft(ctx(tmp_path))
     assert seen["data"]["max_tokens"] == 300 and seen["data"]["max_length"] == 256
+    assert seen["data"]["protocol"].env == "webshop"
 
 
 @pytest.mark.parametrize("section, option", [(ProbeSettings, "probe.max_tokens"), (SFTSettings, "sft.max_tokens")])

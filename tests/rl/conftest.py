@@ -3,12 +3,7 @@
 import pytest
 
 from prism_lit.envs.protocol import AgentProtocol
-
-
-def guess_word_protocol(**overrides) -> AgentProtocol:
-    kwargs = {"env": "guess_word", "reply_format": "bare", "system_prompt": "Guess the word .", "show_admissible": False}
-    kwargs.update(overrides)
-    return AgentProtocol(**kwargs)
+from rl_helpers import guess_word_protocol
 
 
 @pytest.fixture(scope="session")

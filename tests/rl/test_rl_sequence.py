@@ -4,7 +4,7 @@ losses and gradients, the same greedy actions), plain and LoRA, left and right p
 
 import pytest
 import torch
-from conftest import guess_word_protocol
+from rl_helpers import guess_word_protocol
 
 from prism_lit.envs.guess_word import GUESS_WORD_ID
 from prism_lit.policy import LoraSpec, PolicySpec, load_policy
