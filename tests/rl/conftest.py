@@ -1,9 +1,9 @@
 """Fixtures of the RL tests: the guess-word protocol and a word-level tiny policy for it."""
 
 import pytest
+from rl_helpers import guess_word_protocol
 
 from prism_lit.envs.protocol import AgentProtocol
-from rl_helpers import guess_word_protocol
 
 
 @pytest.fixture(scope="session")

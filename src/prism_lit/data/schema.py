@@ -141,7 +141,7 @@ def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
             try:
                 yield number, json.loads(text)
             except json.JSONDecodeError as err:
-                raise TrajectoryFormatError(path, number, None, f"malformed JSON ({err.msg} at column {err.colno})")
+                raise TrajectoryFormatError(path, number, None, f"malformed JSON ({err.msg} at column {err.colno})") from None
 
 
 def read_trajectories(path: str | os.PathLike) -> list[Trajectory]:
