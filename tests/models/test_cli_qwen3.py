@@ -32,10 +32,26 @@ def test_probe_sft_rl_eval_of_a_tiny_qwen3_through_the_cli(tiny_model_dirs, tmp_
     probe["trainer"]["enable_progress_bar"] = False
     probe["trainer"]["callbacks"][0]["init_args"]["output_dir"] = str(tmp_path / "probe")
     probe["model"]["init_args"]["policy"] = {"path": qwen3, "chat_template_kwargs": {"enable_thinking": False}}
-    probe["data"]["init_args"].update(train_files=[str(corpus)], batch_size=4, protocol=protocol)
+    probe["data"]["init_args"].update(train_files=[str(corpus)], batch_size=4, protocol=protocol, max_length=8192)
     main(["fit", "--config", _write(tmp_path / "probe.yaml", probe)])
     partition = json.loads((tmp_path / "probe" / "partition.json").read_text())
     assert sorted(partition["sft_ids"] + partition["rl_ids"]) == [f"webshop-train-{i:05d}" for i in range(6)]
+    # Qwen3's template needs one sequence per turn here; the probe measures each trajectory as one sample, over the
+    # reply tokens of all its turns (not one part's)
+    from prism_lit.data.datamodule import TrajectoryDataModule
+    from prism_lit.envs.protocol import AgentProtocol
+    from prism_lit.policy import PolicySpec, load_tokenizer
+
+    data = TrajectoryDataModule(train_files=[str(corpus)], protocol=AgentProtocol(**protocol), batch_size=4,
+                                max_length=8192)
+    data.tokenizer = load_tokenizer(PolicySpec(path=qwen3, chat_template_kwargs={"enable_thinking": False}))
+    data.setup("fit")
+    trained: dict[str, int] = {}
+    for row in data.train_rows:
+        trained[row["id"]] = trained.get(row["id"], 0) + sum(label != -100 for label in row["labels"][1:])
+    assert max(data.train_rows["part"]) > 0
+    records = [json.loads(line) for line in (tmp_path / "probe" / "probe.jsonl").read_text().splitlines()]
+    assert {r["id"]: r["n_tokens"] for r in records} == trained
 
     sft = yaml.safe_load((CONFIGS / "sft_webshop_embedded.yaml").read_text())
     sft["trainer"].update(max_epochs=1, enable_progress_bar=False, default_root_dir=str(tmp_path / "sft"))

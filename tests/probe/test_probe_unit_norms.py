@@ -188,3 +188,33 @@ def test_logits_in_chunks_give_the_full_logits_result(side, chunk, adapter):
     assert torch.equal(chunked.n_tokens, full.n_tokens)
     with pytest.raises(ValueError, match="logits_chunk_tokens must be >= 1"):
         measure_unit_grad_norms(model, batch, logits_chunk_tokens=0)
+
+
+@pytest.mark.parametrize("chunk", [None, 5])
+def test_rows_of_one_trajectory_are_measured_as_one_sample(chunk):
+    """A trajectory tokenised as several sequences (Qwen3's template) is one sample: its loss is the mean over the
+    trained tokens of all its rows and its gradient the sum over them (not one part's)."""
+    model = tiny_llama()
+    batch = {**padded_batch("right", lengths=[13, 6, 10, 9]), "id": ["a", "b", "a", "c"]}
+    result = measure_unit_grad_norms(model, batch, logits_chunk_tokens=chunk)
+    assert result.rows == [0, 1, 3] and result.norms.shape == (3, 14)
+
+    units = [m.weight for _, m in find_units(model)]
+    ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
+
+    def oracle(rows):
+        total, n = 0.0, 0
+        for r in rows:
+            keep = mask[r].bool()
+            logits = model(input_ids=ids[r][keep][None]).logits[0, :-1]
+            target = labels[r][keep][1:]
+            valid = target != -100
+            total = total + torch.nn.functional.cross_entropy(logits[valid], target[valid], reduction="sum")
+            n += int(valid.sum())
+        grads = torch.autograd.grad(total / n, units)
+        return torch.stack([g.double().norm() for g in grads]), float(total / n), n
+
+    for sample, rows in enumerate([[0, 2], [1], [3]]):
+        norms, loss, n = oracle(rows)
+        torch.testing.assert_close(result.norms[sample], norms, rtol=1e-4, atol=1e-7)
+        assert result.loss[sample].item() == pytest.approx(loss, rel=1e-5) and int(result.n_tokens[sample]) == n

@@ -56,6 +56,45 @@ def bucketed_batches(
     return batches
 
 
+def bucketed_groups(
+    groups: Sequence[Sequence[int]],
+    lengths: Sequence[int],
+    batch_size: int,
+    *,
+    max_tokens: int | None = None,
+    seed: int = 0,
+    shuffle: bool = True,
+) -> list[list[int]]:
+    """Batches of whole groups (all rows of one trajectory together), similar lengths side by side.
+
+    A batch takes groups while it has at most ``batch_size`` rows and ``rows × longest <= max_tokens``; a group
+    larger than that is a batch of its own (the probe needs every row of a trajectory in one batch)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    longest = [max(lengths[i] for i in g) for g in groups]
+    order = list(range(len(groups)))
+    rng = random.Random(seed)
+    if shuffle:
+        rng.shuffle(order)
+    order.sort(key=lambda k: longest[k])
+    batches: list[list[int]] = []
+    current: list[int] = []
+    current_longest = 0
+    for k in order:
+        rows = len(current) + len(groups[k])
+        width = max(current_longest, longest[k])
+        if current and (rows > batch_size or (max_tokens is not None and rows * width > max_tokens)):
+            batches.append(current)
+            current, width = [], longest[k]
+        current = current + list(groups[k])
+        current_longest = width
+    if current:
+        batches.append(current)
+    if shuffle:
+        rng.shuffle(batches)
+    return batches
+
+
 def padding_overhead(lengths: Sequence[int], batches: Sequence[Sequence[int]]) -> float:
     """Padded tokens / real tokens (1.0 = no padding)."""
     real = sum(lengths)

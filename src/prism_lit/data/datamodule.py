@@ -16,7 +16,7 @@ from typing import Any
 import lightning as L
 from torch.utils.data import DataLoader
 
-from prism_lit.data.batching import BatchDataset, bucketed_batches, padding_overhead
+from prism_lit.data.batching import BatchDataset, bucketed_batches, bucketed_groups, padding_overhead
 from prism_lit.data.formats import load_trajectories
 from prism_lit.data.schema import Trajectory, TrajectoryFormatError
 from prism_lit.data.tokenize import SampleTooLongError, Truncation, tokenize_trajectory_samples
@@ -210,8 +210,8 @@ class TrajectoryDataModule(L.LightningDataModule):
         )
         if len(train) + len(val) > kept:
             # each turn trained in its own rollout prompt (Qwen3's template, a binding history bound): docs/data.md
-            message += (f"; {len(train) + len(val)} sequences (several per trajectory: a probe scores each "
-                        "trajectory by one of them)")
+            message += (f"; {len(train) + len(val)} sequences (several per trajectory, kept in one batch; the "
+                        "probe measures them as one sample)")
         (log.warning if self.stats["skipped"] else log.info)(message)
 
     # ------------------------------------------------------------------ loaders
@@ -227,7 +227,17 @@ class TrajectoryDataModule(L.LightningDataModule):
     def _loader(self, rows, indices: list[int], shuffle: bool, seed: int) -> DataLoader:
         lengths_all = rows["length"]
         lengths = [lengths_all[i] for i in indices]
-        if self.bucket:
+        parts = rows["part"] if "part" in rows.column_names else None
+        if parts is not None and any(parts[i] for i in indices):
+            # a trajectory tokenised as several sequences: its rows stay in one batch (the probe measures the
+            # trajectory as one sample; SFT sees the same batches)
+            by_id: dict[str, list[int]] = {}
+            ids_all = rows["id"]
+            for local, i in enumerate(indices):
+                by_id.setdefault(ids_all[i], []).append(local)
+            local = bucketed_groups(list(by_id.values()), lengths, self.batch_size, max_tokens=self.max_tokens,
+                                    seed=seed, shuffle=shuffle)
+        elif self.bucket:
             local = bucketed_batches(lengths, self.batch_size, max_tokens=self.max_tokens, seed=seed, shuffle=shuffle)
         else:
             import random

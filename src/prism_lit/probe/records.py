@@ -82,9 +82,11 @@ def _metadata(batch: Mapping[str, Any], size: int) -> dict[str, list[str]]:
 
 
 def records_from_norms(batch: Mapping[str, Any], result: UnitGradNorms) -> list[ProbeRecord]:
-    """One ProbeRecord per sample of `batch`, from the norms measured on it."""
+    """One ProbeRecord per sample of `batch` (a row, or the rows of one trajectory), from the norms measured."""
     norms = result.norms.detach().to("cpu", torch.float64)
-    meta = _metadata(batch, norms.shape[0])
+    rows = result.rows if result.rows is not None else list(range(norms.shape[0]))
+    meta = _metadata(batch, len(batch["input_ids"]) if "input_ids" in batch else norms.shape[0])
+    meta = {key: [values[r] for r in rows] for key, values in meta.items()}
     stats = {name: fn(norms).tolist() for name, fn in CONCENTRATION_FUNCTIONS.items()}
     l2 = norms.square().sum(dim=-1).sqrt().tolist()
     loss = result.loss.detach().cpu().tolist()

@@ -58,14 +58,16 @@ NormMethod = Literal["auto", "direct", "ghost"]
 class UnitGradNorms:
     """Result of one batched probe pass.
 
-    norms: [B, N] float64, ‖∇_{W_u} L_i‖_F; unit_names: the N unit names; loss: [B] float64, L_i (NaN when
-    the sample has no trained token); n_tokens: [B] long, |V_i|.
+    norms: [S, N] float64, ‖∇_{W_u} L_i‖_F; unit_names: the N unit names; loss: [S] float64, L_i (NaN when
+    the sample has no trained token); n_tokens: [S] long, |V_i|; rows: the batch row where each sample starts.
+    A sample is a row, or all the rows of one trajectory (rows sharing the batch's ``id``, see `_row_groups`).
     """
 
     norms: torch.Tensor
     unit_names: list[str]
     loss: torch.Tensor
     n_tokens: torch.Tensor
+    rows: list[int] | None = None
 
 
 def _root_module(model: nn.Module) -> nn.Module:
@@ -167,16 +169,21 @@ def _targets(labels: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor
 
 
 def _chunked_losses(
-    hidden: torch.Tensor, lm_head: nn.Module, labels: torch.Tensor, attention_mask: torch.Tensor, chunk: int
+    hidden: torch.Tensor, lm_head: nn.Module, labels: torch.Tensor, attention_mask: torch.Tensor, chunk: int,
+    group: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-sample mean CE from the final hidden states, ``chunk`` positions at a time, with ∂(Σ_i L_i)/∂hidden.
 
     Only positions with a target are projected onto the vocabulary, and only one chunk's logits exist at a time.
-    Returns (loss [B], n_tokens [B], grad_hidden like ``hidden``).
+    Returns (loss [B], n_tokens [B], grad_hidden like ``hidden``); with ``group`` (rows of one sample) each row's
+    loss is its share of its sample's mean (sum the rows of a sample for the sample's loss) and n_tokens is the
+    sample's count.
     """
     targets = _targets(labels, attention_mask)
     valid = targets != IGNORE_INDEX
     n_tokens = valid.sum(dim=1)
+    if group is not None:
+        n_tokens = torch.zeros_like(n_tokens).index_add_(0, group, n_tokens)[group]
     weight = 1.0 / n_tokens.clamp(min=1).to(torch.float32)  # each sample's mean over its own targets
     rows, cols = valid.nonzero(as_tuple=True)
     loss = torch.zeros(hidden.shape[0], dtype=torch.float32, device=hidden.device)
@@ -190,6 +197,36 @@ def _chunked_losses(
         loss.index_add_(0, r, ce.detach())
         grad_hidden[r, c] = grad.to(hidden.dtype)
     return loss, n_tokens, grad_hidden
+
+
+def _row_groups(batch: Mapping[str, Any], device: torch.device) -> torch.Tensor | None:
+    """[B] sample index of every row when rows share an ``id`` (a trajectory tokenised as several sequences, as
+    Qwen3's template needs), else ``None``. A trajectory's loss is the mean over the trained tokens of all its
+    rows and its gradient the sum over them, so its norms are those of the trajectory, not of one part."""
+    ids = batch.get("id")
+    if ids is None:
+        return None
+    ids = [str(i) for i in ids]
+    if len(set(ids)) == len(ids):
+        return None
+    first: dict[str, int] = {}
+    return torch.tensor([first.setdefault(i, len(first)) for i in ids], device=device)
+
+
+def _group_rows(x: torch.Tensor, group: torch.Tensor, n_groups: int) -> torch.Tensor:
+    """[B, T, d] → [S, R·T, d]: each sample's rows side by side in time (zero rows pad the smaller samples).
+
+    ‖Σ_rows Σ_t δ xᵀ‖ over a sample is then the per-sample reduction of `_sq_norms` on the joined rows."""
+    counts = torch.bincount(group, minlength=n_groups)
+    width = int(counts.max())
+    slot = torch.zeros_like(group)
+    seen = torch.zeros(n_groups, dtype=torch.long, device=group.device)
+    for r, g in enumerate(group.tolist()):  # B is small: a Python loop over rows, not tokens
+        slot[r] = seen[g]
+        seen[g] += 1
+    out = x.new_zeros(n_groups, width, *x.shape[1:])
+    out[group, slot] = x
+    return out.reshape(n_groups, width * x.shape[1], x.shape[2])
 
 
 def _use_ghost(t: int, d_in: int, d_out: int) -> bool:
@@ -302,7 +339,9 @@ def measure_unit_grad_norms(
     targets = find_units(model, units)
     b = input_ids.shape[0]
     device = input_ids.device
-    sq = torch.zeros(b, len(targets), dtype=torch.float64, device=device)
+    group = _row_groups(batch, device)
+    n_samples = b if group is None else int(group.max()) + 1
+    sq = torch.zeros(n_samples, len(targets), dtype=torch.float64, device=device)
     calls_per_unit = 2 if activation_checkpointing else 1  # the forward, then the recomputation
     calls = [0] * len(targets)
     inputs: dict[int, torch.Tensor] = {}
@@ -311,7 +350,10 @@ def measure_unit_grad_norms(
 
     def reduce_when_ready(idx: int) -> None:
         if idx in inputs and idx in grads:
-            sq[:, idx] = _sq_norms(inputs.pop(idx), grads.pop(idx), method, max_scratch_elements)
+            x, g = inputs.pop(idx), grads.pop(idx)
+            if group is not None:
+                x, g = _group_rows(x, group, n_samples), _group_rows(g, group, n_samples)
+            sq[:, idx] = _sq_norms(x, g, method, max_scratch_elements)
             reduced.add(idx)
 
     def forward_hook(idx: int):
@@ -374,9 +416,12 @@ def measure_unit_grad_norms(
                     "chunked loss cannot apply it; shard the root with reshard_after_forward=False "
                     "(prism_lit.distributed.apply_fsdp2 does) or pass logits_chunk_tokens=None")
             loss, n_tokens, grad_hidden = _chunked_losses(
-                hidden, head, labels, attention_mask, logits_chunk_tokens)
+                hidden, head, labels, attention_mask, logits_chunk_tokens, group)
             return hidden, grad_hidden, loss, n_tokens
         loss, n_tokens = per_sample_losses(out.logits, labels, attention_mask)
+        if group is not None:  # a row's share of its sample's mean: Σ_row CE / the sample's token count
+            n_sample = torch.zeros_like(n_tokens).index_add_(0, group, n_tokens)[group]
+            loss, n_tokens = loss * n_tokens / n_sample.clamp(min=1), n_sample
         # Σ_i L_i: its gradient w.r.t. sample i's activations is ∇L_i (samples do not interact)
         return loss.sum(), None, loss.detach(), n_tokens
 
@@ -414,8 +459,13 @@ def measure_unit_grad_norms(
             "model produced NaN/inf activations or gradients (check the dtype and attention over padding)"
         )
     loss = loss.detach().double()
+    rows = list(range(b))
+    if group is not None:
+        rows = [group.tolist().index(s) for s in range(n_samples)]
+        loss = torch.zeros(n_samples, dtype=loss.dtype, device=device).index_add_(0, group, loss)
+        n_tokens = n_tokens[rows]
     loss = torch.where(n_tokens > 0, loss, torch.full((), float("nan"), dtype=loss.dtype, device=device))
-    return UnitGradNorms(sq.sqrt(), [name for name, _ in targets], loss, n_tokens)
+    return UnitGradNorms(sq.sqrt(), [name for name, _ in targets], loss, n_tokens, rows)
 
 
 def _call(fn: Callable[[], Any]) -> Any:
