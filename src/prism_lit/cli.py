@@ -62,7 +62,7 @@ def _cli_kwargs() -> dict[str, Any]:
         "subclass_mode_model": True,
         "subclass_mode_data": True,
         "save_config_kwargs": {"overwrite": True},
-        "parser_kwargs": {"description": DESCRIPTION, "formatter_class": _raw_formatter()},
+        "parser_kwargs": {"description": DESCRIPTION, "formatter_class": _raw_formatter(), "exit_on_error": False},
     }
 
 
@@ -109,29 +109,67 @@ _DICT_SECTIONS = {"--rl.module": "rl", "--probe.router": "probe"}
 
 
 def _refuse_dict_overrides(command: str, args: list[str]) -> None:
+    from prism_lit.errors import ConfigError
+
     for arg in args:
         for prefix, section in _DICT_SECTIONS.items():
             if arg == prefix or arg.startswith((prefix + ".", prefix + "=")):
-                raise SystemExit(
-                    f"prism-lit {command}: {arg.split('=')[0]} cannot be set on the command line "
-                    f"({prefix[2:]} is a class_path dict). Copy the config's {section} section to a YAML file, "
-                    f"edit it there and pass --{section} that_file.yaml.")
+                raise ConfigError(
+                    f"{arg.split('=')[0]} cannot be set on the command line ({prefix[2:]} is a class_path dict).",
+                    hint=f"Copy the config's {section} section to a YAML file, edit it there and pass "
+                         f"--{section} that_file.yaml.")
 
 
-def main(argv: list[str] | None = None) -> None:
-    from_shell = argv is None
-    argv = list(sys.argv[1:] if argv is None else argv)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is downloaded at run time
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+DEBUG_FLAG = "--debug"
+DEBUG_ENV = "PRISM_LIT_DEBUG"
+
+
+def _pop_debug(argv: list[str]) -> tuple[bool, list[str]]:
+    """``--debug`` is ours, not LightningCLI's or jsonargparse's: take it out before they parse argv."""
+    rest = [a for a in argv if a != DEBUG_FLAG]
+    env = os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
+    return len(rest) != len(argv) or env, rest
+
+
+def _run(argv: list[str], from_shell: bool) -> None:
     if argv and argv[0] in EXTRA_COMMANDS:
         from jsonargparse import CLI
 
         target, help_ = EXTRA_COMMANDS[argv[0]]
         if argv[0] == "pipeline":
             _refuse_dict_overrides(argv[0], argv[1:])
-        CLI(_load(target), args=argv[1:], prog=f"prism-lit {argv[0]}", description=help_)
+        CLI(_load(target), args=argv[1:], prog=f"prism-lit {argv[0]}", description=help_, exit_on_error=False)
         return
+    if from_shell:
+        sys.argv[1:] = argv  # without --debug; LightningCLI reads sys.argv itself
     _lightning_cli(None if from_shell else argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The ``prism-lit`` entry point. Bad input ends in one paragraph on stderr and exit status 1 (2 for a
+    command line jsonargparse rejects, 130 for Ctrl-C); ``--debug`` or ``PRISM_LIT_DEBUG=1`` adds the traceback."""
+    from_shell = argv is None
+    debug, argv = _pop_debug(list(sys.argv[1:] if argv is None else argv))
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is downloaded at run time
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    command = argv[0] if argv and not argv[0].startswith("-") else None
+    try:
+        _run(argv, from_shell)
+    except KeyboardInterrupt:
+        from prism_lit.errors import report_interrupt
+
+        sys.exit(report_interrupt(command))
+    except Exception as err:
+        from jsonargparse import ArgumentError
+
+        from prism_lit.errors import is_user_error, report_error, report_usage_error
+
+        if isinstance(err, ArgumentError):
+            sys.exit(report_usage_error(err, command, debug))
+
+        if not is_user_error(err):
+            raise  # a bug: the whole traceback, as Python prints it
+        sys.exit(report_error(err, command, argv, debug))
 
 
 if __name__ == "__main__":
