@@ -42,6 +42,7 @@ class TokenizedSample:
     labels: list[int]
     truncated: bool
     weights: list[float] | None = None  # per-token loss weights; None: every trained token weighs 1
+    full_length: int = 0  # tokens before truncation
 
 
 def _render(tokenizer, messages: Sequence[dict[str, str]], add_generation_prompt: bool = False) -> list[int]:
@@ -99,7 +100,7 @@ def tokenize_trajectory(
     if context_weight > 0:
         weights = [1.0 if label != IGNORE_INDEX else context_weight for label in labels]
         labels = list(input_ids)
-    truncated = False
+    truncated, full_length = False, len(input_ids)
     if max_length is not None and len(input_ids) > max_length:
         if truncation == "fail":
             raise SampleTooLongError(
@@ -113,4 +114,4 @@ def tokenize_trajectory(
         weights = weights[keep] if weights is not None else None
     if all(label == IGNORE_INDEX for label in labels[1:]):
         return None
-    return TokenizedSample(input_ids, labels, truncated, weights)
+    return TokenizedSample(input_ids, labels, truncated, weights, full_length)
