@@ -47,12 +47,22 @@ def _cli_class():
         def before_instantiate_classes(self) -> None:
             # `enable_progress_bar: false` must win over the default RichProgressBar rather than be an error
             config = self.config[self.subcommand] if self.subcommand else self.config
+            _check_ckpt_path(config.get("ckpt_path"))
             if config.trainer.get("enable_progress_bar") is False and config.trainer.get("callbacks"):
                 config.trainer.callbacks = [
                     c for c in config.trainer.callbacks if "ProgressBar" not in str(c.get("class_path", ""))
                 ]
 
     return PrismCLI
+
+
+def _check_ckpt_path(ckpt_path: str | None) -> None:
+    """A damaged ``--ckpt_path`` is an error naming it and the way to discard it, before any model is built."""
+    if not ckpt_path or ckpt_path in ("last", "best", "hpc") or str(ckpt_path).startswith("registry"):
+        return
+    from prism_lit.io import check_checkpoint
+
+    check_checkpoint(ckpt_path)
 
 
 def _cli_kwargs() -> dict[str, Any]:
