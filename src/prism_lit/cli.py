@@ -113,23 +113,6 @@ def _load(target: str) -> Callable:
     return getattr(importlib.import_module(module), name)
 
 
-# Class-path settings of the pipeline held as plain dicts: jsonargparse ignores a nested override of them and
-# fails on a whole one, so both are refused here with the way that works.
-_DICT_SECTIONS = {"--rl.module": "rl", "--probe.router": "probe"}
-
-
-def _refuse_dict_overrides(command: str, args: list[str]) -> None:
-    from prism_lit.errors import ConfigError
-
-    for arg in args:
-        for prefix, section in _DICT_SECTIONS.items():
-            if arg == prefix or arg.startswith((prefix + ".", prefix + "=")):
-                raise ConfigError(
-                    f"{arg.split('=')[0]} cannot be set on the command line ({prefix[2:]} is a class_path dict).",
-                    hint=f"Copy the config's {section} section to a YAML file, edit it there and pass "
-                         f"--{section} that_file.yaml.")
-
-
 DEBUG_FLAG = "--debug"
 DEBUG_ENV = "PRISM_LIT_DEBUG"
 
@@ -146,8 +129,6 @@ def _run(argv: list[str], from_shell: bool) -> None:
         from jsonargparse import CLI
 
         target, help_ = EXTRA_COMMANDS[argv[0]]
-        if argv[0] == "pipeline":
-            _refuse_dict_overrides(argv[0], argv[1:])
         CLI(_load(target), args=argv[1:], prog=f"prism-lit {argv[0]}", description=help_, exit_on_error=False)
         return
     if from_shell:
@@ -176,7 +157,6 @@ def main(argv: list[str] | None = None) -> None:
 
         if isinstance(err, ArgumentError):
             sys.exit(report_usage_error(err, command, debug))
-
         if not is_user_error(err):
             raise  # a bug: the whole traceback, as Python prints it
         sys.exit(report_error(err, command, argv, debug))

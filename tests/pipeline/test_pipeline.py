@@ -17,6 +17,10 @@ from prism_lit.pipeline.run import STAGE_ORDER, pipeline, read_stage_marker
 from prism_lit.policy import EmbeddedModelSpec
 
 
+RL_MODULE = {"class_path": "prism_lit.rl.reinforce.ReinforceModule",
+             "init_args": {"group_size": 2, "lr": 1e-4, "rollout": {"max_new_tokens": 8, "max_steps": 3}}}
+
+
 def _settings(tmp_path, router="prism_lit.probe.routers.PrismRouter"):
     return {
         "run_dir": str(tmp_path / "run"),
@@ -30,10 +34,7 @@ def _settings(tmp_path, router="prism_lit.probe.routers.PrismRouter"):
         "probe": ProbeSettings(corpus_tasks=12, batch_size=4,
                             router={"class_path": router, "init_args": {}}),
         "sft": SFTSettings(epochs=1, batch_size=4),
-        "rl": RLSettings(module={"class_path": "prism_lit.rl.reinforce.ReinforceModule",
-                              "init_args": {"group_size": 2, "lr": 1e-4,
-                                            "rollout": {"max_new_tokens": 8, "max_steps": 3}}},
-                      data={"tasks_per_batch": 2}, max_steps=1),
+        "rl": RLSettings(module=RL_MODULE, data={"tasks_per_batch": 2}, max_steps=1),
         "eval": EvalSettings(policies=["base", "final"], max_steps=3, batch_size=4, max_new_tokens=8),
         "trainer": {"enable_progress_bar": False},
     }
@@ -85,7 +86,7 @@ def _compare_configs(tmp_path, methods=(("prism-gini", "PrismRouter"), ("random"
             "probe": {"corpus_tasks": 8, "batch_size": 4,
                       "router": {"class_path": f"prism_lit.probe.routers.{router}", "init_args": {}}},
             "sft": {"epochs": 1, "batch_size": 4},
-            "rl": {"module": s["rl"].module, "data": {"tasks_per_batch": 2}, "max_steps": 1},
+            "rl": {"module": RL_MODULE, "data": {"tasks_per_batch": 2}, "max_steps": 1},
             "eval": {"policies": ["final"], "max_steps": 2, "batch_size": 3, "max_new_tokens": 6},
             "trainer": {"enable_progress_bar": False},
         }
@@ -329,13 +330,19 @@ def test_a_finished_stage_made_with_other_settings_is_refused_until_rerun(tmp_pa
     assert sft_marker["settings"]["sft"]["lr"] == settings["sft"].lr
 
     settings["sft"].lr = 5e-4
-    with pytest.raises(ValueError, match=r"stage 'sft' .*sft\.lr: 0\.001 -> 0\.0005.*--rerun sft"):
+    with pytest.raises(ValueError, match=r"stage 'sft' .*sft\.lr: 0\.001 -> 0\.0005.*--rerun '\[sft\]'"):
         pipeline(**settings, stop_after="sft")
     assert (run / "pipeline_config.json").read_text() == config_before  # nothing was changed
     assert read_stage_marker(run, "sft") == sft_marker
 
+    old_weights = (run / "sft" / "export" / "model.safetensors").read_bytes()
     pipeline(**settings, stop_after="sft", rerun=["sft"])
     assert read_stage_marker(run, "sft")["settings"]["sft"]["lr"] == 5e-4
+    # --rerun retrained from scratch (not resumed from the old last.ckpt) and kept the old outputs aside
+    assert read_stage_marker(run, "sft")["info"]["steps"] == sft_marker["info"]["steps"] > 0
+    assert (run / "sft" / "export" / "model.safetensors").read_bytes() != old_weights
+    (moved,) = (run / "replaced").iterdir()
+    assert moved.name.startswith("sft-") and (moved / "export" / "model.safetensors").read_bytes() == old_weights
     probe_marker = read_stage_marker(run, "probe")
     pipeline(**settings, stop_after="sft")  # the same settings again: every stage is reused
     assert read_stage_marker(run, "probe") == probe_marker

@@ -17,8 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from prism_lit.io import atomic_write_json, atomic_write_text, save_figure
-
-SHARED_STAGES = ("tasks", "base")
+from prism_lit.pipeline.context import SHARED_STAGES
 
 
 def _parse_pipeline_config(path: str, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -34,7 +33,7 @@ def _parse_pipeline_config(path: str, overrides: dict[str, Any]) -> dict[str, An
     try:
         init = parser.instantiate_classes(parser.parse_args(args))
     except Exception as err:
-        raise ValueError(f"compare: {path}: {err}") from err
+        raise ValueError(f"compare: {path}: {' '.join(str(err).split())}") from err
     return {k: v for k, v in vars(init).items() if k != "config"}
 
 

@@ -1,12 +1,137 @@
-"""Typed settings of the PRISM pipeline; ``prism-lit pipeline --config X.yaml`` reads them (jsonargparse)."""
+"""Typed settings of the PRISM pipeline; ``prism-lit pipeline --config X.yaml`` reads them (jsonargparse).
+
+Every value is checked when its section is built, that is when the config is parsed, before the first stage
+runs: a bad setting costs no compute. The router and the RL module are typed plugins: jsonargparse builds them
+from ``{class_path, init_args}`` (so ``--probe.router.init_args.rl_fraction 0.3`` works), and Python callers may
+pass the same dict or the object itself.
+"""
 
 from __future__ import annotations
 
+import functools
+import importlib
+import inspect
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from prism_lit.envs.protocol import AgentProtocol
-from prism_lit.policy import EmbeddedModelSpec, LoraSpec
+from prism_lit.policy import EmbeddedModelSpec, LoraSpec, PolicySpec
+from prism_lit.probe.routers import PrismRouter, Router
+from prism_lit.rl.base import RLModuleBase
+
+# What the pipeline passes to the RL module's factory when the RL stage starts; the config gives the rest.
+RLModuleFactory = Callable[[PolicySpec, AgentProtocol, str, dict[str, Any]], RLModuleBase]
+
+
+def _import_class(class_path: str, option: str) -> type:
+    module_name, _, class_name = str(class_path).rpartition(".")
+    try:
+        return getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError, ValueError) as err:
+        raise ValueError(f"{option}.class_path: {class_path!r} cannot be imported ({err})") from None
+
+
+def _check_init_args(cls: type, init_args: dict[str, Any], option: str, given: tuple[str, ...] = ()) -> None:
+    params = inspect.signature(cls).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    unknown = sorted(set(init_args) - set(params))
+    if unknown:
+        accepted = sorted(set(params) - set(given) - {"self"})
+        raise ValueError(f"{option}.init_args: {cls.__name__} has no argument {', '.join(map(repr, unknown))}; "
+                         f"it accepts {', '.join(accepted)}")
+
+
+def build_plugin(spec: Any, base: type, option: str) -> Any:
+    """An object from ``{"class_path": ..., "init_args": {...}}`` (or the object itself), checked to be a ``base``."""
+    if isinstance(spec, base):
+        return spec
+    if not isinstance(spec, dict) or "class_path" not in spec:
+        raise ValueError(f"{option}: expected {{class_path: ..., init_args: {{...}}}}, got {spec!r}")
+    cls = _import_class(spec["class_path"], option)
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        raise ValueError(f"{option}.class_path: {spec['class_path']!r} is not a {base.__name__}")
+    init_args = dict(spec.get("init_args") or {})
+    _check_init_args(cls, init_args, option)
+    try:
+        return cls(**init_args)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{option}.init_args: {err}") from None
+
+
+def rl_module_factory(spec: Any, option: str = "rl.module") -> RLModuleFactory:
+    """A factory of the RL module from a class_path dict (jsonargparse gives one already built)."""
+    if callable(spec) and not isinstance(spec, dict):
+        return spec
+    if not isinstance(spec, dict) or "class_path" not in spec:
+        raise ValueError(f"{option}: expected {{class_path: ..., init_args: {{...}}}}, got {spec!r}")
+    cls = _import_class(spec["class_path"], option)
+    if not (isinstance(cls, type) and issubclass(cls, RLModuleBase)):
+        raise ValueError(f"{option}.class_path: {spec['class_path']!r} is not an RLModuleBase subclass")
+    init_args = dict(spec.get("init_args") or {})
+    _check_init_args(cls, init_args, option, given=("policy", "protocol", "env_id", "env_kwargs"))
+    return functools.partial(cls, **init_args)
+
+
+def plugin_spec(obj: Any) -> dict[str, Any]:
+    """``{class_path, init_args}`` of a plugin object or factory, for the run's records (JSON values).
+
+    init_args are read back from attributes named like the constructor's parameters (the convention of every
+    router and RL module here); a value that is not kept under its own name is left out.
+    """
+    if isinstance(obj, functools.partial):
+        cls = obj.func if isinstance(obj.func, type) else next((a for a in reversed(obj.args) if isinstance(a, type)),
+                                                              None)
+        init_args = dict(obj.keywords)
+        if cls is None:
+            return {"class_path": repr(obj), "init_args": _jsonable(init_args)}
+    else:
+        cls = type(obj)
+        params = [p for p in inspect.signature(cls).parameters.values()
+                  if p.kind not in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)]
+        init_args = {p.name: getattr(obj, p.name) for p in params if hasattr(obj, p.name)}
+    return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": _jsonable(init_args)}
+
+
+def _jsonable(value: Any) -> Any:
+    import dataclasses
+
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _jsonable({f.name: getattr(value, f.name) for f in dataclasses.fields(value)
+                          if not f.name.startswith("_")})
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return repr(value)
+
+
+def settings_json(section: Any) -> Any:
+    """A settings section as JSON values, plugins as their ``{class_path, init_args}``."""
+    import dataclasses
+
+    if dataclasses.is_dataclass(section) and not isinstance(section, type):
+        out = {}
+        for f in dataclasses.fields(section):
+            value = getattr(section, f.name)
+            plugin = isinstance(value, (Router, functools.partial)) or f.name == "module"
+            out[f.name] = plugin_spec(value) if plugin else settings_json(value)
+        return out
+    return _jsonable(section)
+
+
+def _at_least(option: str, value: Any, low: float) -> None:
+    if value is None or not isinstance(value, (int, float)) or isinstance(value, bool) or value < low:
+        raise ValueError(f"{option} must be >= {low:g}, got {value!r}")
+
+
+def _positive(option: str, value: Any) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{option} must be > 0, got {value!r}")
 
 
 @dataclass
@@ -29,6 +154,15 @@ class EnvSettings:
     eval_splits: dict[str, int] = field(default_factory=lambda: {"test": 50})
     expert_kwargs: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        if isinstance(self.protocol, dict):
+            self.protocol = AgentProtocol(**self.protocol)
+        if "split" in self.kwargs:
+            raise ValueError("env.kwargs.split: the split is set per use (env.train_split for the corpus and RL, "
+                             "env.eval_splits for evaluation); remove it from env.kwargs")
+        for split, n in self.eval_splits.items():
+            _at_least(f"env.eval_splits.{split}", n, 1)
+
 
 @dataclass
 class BaseModelSettings:
@@ -50,6 +184,10 @@ class BaseModelSettings:
         copy_warmup_steps: steps of copy warm-up before pre-training (half bare copies, half in the chat format,
             batch 16, on words of the pre-training tasks; see ``prism_lit.policy.copy_warmup``). A small model
             trained from scratch on episodes never starts copying from its context without it. 0: none.
+        dtype: parameter dtype of every policy the pipeline loads (``float32``, ``bfloat16``, ``float16``); mixed
+            precision is the trainer's ``precision``. An 8B model wants ``bfloat16``.
+        attn_implementation: ``sdpa``, ``eager`` or ``flash_attention_2`` where installed.
+        gradient_checkpointing: recompute activations in the backward pass of SFT and RL (less memory).
     """
 
     path: str | None = None
@@ -61,6 +199,9 @@ class BaseModelSettings:
     pretrain_batch_size: int = 8
     pretrain_context_weight: float = 0.1
     copy_warmup_steps: int = 0
+    dtype: str = "float32"
+    attn_implementation: str = "sdpa"
+    gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         if self.copy_warmup_steps < 0:
@@ -70,8 +211,13 @@ class BaseModelSettings:
                              f"({self.path!r}): remove one of them")
         if not 0.0 <= self.pretrain_context_weight <= 1.0:
             raise ValueError(f"base.pretrain_context_weight must be in [0, 1], got {self.pretrain_context_weight!r}")
-        if self.pretrain_batch_size < 1:
-            raise ValueError(f"base.pretrain_batch_size must be >= 1, got {self.pretrain_batch_size!r}")
+        _at_least("base.pretrain_batch_size", self.pretrain_batch_size, 1)
+        _at_least("base.pretrain_tasks", self.pretrain_tasks, 1)
+        _at_least("base.pretrain_epochs", self.pretrain_epochs, 1)
+        _positive("base.pretrain_lr", self.pretrain_lr)
+        if isinstance(self.embedded, dict):
+            self.embedded = EmbeddedModelSpec(**self.embedded)
+        PolicySpec(path=self.path or ".", dtype=self.dtype)  # checks the dtype name
 
 
 @dataclass
@@ -80,18 +226,23 @@ class ProbeSettings:
 
     Args:
         corpus_tasks: expert trajectories measured and routed (the corpus D).
-        router: the router as ``{"class_path": ..., "init_args": {...}}`` (see docs/method.md).
+        router: the router, ``{"class_path": ..., "init_args": {...}}`` in YAML (see docs/method.md); any
+            :class:`~prism_lit.probe.routers.Router` subclass, yours included.
         batch_size: trajectories per probe batch.
         max_length: token limit per trajectory (longer ones are truncated on the right; keep it above the corpus's longest
             trajectory, or the final turns are never trained).
     """
 
     corpus_tasks: int = 400
-    router: dict[str, Any] = field(
-        default_factory=lambda: {"class_path": "prism_lit.probe.routers.PrismRouter", "init_args": {"score": "gini"}}
-    )
+    router: Router = field(default_factory=lambda: PrismRouter(score="gini"))
     batch_size: int = 8
     max_length: int = 2048
+
+    def __post_init__(self) -> None:
+        self.router = build_plugin(self.router, Router, "probe.router")
+        _at_least("probe.corpus_tasks", self.corpus_tasks, 1)
+        _at_least("probe.batch_size", self.batch_size, 1)
+        _at_least("probe.max_length", self.max_length, 2)
 
 
 @dataclass
@@ -126,6 +277,13 @@ class SFTSettings:
             raise ValueError(f"sft.context_weight must be in [0, 1], got {self.context_weight!r}")
         if self.warmup_steps < 0:
             raise ValueError(f"sft.warmup_steps must be >= 0, got {self.warmup_steps!r}")
+        _at_least("sft.epochs", self.epochs, 1)
+        _at_least("sft.batch_size", self.batch_size, 1)
+        _at_least("sft.max_length", self.max_length, 2)
+        # lr 0 would train and export unchanged weights under a record that says they were trained
+        _positive("sft.lr", self.lr)
+        if isinstance(self.lora, dict):
+            self.lora = LoraSpec(**self.lora)
 
 
 @dataclass
@@ -135,8 +293,9 @@ class RLSettings:
     Args:
         enabled: run it.
         tasks: ``partition`` (tasks routed to RL) or ``all`` (every corpus task).
-        module: the RL LightningModule as ``{"class_path": ..., "init_args": {...}}``; the pipeline fills in
-            ``policy``, ``protocol``, ``env_id`` and ``env_kwargs``.
+        module: the RL LightningModule, ``{"class_path": ..., "init_args": {...}}`` in YAML (any
+            :class:`~prism_lit.rl.base.RLModuleBase` subclass); the pipeline gives ``policy``, ``protocol``,
+            ``env_id`` and ``env_kwargs`` (and ``export_dir``, ``seed``) when the RL stage starts.
         data: init args of the RL task DataModule (``tasks_per_batch``, ...); the pipeline fills in the task list.
         epochs: passes over the RL tasks; the RL budget grows with the number of tasks routed to RL, as in the
             paper's compute comparison (one iteration = ``tasks_per_batch`` tasks × ``group_size`` episodes).
@@ -148,15 +307,26 @@ class RLSettings:
 
     enabled: bool = True
     tasks: Literal["partition", "all"] = "partition"
-    module: dict[str, Any] = field(
-        default_factory=lambda: {"class_path": "prism_lit.rl.reinforce.ReinforceModule", "init_args": {}}
-    )
+    module: RLModuleFactory = field(
+        default_factory=lambda: rl_module_factory({"class_path": "prism_lit.rl.reinforce.ReinforceModule"}))
     data: dict[str, Any] = field(default_factory=dict)
     epochs: float = 1.0
     max_steps: int | None = None
     checkpoint_every_n_steps: int = 1
 
     def __post_init__(self) -> None:
+        self.module = rl_module_factory(self.module)
+        from prism_lit.rl.tasks import RLTaskDataModule
+
+        _check_init_args(RLTaskDataModule, self.data, "rl.data", given=("env_id", "env_kwargs", "task_ids", "seed"))
+        _at_least("rl.data.tasks_per_batch", self.data.get("tasks_per_batch", 1), 1)
+        for name in ("env_id", "env_kwargs", "task_ids", "partition_path", "seed"):
+            if name in self.data:
+                raise ValueError(f"rl.data.{name}: the pipeline sets it (from env and the probe's partition); "
+                                 f"remove it")
+        _positive("rl.epochs", self.epochs)
+        if self.max_steps is not None:
+            _at_least("rl.max_steps", self.max_steps, 1)
         if self.checkpoint_every_n_steps < 0:
             raise ValueError(f"rl.checkpoint_every_n_steps must be >= 0 (0 = only at the end), got "
                              f"{self.checkpoint_every_n_steps!r}")
@@ -177,3 +347,15 @@ class EvalSettings:
     max_steps: int | None = None
     batch_size: int = 25
     max_new_tokens: int = 32
+
+    def __post_init__(self) -> None:
+        unknown = [p for p in self.policies if p not in EVAL_POLICIES]
+        if unknown:
+            raise ValueError(f"eval.policies: unknown policy {unknown[0]!r}; choose from {', '.join(EVAL_POLICIES)}")
+        if self.max_steps is not None:
+            _at_least("eval.max_steps", self.max_steps, 1)
+        _at_least("eval.batch_size", self.batch_size, 1)
+        _at_least("eval.max_new_tokens", self.max_new_tokens, 1)
+
+
+EVAL_POLICIES = ("base", "sft", "final")

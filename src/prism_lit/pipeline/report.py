@@ -9,8 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from prism_lit.io import atomic_write_json, atomic_write_text, save_figure
-
-TRAINING_STAGES = ("probe", "sft", "rl")
+from prism_lit.pipeline.context import STAGE_ORDER, TRAINING_STAGES, Artifacts
 
 
 def _read(path: Path) -> Any:
@@ -22,7 +21,8 @@ def probe_summary(run_dir: Path) -> dict[str, Any]:
     from prism_lit.probe.partition import load_partition
     from prism_lit.probe.records import read_probe_records
 
-    records_path, partition_path = run_dir / "probe" / "probe.jsonl", run_dir / "probe" / "partition.json"
+    art = Artifacts(Path(run_dir))
+    records_path, partition_path = art.probe_records, art.partition
     if not records_path.is_file() or not partition_path.is_file():
         return {}
     records = read_probe_records(records_path)
@@ -51,7 +51,8 @@ def plot_concentration_by_type(run_dir: Path, out: Path) -> Path | None:
     from prism_lit.probe.partition import load_partition
     from prism_lit.probe.records import read_probe_records
 
-    records_path = run_dir / "probe" / "probe.jsonl"
+    art = Artifacts(Path(run_dir))
+    records_path = art.probe_records
     if not records_path.is_file():
         return None
     import matplotlib
@@ -60,7 +61,7 @@ def plot_concentration_by_type(run_dir: Path, out: Path) -> Path | None:
     import matplotlib.pyplot as plt
 
     records = read_probe_records(records_path)
-    partition = load_partition(run_dir / "probe" / "partition.json")
+    partition = load_partition(art.partition)
     by_type: dict[str, list[float]] = defaultdict(list)
     for r in records:
         if r.gini is not None and math.isfinite(r.gini):
@@ -82,16 +83,22 @@ def plot_concentration_by_type(run_dir: Path, out: Path) -> Path | None:
     return out
 
 
+def env_short_name(env_id: str) -> str:
+    """``webshop`` for ``webshop`` and ``prism_lit/WebShop-v0``: the name reports and tables use."""
+    return env_id.split("/")[-1].lower().removesuffix("-v0")
+
+
 def build_report(run_dir: str | Path) -> dict[str, Any]:
     run_dir = Path(run_dir)
-    config = _read(run_dir / "pipeline_config.json") or {}
+    art = Artifacts(run_dir)
+    config = _read(art.config) or {}
     stages = {}
-    for stage in ("tasks", "base", "probe", "sft", "rl", "eval"):
-        marker = _read(run_dir / stage / "stage.json")
+    for stage in STAGE_ORDER[:-1]:
+        marker = art.read_marker(stage)
         if marker is not None:
             stages[stage] = {"seconds": marker["seconds"], "info": marker.get("info", {})}
-    evaluation = _read(run_dir / "eval" / "eval.json") or {}
-    env_name = str(config.get("env", {}).get("id", "env")).split("/")[-1].lower().replace("-v0", "")
+    evaluation = _read(art.eval_results) or {}
+    env_name = env_short_name(str(config.get("env", {}).get("id", "env")))
     final = evaluation.get("final") or {}
     report = {
         "method": config.get("method"),
@@ -106,9 +113,9 @@ def build_report(run_dir: str | Path) -> dict[str, Any]:
         "eval_by_policy": evaluation,
         "probe": probe_summary(run_dir),
     }
-    atomic_write_json(run_dir / "report.json", report)
-    plot = plot_concentration_by_type(run_dir, run_dir / "plots" / "concentration_by_task_type.png")
-    atomic_write_text(run_dir / "summary.md", summary_markdown(report, plot))
+    atomic_write_json(art.report, report)
+    plot = plot_concentration_by_type(run_dir, art.concentration_plot)
+    atomic_write_text(art.summary, summary_markdown(report, plot))
     return report
 
 

@@ -1,17 +1,19 @@
 """``prism-lit pipeline``: tasks → base model → probe → route → SFT → RL → evaluate → report, in one run dir.
 
 Every stage writes its artifacts under ``<run_dir>/<stage>/`` and, last, a ``stage.json`` marker with its
-wall-clock seconds. A stage whose marker exists is skipped, so a killed pipeline resumes where it stopped;
-the SFT and RL stages also resume mid-stage from their ``last.ckpt``.
+wall-clock seconds and the settings it was made with. A stage whose marker exists is skipped, so a killed
+pipeline resumes where it stopped; base, SFT and RL also resume mid-stage from their ``last.ckpt``. Everything is
+checked before the first stage runs: the settings, the router and the RL module, the env, and that finished or
+half-done stages were made with this config's settings (else ``--rerun``, which moves their outputs aside).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
+import shutil
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,63 +25,17 @@ from prism_lit.pipeline.config import (
     ProbeSettings,
     RLSettings,
     SFTSettings,
+    settings_json,
 )
+from prism_lit.pipeline.context import STAGE_ORDER, Artifacts, PipelineContext, read_stage_marker
+from prism_lit.pipeline.stages import STAGE_FUNCTIONS, base_policy, build_rl_module
+
+__all__ = ["STAGE_ORDER", "pipeline", "read_stage_marker", "stage_settings"]
 
 log = logging.getLogger(__name__)
 
-STAGE_ORDER = ("tasks", "base", "probe", "sft", "rl", "eval", "report")
-
-
-@dataclass
-class PipelineContext:
-    run_dir: Path
-    env: EnvSettings
-    base: BaseModelSettings
-    probe: ProbeSettings
-    sft: SFTSettings
-    rl: RLSettings
-    eval: EvalSettings
-    seed: int
-    trainer: dict[str, Any]
-    method: str
-    info: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-    def path(self, *parts: str) -> Path:
-        return self.run_dir.joinpath(*parts)
-
-    @property
-    def env_id(self) -> str:
-        from prism_lit.commands import resolve_env_id
-
-        return resolve_env_id(self.env.id)
-
-
-def _marker(ctx: PipelineContext, stage: str) -> Path:
-    return ctx.path(stage, "stage.json")
-
-
-def read_stage_marker(run_dir: str | Path, stage: str) -> dict[str, Any] | None:
-    path = Path(run_dir) / stage / "stage.json"
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
-        return None  # a torn marker cannot happen (atomic writes); a hand-edited bad one re-runs the stage
-
-
-def _stage_functions() -> dict[str, Callable[[PipelineContext], dict[str, Any]]]:
-    from prism_lit.pipeline import stages
-
-    return {
-        "tasks": stages.make_tasks,
-        "base": stages.prepare_base,
-        "probe": stages.probe_and_route,
-        "sft": stages.train_sft,
-        "rl": stages.train_rl,
-        "eval": stages.evaluate,
-        "report": stages.write_report,
-    }
+# temporary siblings that atomic writes leave behind when a process is killed mid-write
+_TEMPORARY = re.compile(r"^\..+\.([a-z0-9_]{8}|[a-z0-9_]{8}\.tmp|tmp\.png)$")
 
 
 def pipeline(
@@ -101,17 +57,19 @@ def pipeline(
     Args:
         run_dir: directory holding every artifact of this run.
         env: environment, its kwargs and the agent protocol.
-        base: the base model (a local path, or the embedded default prepared here).
+        base: the base model (a local path, or the embedded default prepared here) and the model settings every
+            stage loads policies with (dtype, attention, activation checkpointing).
         probe: corpus size and the router.
         sft: the SFT stage.
         rl: the RL stage.
         eval: evaluation panels and which policies to evaluate.
-        seed: seed of task generation, model initialisation and training.
+        seed: seed of task generation, model initialisation, training, RL sampling and random routing.
         method: the name this run has in reports and comparisons.
         trainer: extra ``lightning.Trainer`` arguments for every training stage (accelerator, devices,
             strategy, precision, ...).
         stop_after: stop after this stage.
-        rerun: stages to run again even though their artifact exists (and every stage after them).
+        rerun: stages to run again from scratch (and every stage after them); their old outputs are moved to
+            ``<run_dir>/replaced/<stage>-<time>/``, not deleted.
     """
     import lightning as L
 
@@ -124,26 +82,33 @@ def pipeline(
         run_dir=Path(run_dir), env=env, base=base, probe=probe, sft=sft, rl=rl, eval=eval, seed=seed,
         trainer=dict(trainer or {}), method=method,
     )
+    art = ctx.artifacts
     first_rerun = min((STAGE_ORDER.index(s) for s in rerun or []), default=len(STAGE_ORDER))
-    _check_done_stages(ctx, STAGE_ORDER[:first_rerun])
+    check_before_run(ctx, STAGE_ORDER[:first_rerun])
+    if first_rerun < len(STAGE_ORDER):
+        _move_aside(art, STAGE_ORDER[first_rerun:])
     ctx.run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(ctx.path("pipeline_config.json"), _config_dict(ctx))
-    functions = _stage_functions()
+    atomic_write_json(art.config, _config_dict(ctx))
     for index, name in enumerate(STAGE_ORDER):
-        marker = read_stage_marker(ctx.run_dir, name)
-        if marker is not None and index < first_rerun:
+        marker = art.read_marker(name)
+        if marker is not None:
             log.warning("pipeline: stage %-6s done already (%.1f s) — skipped", name, marker["seconds"])
             ctx.info[name] = marker
         else:
-            log.warning("pipeline: stage %-6s running", name)
+            earlier = _start_attempt(ctx, name)
+            log.warning("pipeline: stage %-6s running%s", name,
+                        f" (resumed; {earlier:.0f} s spent before)" if earlier else "")
             L.seed_everything(seed + index, workers=True, verbose=False)
             start = time.perf_counter()
-            info = functions[name](ctx)
-            marker = {"stage": name, "seconds": time.perf_counter() - start, "info": info,
+            info = STAGE_FUNCTIONS[name](ctx)
+            seconds = time.perf_counter() - start
+            marker = {"stage": name, "seconds": earlier + seconds, "info": info,
                       "settings": stage_settings(ctx, name)}
-            atomic_write_json(_marker(ctx, name), marker)
+            if earlier:
+                marker["seconds_this_attempt"] = seconds
+            atomic_write_json(art.marker(name), marker)
             ctx.info[name] = marker
-            log.warning("pipeline: stage %-6s finished in %.1f s", name, marker["seconds"])
+            log.warning("pipeline: stage %-6s finished in %.1f s", name, seconds)
         if name == stop_after:
             break
     return {name: m["seconds"] for name, m in ctx.info.items()}
@@ -152,46 +117,116 @@ def pipeline(
 def stage_settings(ctx: PipelineContext, name: str) -> dict[str, Any] | None:
     """The settings a stage's artifacts depend on, as JSON values (recorded in its marker)."""
     sections = {
-        "tasks": lambda: {"env": asdict(ctx.env), "probe.corpus_tasks": ctx.probe.corpus_tasks,
+        "tasks": lambda: {"env": settings_json(ctx.env), "probe.corpus_tasks": ctx.probe.corpus_tasks,
                           "base.familiar_task_types": ctx.base.familiar_task_types,
                           "base.pretrain_tasks": ctx.base.pretrain_tasks},
-        "base": lambda: {"base": asdict(ctx.base)},
-        "probe": lambda: {"probe": asdict(ctx.probe)},
-        "sft": lambda: {"sft": asdict(ctx.sft)},
-        "rl": lambda: {"rl": asdict(ctx.rl)},
-        "eval": lambda: {"eval": asdict(ctx.eval)},
+        "base": lambda: {"base": settings_json(ctx.base)},
+        "probe": lambda: {"probe": settings_json(ctx.probe)},
+        "sft": lambda: {"sft": settings_json(ctx.sft)},
+        "rl": lambda: {"rl": settings_json(ctx.rl)},
+        "eval": lambda: {"eval": settings_json(ctx.eval)},
     }
     make = sections.get(name)
     return None if make is None else json.loads(json.dumps(make()))
 
 
+def check_before_run(ctx: PipelineContext, kept: tuple[str, ...]) -> None:
+    """Everything that can be checked without spending compute, before anything is written.
+
+    The settings sections checked themselves when they were built; here the env must exist, the RL module must
+    build from its config, and every stage that is kept (finished or half-done) must have been made with this
+    config's settings.
+    """
+    import gymnasium as gym
+
+    import prism_lit.envs  # noqa: F401  (registers the ids)
+
+    try:
+        gym.spec(ctx.env_id)
+    except gym.error.Error:
+        raise ValueError(f"env.id: {ctx.env.id!r} is not a registered environment (try webshop or alfworld, or a "
+                         f"gymnasium id registered by an imported package)") from None
+    if ctx.rl.enabled:
+        try:
+            build_rl_module(ctx, base_policy(ctx))
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"rl.module: {err}") from None
+    for name in kept:
+        marker = ctx.artifacts.read_marker(name)
+        record = marker if marker is not None else ctx.artifacts.read_started(name)
+        _compare_settings(ctx, name, (record or {}).get("settings"), finished=marker is not None)
+
+
 def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(value, dict):
+    if isinstance(value, dict) and value:
         return {k: v for key, item in value.items() for k, v in _flatten(item, f"{prefix}{key}.").items()}
     return {prefix.rstrip("."): value}
 
 
-def _check_done_stages(ctx: PipelineContext, stages: tuple[str, ...] | list[str]) -> None:
-    """Refuse to reuse a finished stage whose recorded settings differ from this config's (before anything is
-    written): its artifacts would silently stand for settings they were not made with."""
+def _compare_settings(ctx: PipelineContext, name: str, recorded: dict[str, Any] | None, finished: bool) -> None:
+    """Refuse to reuse a stage whose recorded settings differ from this config's: its artifacts (or, for a
+    half-done stage, its checkpoint) would silently stand for settings they were not made with."""
+    if recorded is None:  # not started yet, or a marker from before settings were recorded
+        return
+    old, new = _flatten(recorded), _flatten(stage_settings(ctx, name))
+    changed = [f"{key}: {old.get(key)!r} -> {new.get(key)!r}" for key in sorted(old.keys() | new.keys())
+               if old.get(key) != new.get(key)]
+    if changed:
+        state = "was made" if finished else "was started (and would resume)"
+        raise ValueError(
+            f"pipeline: stage {name!r} in {ctx.run_dir} {state} with other settings than this config's "
+            f"({'; '.join(changed[:5])}{' ...' if len(changed) > 5 else ''}). Pass --rerun '[{name}]' to redo it "
+            f"and the stages after it from scratch (the old outputs are moved to {ctx.artifacts.replaced}/), or use "
+            f"another run_dir; nothing was changed.")
+
+
+def _move_aside(art: Artifacts, stages: tuple[str, ...]) -> None:
+    """Move the outputs of the stages to redo to ``replaced/<stage>-<time>/`` (a symlinked shared stage: the link)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
     for name in stages:
-        marker = read_stage_marker(ctx.run_dir, name)
-        recorded = (marker or {}).get("settings")
-        if recorded is None:  # not run yet, or a marker from before settings were recorded
+        path = art.stage_dir(name)
+        if not (path.exists() or path.is_symlink()):
             continue
-        old, new = _flatten(recorded), _flatten(stage_settings(ctx, name))
-        changed = [f"{key}: {old.get(key)!r} -> {new.get(key)!r}" for key in sorted(old.keys() | new.keys())
-                   if old.get(key) != new.get(key)]
-        if changed:
-            raise ValueError(
-                f"pipeline: stage {name!r} in {ctx.run_dir} was made with other settings than this config's "
-                f"({'; '.join(changed[:5])}{' ...' if len(changed) > 5 else ''}). Pass --rerun {name} to redo it "
-                f"and the stages after it, or use another run_dir; nothing was changed.")
+        target = art.replaced / f"{name}-{stamp}"
+        suffix = 1
+        while target.exists() or target.is_symlink():
+            suffix += 1
+            target = art.replaced / f"{name}-{stamp}-{suffix}"
+        art.replaced.mkdir(parents=True, exist_ok=True)
+        path.rename(target)
+        log.warning("pipeline: --rerun: moved %s to %s", path, target)
+
+
+def _start_attempt(ctx: PipelineContext, name: str) -> float:
+    """Record that ``name`` starts (its settings, the attempt's start time) and clean up after a killed attempt.
+
+    Returns the seconds that earlier, interrupted attempts spent, so compute is counted across attempts (a killed
+    attempt is counted up to the last file it wrote).
+    """
+    art = ctx.artifacts
+    stage_dir = art.stage_dir(name)
+    last = _last_write(stage_dir, exclude=art.started(name))
+    attempts = [{**a, "end": min(last, a.get("end", last))} for a in (art.read_started(name) or {}).get("attempts", [])]
+    earlier = sum(max(0.0, a["end"] - a["start"]) for a in attempts)
+    if stage_dir.is_dir():
+        for path in stage_dir.rglob(".*"):
+            if _TEMPORARY.match(path.name):
+                log.warning("pipeline: removing %s, left by an interrupted write", path)
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+    atomic_write_json(art.started(name), {"stage": name, "settings": stage_settings(ctx, name),
+                                          "attempts": attempts + [{"start": time.time()}]})
+    return earlier
+
+
+def _last_write(directory: Path, exclude: Path) -> float:
+    times = [p.stat().st_mtime for p in directory.rglob("*") if p.is_file() and p != exclude] if directory.is_dir() \
+        else []
+    return max(times, default=0.0)
 
 
 def _config_dict(ctx: PipelineContext) -> dict[str, Any]:
     return {
-        "method": ctx.method, "seed": ctx.seed, "env": asdict(ctx.env), "base": asdict(ctx.base),
-        "probe": asdict(ctx.probe), "sft": asdict(ctx.sft), "rl": asdict(ctx.rl), "eval": asdict(ctx.eval),
-        "trainer": ctx.trainer,
+        "method": ctx.method, "seed": ctx.seed, "env": settings_json(ctx.env), "base": settings_json(ctx.base),
+        "probe": settings_json(ctx.probe), "sft": settings_json(ctx.sft), "rl": settings_json(ctx.rl),
+        "eval": settings_json(ctx.eval), "trainer": ctx.trainer,
     }

@@ -1,44 +1,71 @@
-"""The pipeline's stages. Each takes the context, writes files under ``<run_dir>/<stage>/`` and returns a small
-JSON-able summary that goes into that stage's ``stage.json`` marker."""
+"""The pipeline's stages, in order: tasks → base → probe → SFT → RL → eval → report.
+
+Each takes the :class:`~prism_lit.pipeline.context.PipelineContext`, writes the files
+:class:`~prism_lit.pipeline.context.Artifacts` names under ``<run_dir>/<stage>/`` and returns a small JSON-able
+summary that goes into that stage's ``stage.json`` marker. A stage that would train nothing raises
+:class:`StageError` instead of recording success.
+"""
 
 from __future__ import annotations
 
-import importlib
+import copy
 import json
 import logging
 import math
+import time
 import warnings
+import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from prism_lit.pipeline.run import PipelineContext
+from prism_lit.pipeline.context import STAGE_ORDER, PipelineContext
 from prism_lit.policy import PolicySpec
 
 log = logging.getLogger(__name__)
 
 
-def instantiate(spec: dict[str, Any], **overrides: Any) -> Any:
-    """Build ``{"class_path": "pkg.mod.Class", "init_args": {...}}``; ``overrides`` win over init_args."""
-    if not isinstance(spec, dict) or "class_path" not in spec:
-        raise ValueError(f"expected {{'class_path': ..., 'init_args': {{...}}}}, got {spec!r}")
-    module_name, _, class_name = spec["class_path"].rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module_name), class_name)
-    except (ImportError, AttributeError) as err:
-        raise ValueError(f"class_path {spec['class_path']!r} cannot be imported: {err}") from None
-    return cls(**{**spec.get("init_args", {}), **overrides})
+class StageError(RuntimeError):
+    """A stage cannot do what its record would say it did; the message names the setting or file to change."""
 
 
-def _trainer(ctx: PipelineContext, stage_dir: Path, checkpoint_every_n_steps: int | None = None, **kwargs: Any):
+# ---------------------------------------------------------------------------------------------- shared
+def _progress_callback(stage: str, every_seconds: float = 15.0):
+    """A line every ``every_seconds`` with the step count and elapsed time (the pipeline runs without bars)."""
+    import lightning as L
+
+    class StageProgress(L.Callback):
+        def __init__(self) -> None:
+            self.start = self.last = time.perf_counter()
+
+        def on_train_batch_end(self, trainer, *args: Any) -> None:
+            now = time.perf_counter()
+            if now - self.last >= every_seconds:
+                self.last = now
+                total = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else None
+                if total is None and trainer.num_training_batches != float("inf") and trainer.max_epochs:
+                    total = int(trainer.num_training_batches) * trainer.max_epochs
+                loss = trainer.callback_metrics.get("train/loss")
+                log.warning("pipeline: stage %-6s step %d%s, %.0f s%s", stage, trainer.global_step,
+                            f"/{total}" if total else "", now - self.start,
+                            f", train/loss {float(loss):.4f}" if loss is not None else "")
+
+    return StageProgress()
+
+
+def _trainer(ctx: PipelineContext, stage: str, checkpoint_every_n_steps: int | None = None, **kwargs: Any):
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import TensorBoardLogger
 
+    stage_dir = ctx.artifacts.stage_dir(stage)
     settings = {"accelerator": "cpu", "enable_progress_bar": False, "enable_model_summary": False,
                 "log_every_n_steps": 5,
                 # the DataModule shuffles when it builds a loader: rebuild every epoch for a new order
                 "reload_dataloaders_every_n_epochs": 1, **ctx.trainer, **kwargs}
     callbacks = list(settings.pop("callbacks", []))
+    if not settings.get("enable_progress_bar"):
+        callbacks.append(_progress_callback(stage))
     if settings.get("enable_checkpointing", True):
         # RL optimises manually; its checkpoint holds the state after the iteration's update, which is what resume
         # wants, so Lightning's warning about pre-optimisation state does not apply
@@ -51,9 +78,33 @@ def _trainer(ctx: PipelineContext, stage_dir: Path, checkpoint_every_n_steps: in
     )
 
 
-def _last_ckpt(stage_dir: Path) -> str | None:
-    path = stage_dir / "checkpoints" / "last.ckpt"
-    return str(path) if path.is_file() else None
+def resume_checkpoint(ctx: PipelineContext, stage: str) -> str | None:
+    """The stage's ``last.ckpt`` to resume from, after checking it is a whole file."""
+    path = ctx.artifacts.last_checkpoint(stage)
+    if not path.is_file():
+        return None
+    try:
+        with zipfile.ZipFile(path) as archive:  # torch.save writes a zip; a cut-off file has no central directory
+            archive.namelist()
+    except (zipfile.BadZipFile, OSError) as err:
+        raise StageError(
+            f"{path}: the {stage!r} stage's checkpoint is damaged ({err}), so the stage cannot resume. Discard it "
+            f"with `rm {path}` to restart the stage from its beginning, or pass --rerun '[{stage}]'.") from None
+    return str(path)
+
+
+def _fit(ctx: PipelineContext, stage: str, trainer, module, data) -> None:
+    """``trainer.fit`` resuming from the stage's checkpoint; a run that made no optimisation step is an error."""
+    trainer.fit(module, data, ckpt_path=resume_checkpoint(ctx, stage))
+    if trainer.global_step == 0:
+        raise StageError(f"stage {stage!r} trained 0 steps (no batch reached the optimiser); nothing is marked done. "
+                         f"Check the stage's data and its epochs/max_steps settings.")
+
+
+def policy_spec(ctx: PipelineContext, path: str, **kwargs: Any) -> PolicySpec:
+    """A policy at ``path`` with the run's model settings (dtype, attention, activation checkpointing)."""
+    return PolicySpec(path=path, dtype=ctx.base.dtype, attn_implementation=ctx.base.attn_implementation,
+                      gradient_checkpointing=ctx.base.gradient_checkpointing, **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------- tasks
@@ -62,33 +113,33 @@ def make_tasks(ctx: PipelineContext) -> dict[str, Any]:
     from prism_lit.data.schema import read_trajectories, write_trajectories
     from prism_lit.envs.experts import write_expert_dataset
 
-    out = ctx.path("tasks")
+    art = ctx.artifacts
     info: dict[str, Any] = {}
     info["corpus"] = write_expert_dataset(
-        ctx.env_id, ctx.probe.corpus_tasks, out / "corpus.jsonl", ctx.env.protocol,
+        ctx.env_id, ctx.probe.corpus_tasks, art.corpus, ctx.env.protocol,
         split=ctx.env.train_split, seed=ctx.seed, env_kwargs=ctx.env.kwargs, expert_kwargs=ctx.env.expert_kwargs,
     )
     if ctx.base.path is None:
         kwargs = dict(ctx.env.kwargs)
         if ctx.base.familiar_task_types:
             kwargs["task_types"] = list(ctx.base.familiar_task_types)
-        corpus_tasks = {t.task_id for t in read_trajectories(out / "corpus.jsonl")}
+        corpus_tasks = {t.task_id for t in read_trajectories(art.corpus)}
+        candidates = art.pretrain.with_name("pretrain_all.jsonl")
         stats = write_expert_dataset(
-            ctx.env_id, ctx.base.pretrain_tasks * 2, out / "pretrain_all.jsonl", ctx.env.protocol,
+            ctx.env_id, ctx.base.pretrain_tasks * 2, candidates, ctx.env.protocol,
             split=ctx.env.train_split, seed=ctx.seed + 7919, env_kwargs=kwargs, expert_kwargs=ctx.env.expert_kwargs,
         )
-        fresh = [t for t in read_trajectories(out / "pretrain_all.jsonl") if t.task_id not in corpus_tasks]
-        write_trajectories(out / "pretrain.jsonl", fresh[: ctx.base.pretrain_tasks])
-        (out / "pretrain_all.jsonl").unlink()
-        info["pretrain"] = {**stats, "path": str(out / "pretrain.jsonl"), "count": len(fresh[: ctx.base.pretrain_tasks]),
+        fresh = [t for t in read_trajectories(candidates) if t.task_id not in corpus_tasks][: ctx.base.pretrain_tasks]
+        write_trajectories(art.pretrain, fresh)
+        candidates.unlink()
+        info["pretrain"] = {**stats, "path": str(art.pretrain), "count": len(fresh),
                             "task_types": ctx.base.familiar_task_types}
     return info
 
 
 # ---------------------------------------------------------------------------------------------- base
 def base_policy(ctx: PipelineContext) -> PolicySpec:
-    path = ctx.base.path if ctx.base.path is not None else str(ctx.path("base", "model"))
-    return PolicySpec(path=path)
+    return policy_spec(ctx, ctx.base.path if ctx.base.path is not None else str(ctx.artifacts.base_model))
 
 
 def prepare_base(ctx: PipelineContext) -> dict[str, Any]:
@@ -102,22 +153,18 @@ def prepare_base(ctx: PipelineContext) -> dict[str, Any]:
         if not Path(ctx.base.path).is_dir():
             raise FileNotFoundError(f"base.path: {ctx.base.path!r} is not a directory (nothing is downloaded)")
         return {"path": ctx.base.path, "prepared": False}
-    stage = ctx.path("base")
-    init = build_embedded_default(
-        stage / "init", corpus_from_files([ctx.path("tasks", "corpus.jsonl"), ctx.path("tasks", "pretrain.jsonl")]),
-        ctx.base.embedded,
-    )
+    art = ctx.artifacts
+    init = build_embedded_default(art.base_init, corpus_from_files([art.corpus, art.pretrain]), ctx.base.embedded)
     if ctx.base.copy_warmup_steps > 0:
-        init = _copy_warmup(ctx, init, stage / "warm")
-    module = SFTModule(policy=PolicySpec(path=str(init)), lr=ctx.base.pretrain_lr, export_dir=str(stage / "model"),
+        init = _copy_warmup(ctx, init, art.base_warm)
+    module = SFTModule(policy=policy_spec(ctx, str(init)), lr=ctx.base.pretrain_lr, export_dir=str(art.base_model),
                        warmup_steps=10, schedule="cosine")
-    data = TrajectoryDataModule(train_files=[str(ctx.path("tasks", "pretrain.jsonl"))],
-                                batch_size=ctx.base.pretrain_batch_size, 
+    data = TrajectoryDataModule(train_files=[str(art.pretrain)], batch_size=ctx.base.pretrain_batch_size,
                                 context_weight=ctx.base.pretrain_context_weight,
                                 max_length=ctx.sft.max_length, seed=ctx.seed)
-    trainer = _trainer(ctx, stage, max_epochs=ctx.base.pretrain_epochs)
-    trainer.fit(module, data, ckpt_path=_last_ckpt(stage))
-    return {"path": str(stage / "model"), "prepared": True, "init": str(init), "steps": trainer.global_step,
+    trainer = _trainer(ctx, "base", max_epochs=ctx.base.pretrain_epochs)
+    _fit(ctx, "base", trainer, module, data)
+    return {"path": str(art.base_model), "prepared": True, "init": str(init), "steps": trainer.global_step,
             "final_loss": float(trainer.callback_metrics.get("train/loss", float("nan")))}
 
 
@@ -133,8 +180,8 @@ def _copy_warmup(ctx: PipelineContext, init: Path, out: Path) -> Path:
     # Every task's words, the corpus's unfamiliar types included: a pre-trained LLM can copy any word it has
     # tokens for, and words the pre-training never shows would otherwise keep their random embeddings.
     first_observations = [next(m.content for m in t.messages if m.role == "user")
-                          for name in ("pretrain.jsonl", "corpus.jsonl")
-                          for t in read_trajectories(ctx.path("tasks", name))]
+                          for path in (ctx.artifacts.pretrain, ctx.artifacts.corpus)
+                          for t in read_trajectories(path)]
     words = task_words(first_observations)
     model, tokenizer = load_policy(PolicySpec(path=str(init)))
     half = ctx.base.copy_warmup_steps // 2
@@ -150,76 +197,90 @@ def _copy_warmup(ctx: PipelineContext, init: Path, out: Path) -> Path:
 
 # ---------------------------------------------------------------------------------------------- probe
 def probe_and_route(ctx: PipelineContext) -> dict[str, Any]:
-    """Probe the frozen base model on the corpus and route every trajectory (probe.jsonl, partition.json)."""
-    from prism_lit.data.datamodule import TrajectoryDataModule
-    from prism_lit.probe import GradientConcentrationProbe, load_partition
-    from prism_lit.sft import SFTModule
+    """Probe the frozen base model on the corpus and route every trajectory (probe.jsonl, partition.json).
 
-    stage = ctx.path("probe")
-    router = instantiate(ctx.probe.router)
-    if not getattr(router, "needs_scores", True):
-        return route_without_probe(ctx, router)
-    module = SFTModule(policy=base_policy(ctx))
-    data = TrajectoryDataModule(train_files=[str(ctx.path("tasks", "corpus.jsonl"))], batch_size=ctx.probe.batch_size,
-                                max_length=ctx.probe.max_length, seed=ctx.seed)
-    probe = GradientConcentrationProbe(router=router, output_dir=str(stage), probe_epochs=1)
-    trainer = _trainer(ctx, stage, max_epochs=1, callbacks=[probe], enable_checkpointing=False)
-    trainer.fit(module, data)
-    partition = load_partition(stage / "partition.json")
-    return {"router": partition.router, "score": partition.score, "threshold": partition.threshold,
-            "n_sft": len(partition.sft_ids), "n_rl": len(partition.rl_ids),
-            "n_rl_tasks": len(partition.rl_task_ids)}
-
-
-def route_without_probe(ctx: PipelineContext, router) -> dict[str, Any]:
-    """Route the corpus with a router that reads no score (all-SFT, all-RL, random): no probe pass is run."""
+    A router that reads no score (all-SFT, all-RL, random) routes the corpus without a probe pass.
+    """
     from prism_lit.data.schema import read_trajectories
+    from prism_lit.probe import run_probe
     from prism_lit.probe.partition import save_partition
     from prism_lit.probe.records import ProbeRecord
 
-    nan = float("nan")
-    records = [ProbeRecord(t.id, t.task_id, t.task_type, [], nan, nan, nan, nan, nan, 0)
-               for t in read_trajectories(ctx.path("tasks", "corpus.jsonl"))]
-    partition = router.route(sorted(records, key=lambda r: r.id))
-    save_partition(ctx.path("probe", "partition.json"), partition)
-    return {"router": partition.router, "score": None, "threshold": None, "probed": False,
-            "n_sft": len(partition.sft_ids), "n_rl": len(partition.rl_ids), "n_rl_tasks": len(partition.rl_task_ids)}
+    art = ctx.artifacts
+    router = ctx.probe.router
+    if getattr(router, "seed", 0) is None:  # the run's seed varies a random routing unless the config fixes one
+        router = copy.copy(router)
+        router.seed = ctx.seed
+    if not getattr(router, "needs_scores", True):
+        records = [ProbeRecord.unmeasured(t.id, t.task_id, t.task_type) for t in read_trajectories(art.corpus)]
+        partition = router.route(sorted(records, key=lambda r: r.id))
+        save_partition(art.partition, partition)
+        probed = False
+    else:
+        from prism_lit.data.datamodule import TrajectoryDataModule
+        from prism_lit.policy import load_policy
+
+        spec = base_policy(ctx)
+        model, _ = load_policy(PolicySpec(path=spec.path, dtype=spec.dtype, attn_implementation=spec.attn_implementation))
+        data = TrajectoryDataModule(train_files=[str(art.corpus)], batch_size=ctx.probe.batch_size,
+                                    max_length=ctx.probe.max_length, seed=ctx.seed, tokenizer_path=spec.path)
+        data.prepare_data()
+        data.setup("fit")
+        partition = run_probe(model, data.train_dataloader(), router=router, output_dir=art.probe_dir)
+        probed = True
+    return {"router": partition.router, "score": partition.score, "threshold": partition.threshold,
+            "probed": probed, "n_sft": len(partition.sft_ids), "n_rl": len(partition.rl_ids),
+            "n_rl_tasks": len(partition.rl_task_ids)}
 
 
 # ---------------------------------------------------------------------------------------------- SFT
 def sft_policy(ctx: PipelineContext) -> PolicySpec:
     """The policy after SFT (the base when SFT was skipped)."""
-    marker = ctx.info.get("sft", {}).get("info", {})
-    if not marker.get("trained"):
+    if not ctx.stage_info("sft").get("trained"):
         return base_policy(ctx)
-    export = str(ctx.path("sft", "export"))
     if ctx.sft.lora is not None:
-        return PolicySpec(path=base_policy(ctx).path, adapter_path=export)
-    return PolicySpec(path=export)
+        return policy_spec(ctx, base_policy(ctx).path, adapter_path=str(ctx.artifacts.sft_export))
+    return policy_spec(ctx, str(ctx.artifacts.sft_export))
+
+
+def _sft_ids(ctx: PipelineContext) -> list[str] | None:
+    """The trajectories SFT trains on (``None``: the whole corpus); partition ids must all be in the corpus."""
+    from prism_lit.data.schema import read_trajectories
+    from prism_lit.probe import load_partition
+
+    if ctx.sft.data == "all":
+        return None
+    art = ctx.artifacts
+    ids = load_partition(art.partition).sft_ids
+    missing = sorted(set(ids) - {t.id for t in read_trajectories(art.corpus)})
+    if missing:
+        raise StageError(f"{art.partition}: {len(missing)} SFT trajectory id(s) are not in the corpus {art.corpus} "
+                         f"(e.g. {missing[:3]}); the partition belongs to another corpus. Pass --rerun '[probe]'.")
+    return ids
 
 
 def train_sft(ctx: PipelineContext) -> dict[str, Any]:
     from prism_lit.data.datamodule import TrajectoryDataModule
-    from prism_lit.probe import load_partition
     from prism_lit.sft import SFTModule
 
-    stage = ctx.path("sft")
-    partition_path = ctx.path("probe", "partition.json")
+    art = ctx.artifacts
     if not ctx.sft.enabled:
         return {"trained": False, "reason": "sft.enabled is false"}
-    if ctx.sft.data == "partition" and not load_partition(partition_path).sft_ids:
+    ids = _sft_ids(ctx)
+    if ids is not None and not ids:
         return {"trained": False, "reason": "the router sent no trajectory to SFT"}
     base = base_policy(ctx)
-    module = SFTModule(policy=PolicySpec(path=base.path, lora=ctx.sft.lora), lr=ctx.sft.lr,
-                       warmup_steps=ctx.sft.warmup_steps, schedule=ctx.sft.schedule, export_dir=str(stage / "export"))
+    module = SFTModule(policy=policy_spec(ctx, base.path, lora=ctx.sft.lora), lr=ctx.sft.lr,
+                       warmup_steps=ctx.sft.warmup_steps, schedule=ctx.sft.schedule, export_dir=str(art.sft_export))
     data = TrajectoryDataModule(
-        train_files=[str(ctx.path("tasks", "corpus.jsonl"))], batch_size=ctx.sft.batch_size,
+        train_files=[str(art.corpus)], batch_size=ctx.sft.batch_size,
         max_length=ctx.sft.max_length, seed=ctx.seed, context_weight=ctx.sft.context_weight,
-        partition_path=str(partition_path) if ctx.sft.data == "partition" else None,
+        partition_path=str(art.partition) if ids is not None else None,
     )
-    trainer = _trainer(ctx, stage, max_epochs=ctx.sft.epochs)
-    trainer.fit(module, data, ckpt_path=_last_ckpt(stage))
-    return {"trained": True, "steps": trainer.global_step, "n_train": len(data._current_train_indices()),
+    trainer = _trainer(ctx, "sft", max_epochs=ctx.sft.epochs)
+    _fit(ctx, "sft", trainer, module, data)
+    n_train = len(ids) if ids is not None else len(data.train_rows)
+    return {"trained": True, "steps": trainer.global_step, "n_train": n_train,
             "final_loss": float(trainer.callback_metrics.get("train/loss", float("nan")))}
 
 
@@ -229,42 +290,74 @@ def rl_task_ids(ctx: PipelineContext) -> list[str]:
     from prism_lit.probe import load_partition
 
     if ctx.rl.tasks == "all":
-        return sorted({t.task_id for t in read_trajectories(ctx.path("tasks", "corpus.jsonl"))})
-    return load_partition(ctx.path("probe", "partition.json")).rl_task_ids
+        return sorted({t.task_id for t in read_trajectories(ctx.artifacts.corpus)})
+    return load_partition(ctx.artifacts.partition).rl_task_ids
+
+
+def split_task_ids(ctx: PipelineContext, split: str) -> list[str]:
+    """Every task id of ``split`` in the configured env (in the env's own order)."""
+    import gymnasium as gym
+
+    import prism_lit.envs  # noqa: F401
+
+    env = gym.make(ctx.env_id, split=split, **ctx.env.kwargs)
+    try:
+        return list(env.unwrapped.task_ids)
+    finally:
+        env.close()
+
+
+def check_rl_tasks(ctx: PipelineContext, tasks: list[str]) -> None:
+    """RL trains on tasks of the train split only, and never on a task of an evaluation panel."""
+    train = set(split_task_ids(ctx, ctx.env.train_split))
+    foreign = [t for t in tasks if t not in train]
+    if foreign:
+        raise StageError(f"RL tasks {foreign[:3]}{' ...' if len(foreign) > 3 else ''} ({len(foreign)} of {len(tasks)}) "
+                         f"are not tasks of env.train_split {ctx.env.train_split!r}; RL may only train on that split "
+                         f"(the corpus in {ctx.artifacts.corpus} was made from another split or env setting).")
+    for split, n in ctx.env.eval_splits.items():
+        shared = sorted(set(tasks) & set(panel_task_ids(ctx, split, n)))
+        if shared:
+            raise StageError(f"RL tasks {shared[:3]} ({len(shared)}) are in the evaluation panel of split {split!r} "
+                             f"(env.eval_splits); training on evaluation tasks would inflate the results. "
+                             f"Evaluate on another split.")
 
 
 def final_policy(ctx: PipelineContext) -> PolicySpec:
-    marker = ctx.info.get("rl", {}).get("info", {})
+    marker = ctx.stage_info("rl")
     if not marker.get("trained"):
         return sft_policy(ctx)
     start = sft_policy(ctx)
-    export = str(ctx.path("rl", "export"))
+    export = str(ctx.artifacts.rl_export)
     if start.adapter_path is not None or marker.get("adapter"):
-        return PolicySpec(path=start.path, adapter_path=export)
-    return PolicySpec(path=export)
+        return policy_spec(ctx, start.path, adapter_path=export)
+    return policy_spec(ctx, export)
+
+
+def build_rl_module(ctx: PipelineContext, policy: PolicySpec):
+    """The configured RL module for ``policy`` on the train split (built before the first stage as a check)."""
+    return ctx.rl.module(policy, ctx.env.protocol, ctx.env_id, {**ctx.env.kwargs, "split": ctx.env.train_split},
+                         export_dir=str(ctx.artifacts.rl_export), seed=ctx.seed)
 
 
 def train_rl(ctx: PipelineContext) -> dict[str, Any]:
     from prism_lit.rl.tasks import RLTaskDataModule
 
-    stage = ctx.path("rl")
     if not ctx.rl.enabled:
         return {"trained": False, "reason": "rl.enabled is false"}
     tasks = rl_task_ids(ctx)
     if not tasks:
         return {"trained": False, "reason": "no task was routed to RL"}
+    check_rl_tasks(ctx, tasks)
     start = sft_policy(ctx)
-    module = instantiate(
-        ctx.rl.module, policy=start, protocol=ctx.env.protocol, env_id=ctx.env_id,
-        env_kwargs={**ctx.env.kwargs, "split": ctx.env.train_split}, export_dir=str(stage / "export"),
-    )
+    module = build_rl_module(ctx, start)
     data = RLTaskDataModule(env_id=ctx.env_id, env_kwargs={**ctx.env.kwargs, "split": ctx.env.train_split},
                             task_ids=tasks, seed=ctx.seed, **ctx.rl.data)
     # the eval stage measures every policy on fixed panels; no validation loop inside RL training
     iterations = ctx.rl.max_steps or max(1, math.ceil(ctx.rl.epochs * len(tasks) / data.tasks_per_batch))
-    trainer = _trainer(ctx, stage, checkpoint_every_n_steps=ctx.rl.checkpoint_every_n_steps, max_steps=iterations,
+    trainer = _trainer(ctx, "rl", checkpoint_every_n_steps=ctx.rl.checkpoint_every_n_steps, max_steps=iterations,
                        max_epochs=-1, limit_val_batches=0, num_sanity_val_steps=0)
-    trainer.fit(module, data, ckpt_path=_last_ckpt(stage))
+    _fit(ctx, "rl", trainer, module, data)
     return {"trained": True, "steps": trainer.global_step, "iterations": iterations, "n_tasks": len(tasks),
             "adapter": start.adapter_path is not None}
 
@@ -275,15 +368,7 @@ def panel_task_ids(ctx: PipelineContext, split: str, n: int) -> list[str]:
     method and seed (the split's own order groups tasks by type, so its first ``n`` would not be a fair panel)."""
     import random
 
-    import gymnasium as gym
-
-    import prism_lit.envs  # noqa: F401
-
-    env = gym.make(ctx.env_id, split=split, **ctx.env.kwargs)
-    try:
-        ids = sorted(env.unwrapped.task_ids)
-    finally:
-        env.close()
+    ids = sorted(split_task_ids(ctx, split))
     random.Random(f"panel/{split}").shuffle(ids)
     return ids[:n]
 
@@ -301,17 +386,30 @@ def report_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def eval_device(ctx: PipelineContext):
+    """Where evaluation generates: the accelerator the trainer settings ask for, when there is one."""
+    import torch
+
+    accelerator = str(ctx.trainer.get("accelerator", "cpu")).lower()
+    if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+POLICIES: dict[str, Callable[[PipelineContext], PolicySpec]] = {
+    "base": base_policy, "sft": sft_policy, "final": final_policy}
+
+
 def evaluate(ctx: PipelineContext) -> dict[str, Any]:
+    from prism_lit.io import atomic_write_json
     from prism_lit.policy import load_policy
     from prism_lit.rl.evaluation import evaluate_policy
 
-    policies = {"base": base_policy, "sft": sft_policy, "final": final_policy}
+    device = eval_device(ctx)
     results: dict[str, Any] = {}
     for name in ctx.eval.policies:
-        if name not in policies:
-            raise ValueError(f"eval.policies: unknown policy {name!r}; choose from {sorted(policies)}")
-        model, tokenizer = load_policy(policies[name](ctx))
-        model.eval()
+        model, tokenizer = load_policy(POLICIES[name](ctx))
+        model.to(device).eval()
         results[name] = {}
         for split, n in ctx.env.eval_splits.items():
             metrics = evaluate_policy(
@@ -320,9 +418,8 @@ def evaluate(ctx: PipelineContext) -> dict[str, Any]:
                 max_new_tokens=ctx.eval.max_new_tokens,
             )
             results[name][split] = report_metrics(metrics)
-    from prism_lit.io import atomic_write_json
-
-    atomic_write_json(ctx.path("eval", "eval.json"), results)
+        del model
+    atomic_write_json(ctx.artifacts.eval_results, results)
     return {name: {split: {k: v for k, v in m.items() if k in ("success_rate", "score")}
                    for split, m in splits.items()} for name, splits in results.items()}
 
@@ -332,8 +429,11 @@ def write_report(ctx: PipelineContext) -> dict[str, Any]:
     from prism_lit.pipeline.report import build_report
 
     report = build_report(ctx.run_dir)
-    return {"report": str(ctx.path("report.json")), "final": report["eval"].get("final", {})}
+    return {"report": str(ctx.artifacts.report), "final": report["eval"].get("final", {})}
 
 
-def load_json(path: Path) -> Any:
-    return json.loads(Path(path).read_text())
+STAGE_FUNCTIONS: dict[str, Callable[[PipelineContext], dict[str, Any]]] = {
+    "tasks": make_tasks, "base": prepare_base, "probe": probe_and_route, "sft": train_sft, "rl": train_rl,
+    "eval": evaluate, "report": write_report,
+}
+assert tuple(STAGE_FUNCTIONS) == STAGE_ORDER

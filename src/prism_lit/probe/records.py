@@ -49,6 +49,12 @@ class ProbeRecord:
     loss: float
     n_tokens: int
 
+    @classmethod
+    def unmeasured(cls, id: str, task_id: str, task_type: str) -> ProbeRecord:
+        """A record for a router that reads no score (no probe pass ran): every measurement is NaN."""
+        nan = float("nan")
+        return cls(id, task_id, task_type, [], nan, nan, nan, nan, nan, 0)
+
     def score(self, name: str) -> float:
         """The value routed on: "gini", "kurtosis", "cv", "l2" or "loss"."""
         if name not in ("gini", "kurtosis", "cv", "l2", "loss"):
