@@ -93,9 +93,21 @@ def _one_paragraph(text: str) -> str:
     return " ".join(line.strip() for line in str(text).strip().splitlines() if line.strip())
 
 
+def root_error(err: BaseException) -> BaseException:
+    """The error that says what is wrong: jsonargparse wraps an error raised while it builds a class (``Does not
+    validate against any of the Union subtypes ...``) with the original as ``__cause__``."""
+    seen: set[int] = set()
+    while (not isinstance(err, PrismLitError) and err.__cause__ is not None and id(err) not in seen
+           and is_user_error(err.__cause__)):
+        seen.add(id(err))
+        err = err.__cause__
+    return err
+
+
 def format_error(err: BaseException) -> str:
-    """The message the CLI prints: the error's own text, with the file name for a bare OS error."""
-    message = _one_paragraph(str(err))
+    """The message the CLI prints: the root error's own text, with the file name for a bare OS error."""
+    err = root_error(err)
+    message = _usage_message(str(err))
     if isinstance(err, OSError) and not isinstance(err, PrismLitError) and err.filename and \
             str(err.filename) not in message:
         message = f"{err.filename}: {message}"

@@ -142,6 +142,23 @@ class TrajectoryDataModule(L.LightningDataModule):
         self._truncated: list[str] = []
         self._skipped: list[str] = []
         self._longest = 0
+        self._parsed: dict[str, list[Trajectory]] = {}
+        self._check_files()
+
+    def _check_files(self) -> None:
+        """Read every file that exists now (and the partition's ids), so bad data fails before a Trainer, a logger
+        or a model exists; ``setup`` reuses what was read. Missing files are checked in ``prepare_data`` (the first
+        training file may be generated there)."""
+        for path in self.train_files + self.val_files:
+            if path not in self._parsed and os.path.isfile(path):
+                self._parsed[path] = load_trajectories(path, self.format, self.env)
+                if path in self.train_files:
+                    self._record_ids(path, self._parsed[path])
+        if (self.partition_path and os.path.isfile(self.partition_path)
+                and all(p in self._parsed for p in self.train_files)):
+            from prism_lit.probe.partition import load_partition
+
+            self._check_partition(load_partition(self.partition_path).sft_ids, None)
 
     # ------------------------------------------------------------------ preparation
     def prepare_data(self) -> None:
@@ -176,7 +193,7 @@ class TrajectoryDataModule(L.LightningDataModule):
         tokenizer = self._get_tokenizer()
         rows: list[dict[str, Any]] = []
         for path in paths:
-            trajectories: list[Trajectory] = load_trajectories(path, self.format, self.env)
+            trajectories = self._parsed.pop(path, None) or load_trajectories(path, self.format, self.env)
             if record:
                 self._record_ids(path, trajectories)
             for t in trajectories:
@@ -267,7 +284,7 @@ class TrajectoryDataModule(L.LightningDataModule):
             return indices
         return list(range(len(self.train_rows)))
 
-    def _check_partition(self, wanted: list[str], indices: list[int]) -> None:
+    def _check_partition(self, wanted: list[str], indices: list[int] | None) -> None:
         """A partition of another corpus would silently train on a subset (or nothing): refuse it, naming ids."""
         files = ", ".join(self.train_files)
         missing = [i for i in wanted if i not in self._file_of]
@@ -277,6 +294,8 @@ class TrajectoryDataModule(L.LightningDataModule):
                 f"the training files ({files}): {_some(missing, 5)}. The partition was made from another corpus.",
                 hint="Re-run the probe on these files (pipeline: --rerun '[probe]'), or point partition_path at "
                      "the partition of this corpus.")
+        if indices is None:  # ids only (before tokenising)
+            return
         if not indices:
             reason = ("the router sent no trajectory to SFT" if not wanted else
                       f"all {len(wanted)} of its sft_ids were skipped (too long) or held out for validation")

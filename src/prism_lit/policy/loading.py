@@ -140,6 +140,19 @@ def check_model_files(path: str, what: str, kind: str = "model") -> None:
             raise ModelError(f"policy.{what}: weights file {file} is damaged: {problem}.", hint=fix)
 
 
+def check_policy_files(spec: PolicySpec) -> None:
+    """Every file ``spec`` loads is there and whole (no loading; cheap): model, adapter, tokenizer."""
+    _check_dir(spec.path, "path")
+    check_model_files(spec.path, "path")
+    if spec.adapter_path is not None:
+        _check_dir(spec.adapter_path, "adapter_path")
+        check_model_files(spec.adapter_path, "adapter_path", kind="adapter")
+    tokenizer_path = spec.tokenizer_path or spec.path
+    what = "tokenizer_path" if spec.tokenizer_path else "path"
+    _check_dir(tokenizer_path, what)
+    check_tokenizer_files(tokenizer_path, what)
+
+
 def check_tokenizer_files(path: str, what: str) -> None:
     from prism_lit.errors import ModelError
 

@@ -39,6 +39,7 @@ from prism_lit.policy import (
 )
 
 from prism_lit.errors import ConfigError
+from prism_lit.policy.loading import check_policy_files
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +127,11 @@ class SFTModule(L.LightningModule):
 
     # ------------------------------------------------------------------ model
     def prepare_data(self) -> None:
+        # the model's files and its tokenizer (chat template included) are checked here, before the Trainer's
+        # setup creates log directories: a bad model directory fails before anything is written
         ensure_policy_files(self.policy)
+        check_policy_files(self.policy)
+        _ = self.tokenizer
 
     @property
     def tokenizer(self):
