@@ -44,10 +44,16 @@ def _cli_class():
             # defaults, not fixed callbacks: a config can replace any of them
             parser.set_defaults({f"trainer.{k}": v for k, v in _trainer_defaults().items()})
 
+        def parse_arguments(self, parser, args) -> None:
+            super().parse_arguments(parser, args)
+            # LightningCLI loads --ckpt_path right after parsing (for its hyper-parameters): check it first
+            subcommand = self.config.get("subcommand")
+            if subcommand:
+                _check_ckpt_path(self.config[subcommand].get("ckpt_path"))
+
         def before_instantiate_classes(self) -> None:
             # `enable_progress_bar: false` must win over the default RichProgressBar rather than be an error
             config = self.config[self.subcommand] if self.subcommand else self.config
-            _check_ckpt_path(config.get("ckpt_path"))
             if config.trainer.get("enable_progress_bar") is False and config.trainer.get("callbacks"):
                 config.trainer.callbacks = [
                     c for c in config.trainer.callbacks if "ProgressBar" not in str(c.get("class_path", ""))
@@ -62,7 +68,8 @@ def _check_ckpt_path(ckpt_path: str | None) -> None:
         return
     from prism_lit.io import check_checkpoint
 
-    check_checkpoint(ckpt_path)
+    check_checkpoint(ckpt_path, after_discard="then run the command again without --ckpt_path to start from "
+                                              "scratch, or pass another checkpoint")
 
 
 def _cli_kwargs() -> dict[str, Any]:
@@ -124,7 +131,46 @@ def _pop_debug(argv: list[str]) -> tuple[bool, list[str]]:
     return len(rest) != len(argv) or env, rest
 
 
+def _check_yaml_files(argv: list[str]) -> None:
+    """Parse every YAML file the command line names (``--config X``, ``--sft X.yaml``) and the ``.yaml`` files they
+    name in turn, so a malformed one is reported with its path, line and column; jsonargparse says only
+    ``"<unicode string>", line 2``."""
+    import yaml
+
+    from prism_lit.errors import UsageError
+
+    pending = [a.split("=", 1)[1] if "=" in a else b for a, b in zip(argv, argv[1:] + [""])
+               if a.startswith("--") and (a.split("=", 1)[0] == "--config" or
+                                          str(a.split("=", 1)[-1] if "=" in a else b).endswith((".yaml", ".yml")))]
+    seen: set[str] = set()
+    while pending:
+        path = pending.pop()
+        if path in seen or not os.path.isfile(path):
+            continue  # a missing file is the parser's error, with its name
+        seen.add(path)
+        try:
+            with open(path, encoding="utf-8") as fh:
+                data = yaml.safe_load(fh)
+        except UnicodeDecodeError as err:
+            raise UsageError(f"{path}: not valid UTF-8 ({err.reason} at byte {err.start}); save it as UTF-8.") from None
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(err, "problem", None) or str(err)
+            raise UsageError(f"{path}{where}: malformed YAML ({problem}).") from None
+        stack = [data]
+        while stack:
+            item = stack.pop()
+            if isinstance(item, dict):
+                stack.extend(item.values())
+            elif isinstance(item, list):
+                stack.extend(item)
+            elif isinstance(item, str) and item.endswith((".yaml", ".yml")):
+                pending.append(os.path.join(os.path.dirname(path), item))
+
+
 def _run(argv: list[str], from_shell: bool) -> None:
+    _check_yaml_files(argv)
     if argv and argv[0] in EXTRA_COMMANDS:
         from jsonargparse import CLI
 

@@ -19,7 +19,10 @@ from pathlib import Path
 
 
 class PrismLitError(Exception):
-    """Base class: bad input or a bad artifact that the user can fix. ``hint`` says how."""
+    """Base class: bad input or a bad artifact that the user can fix. ``hint`` says how; ``exit_code`` is the CLI's
+    exit status for it."""
+
+    exit_code = 1
 
     def __init__(self, message: str, hint: str | None = None) -> None:
         super().__init__(message)
@@ -31,6 +34,12 @@ class PrismLitError(Exception):
 
 class ConfigError(PrismLitError, ValueError):
     """A setting or command-line option is invalid (the message names the option)."""
+
+
+class UsageError(ConfigError):
+    """A command line or config file that cannot be parsed (exit status 2, like the parser's own errors)."""
+
+    exit_code = 2
 
 
 class DataError(PrismLitError, ValueError):
@@ -126,7 +135,7 @@ def report_error(err: BaseException, command: str | None, argv: list[str], debug
     if not debug:
         where = f" (written to {log_path})" if log_path else ""
         print(f"The traceback{where} is printed with --debug.", file=sys.stderr)
-    return 1
+    return getattr(root_error(err), "exit_code", 1)
 
 
 def _usage_message(text: str) -> str:
@@ -166,5 +175,5 @@ def report_interrupt(command: str | None) -> int:
 
 __all__ = [
     "ArtifactError", "CheckpointError", "ConfigError", "DataError", "MissingFileError", "ModelError",
-    "PrismLitError", "format_error", "is_user_error", "report_error", "report_interrupt",
+    "PrismLitError", "UsageError", "format_error", "is_user_error", "report_error", "report_interrupt",
 ]

@@ -73,8 +73,7 @@ def _discard_hint(path: Path, what: str) -> str:
     import shlex
 
     quoted = shlex.quote(str(path))
-    return (f"Discard it with: mv {quoted} {shlex.quote(str(path) + '.corrupt')} — {what}. Nothing else in the run "
-            "directory needs to change.")
+    return f"Discard it with: mv {quoted} {shlex.quote(str(path) + '.corrupt')} — {what}."
 
 
 def zip_problem(path: str | os.PathLike, full: bool = True) -> str | None:
@@ -110,10 +109,13 @@ def zip_problem(path: str | os.PathLike, full: bool = True) -> str | None:
     return None
 
 
-def check_checkpoint(path: str | os.PathLike, full: bool = True) -> Path:
+def check_checkpoint(path: str | os.PathLike, full: bool = True,
+                     after_discard: str = "the stage then starts again from its beginning; nothing else in the "
+                                          "run directory needs to change") -> Path:
     """Raise :class:`~prism_lit.errors.CheckpointError` naming ``path`` and the command that discards it, unless
     ``path`` is a complete torch checkpoint. Call it before ``Trainer.fit(ckpt_path=path)``: a checkpoint cut off by
-    a kill otherwise fails deep in ``torch.load`` with no path, on every resume."""
+    a kill otherwise fails deep in ``torch.load`` with no path, on every resume. ``after_discard`` says what happens
+    once it is gone."""
     from prism_lit.errors import CheckpointError, MissingFileError
 
     path = Path(path)
@@ -123,7 +125,7 @@ def check_checkpoint(path: str | os.PathLike, full: bool = True) -> Path:
     problem = zip_problem(path, full=full)
     if problem is not None:
         raise CheckpointError(f"checkpoint {path} is damaged: {problem}; training cannot resume from it.",
-                              hint=_discard_hint(path, "the stage then starts again from its beginning"))
+                              hint=_discard_hint(path, after_discard))
     return path
 
 

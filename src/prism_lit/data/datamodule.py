@@ -175,6 +175,12 @@ class TrajectoryDataModule(L.LightningDataModule):
         for path in self.train_files + self.val_files:
             if not Path(path).is_file():
                 raise FileNotFoundError(f"data: trajectory file not found: {path}")
+        self._check_files()
+        if self.train_rows is None and (self.tokenizer_path is not None or self.trainer is not None):
+            # tokenise here, before the Trainer's setup creates log directories: a trajectory over max_length with
+            # truncation: fail (or a corpus with nothing trainable) stops the run before anything is written.
+            # Only this rank runs prepare_data; it keeps the rows, the other ranks tokenise in setup.
+            self._build_rows()
 
     def _get_tokenizer(self):
         if self.tokenizer is not None:
@@ -222,7 +228,7 @@ class TrajectoryDataModule(L.LightningDataModule):
         """Remember which file each training id came from; an id in two files is an error naming both lines."""
         for t in trajectories:
             other = self._file_of.get(t.id)
-            if other is not None:
+            if other is not None and other != path:  # within one file the reader names both lines
                 raise TrajectoryFormatError(
                     path, _line_of(path, t.id), "id",
                     f"duplicate id {t.id!r}, also in {other} line {_line_of(other, t.id)}; ids must be unique "
@@ -230,8 +236,10 @@ class TrajectoryDataModule(L.LightningDataModule):
             self._file_of[t.id] = path
 
     def setup(self, stage: str | None = None) -> None:
-        if self.train_rows is not None:
-            return
+        if self.train_rows is None:
+            self._build_rows()
+
+    def _build_rows(self) -> None:
         import datasets
 
         self.stats = {"read": 0, "skipped": 0, "truncated": 0}

@@ -129,14 +129,13 @@ class SFTModule(L.LightningModule):
     def prepare_data(self) -> None:
         # the model's files and its tokenizer (chat template included) are checked here, before the Trainer's
         # setup creates log directories: a bad model directory fails before anything is written
-        ensure_policy_files(self.policy)
-        check_policy_files(self.policy)
         _ = self.tokenizer
 
     @property
     def tokenizer(self):
         if self._tokenizer is None:
             ensure_policy_files(self.policy)
+            check_policy_files(self.policy)  # a damaged model dir is named before a library error hides it
             self._tokenizer = load_tokenizer(self.policy)
         return self._tokenizer
 
