@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,6 +51,9 @@ def run_cli(args: list[str]) -> CliResult:
                 code = 1
             else:
                 code = int(exc.code or 0)
+        except Exception:  # what the interpreter does with an uncaught exception: traceback, exit status 1
+            traceback.print_exc(file=err)
+            code = 1
     return CliResult(code, out.getvalue(), err.getvalue())
 
 
