@@ -44,9 +44,17 @@ def test_config_parses(path, monkeypatch):
 
         kwargs = _parse_pipeline_config(str(path), {})
         assert kwargs["method"]
-        from prism_lit.pipeline.stages import instantiate
+        from prism_lit.pipeline.context import PipelineContext
+        from prism_lit.pipeline.stages import build_rl_module
+        from prism_lit.policy import PolicySpec
+        from prism_lit.probe.routers import Router
+        from prism_lit.rl.base import RLModuleBase
 
-        instantiate(kwargs["probe"].router)  # the router's class_path and init args are valid
+        assert isinstance(kwargs["probe"].router, Router)  # built from its class_path and init args
+        ctx = PipelineContext(run_dir=Path("unused"), **{k: kwargs[k] for k in ("env", "base", "probe", "sft", "rl",
+                                                                               "eval", "seed", "method")},
+                              trainer=kwargs["trainer"] or {})
+        assert isinstance(build_rl_module(ctx, PolicySpec(path="unused")), RLModuleBase)
     else:
         from prism_lit.pipeline.compare import compare  # noqa: F401
         for sub in config["configs"]:
@@ -57,32 +65,40 @@ def test_config_parses(path, monkeypatch):
 def test_baselines_share_one_sft_and_one_rl_recipe(env, monkeypatch):
     """A comparison is fair only if the methods differ in routing alone: every baseline that trains SFT uses the
     same SFT settings, and every one that runs RL the same RL module, batch and budget (only the task set differs)."""
-    from dataclasses import asdict
-
     from prism_lit.pipeline.compare import _parse_pipeline_config
+    from prism_lit.pipeline.config import settings_json
 
     monkeypatch.chdir(ROOT)
     sft, rl = {}, {}
     for path in sorted((ROOT / "configs" / "baselines" / env).glob("*.yaml")):
         kwargs = _parse_pipeline_config(str(path), {})
         if kwargs["sft"].enabled:
-            sft[path.name] = asdict(kwargs["sft"]) | {"data": None}
+            sft[path.name] = settings_json(kwargs["sft"]) | {"data": None}
         if kwargs["rl"].enabled:
-            rl[path.name] = asdict(kwargs["rl"]) | {"tasks": None}
+            rl[path.name] = settings_json(kwargs["rl"]) | {"tasks": None}
     assert len(sft) >= 2 and len(rl) >= 2
     first_sft, first_rl = next(iter(sft.values())), next(iter(rl.values()))
     assert {name: s for name, s in sft.items() if s != first_sft} == {}
     assert {name: r for name, r in rl.items() if r != first_rl} == {}
 
 
-@pytest.mark.parametrize("args", [["--rl.module.init_args.lr", "5e-4"], ["--rl.module", "{class_path: x}"],
-                                  ["--probe.router.init_args.rl_fraction=0.3"]])
-def test_pipeline_refuses_command_line_overrides_of_class_path_dicts(args, tmp_path):
+@pytest.mark.parametrize("args, key, value", [
+    (["--rl.module.init_args.optim.lr", "5e-4"], ("rl", "module", "init_args", "optim", "lr"), 5e-4),
+    (["--probe.router.init_args.rl_fraction=0.3"], ("probe", "router", "init_args", "rl_fraction"), 0.3),
+    (["--probe.router.class_path=prism_lit.probe.routers.RandomRouter"], ("probe", "router", "class_path"),
+     "prism_lit.probe.routers.RandomRouter"),
+])
+def test_pipeline_takes_command_line_overrides_of_its_plugins(args, key, value, capsys):
+    """The router and the RL module are typed plugins: an override merges into the YAML's value."""
     from prism_lit.cli import main
 
-    with pytest.raises(SystemExit, match=r"cannot be set on the command line .*pass --(rl|probe) that_file.yaml"):
-        main(["pipeline", "--config", "configs/pipeline_webshop_embedded.yaml", "--run_dir", str(tmp_path), *args])
-    assert not any(tmp_path.iterdir())  # refused before anything ran
+    with pytest.raises(SystemExit) as printed:
+        main(["pipeline", "--config", "configs/pipeline_webshop_embedded.yaml", *args, "--print_config"])
+    assert printed.value.code in (0, None)
+    config = yaml.safe_load(capsys.readouterr().out)
+    for part in key:
+        config = config[part]
+    assert config == value
 
 
 def test_pipeline_takes_a_whole_rl_section_file(tmp_path, capsys):
@@ -93,7 +109,7 @@ def test_pipeline_takes_a_whole_rl_section_file(tmp_path, capsys):
     with pytest.raises(SystemExit) as printed:
         main(["pipeline", "--config", "configs/pipeline_webshop_embedded.yaml", "--rl", str(rl), "--print_config"])
     assert printed.value.code in (0, None)
-    assert yaml.safe_load(capsys.readouterr().out)["rl"]["module"]["init_args"]["lr"] == 5.0e-4
+    assert yaml.safe_load(capsys.readouterr().out)["rl"]["module"]["init_args"]["optim"]["lr"] == 5.0e-4
 
 
 @pytest.mark.parametrize("env", ["webshop", "alfworld"])

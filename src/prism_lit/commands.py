@@ -7,12 +7,14 @@ from typing import Any
 
 from prism_lit.envs.protocol import AgentProtocol
 
-ENV_ALIASES = {"webshop": "prism_lit/WebShop-v0", "alfworld": "prism_lit/ALFWorld-v0"}
 
 
 def resolve_env_id(env: str) -> str:
-    """``webshop`` / ``alfworld`` or a full gymnasium id."""
-    return ENV_ALIASES.get(env.lower(), env)
+    """The Gymnasium id of a registered env's short name (``webshop``); any other id is returned as given."""
+    from prism_lit.envs import ENV_SPECS
+
+    spec = ENV_SPECS.get(env.lower())
+    return spec.gym_id if spec is not None else env
 
 
 def generate(
@@ -39,7 +41,9 @@ def generate(
     from prism_lit.envs.experts import write_expert_dataset
 
     env_id = resolve_env_id(env)
-    protocol = protocol or AgentProtocol(env=env.lower() if env.lower() in ENV_ALIASES else "generic")
+    from prism_lit.envs import ENV_SPECS
+
+    protocol = protocol or AgentProtocol(env=env.lower() if env.lower() in ENV_SPECS else "generic")
     stats = write_expert_dataset(
         env_id, n_tasks, out, protocol, split=split, seed=seed, env_kwargs=env_kwargs or {}
     )

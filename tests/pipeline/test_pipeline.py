@@ -17,8 +17,8 @@ from prism_lit.pipeline.run import STAGE_ORDER, pipeline, read_stage_marker
 from prism_lit.policy import EmbeddedModelSpec
 
 
-RL_MODULE = {"class_path": "prism_lit.rl.reinforce.ReinforceModule",
-             "init_args": {"group_size": 2, "lr": 1e-4, "rollout": {"max_new_tokens": 8, "max_steps": 3}}}
+RL_MODULE = {"class_path": "prism_lit.rl.GRPOModule",
+             "init_args": {"group_size": 2, "optim": {"lr": 1e-4}, "rollout": {"max_new_tokens": 8, "max_steps": 3}}}
 
 
 def _settings(tmp_path, router="prism_lit.probe.routers.PrismRouter"):
@@ -346,3 +346,123 @@ def test_a_finished_stage_made_with_other_settings_is_refused_until_rerun(tmp_pa
     probe_marker = read_stage_marker(run, "probe")
     pipeline(**settings, stop_after="sft")  # the same settings again: every stage is reused
     assert read_stage_marker(run, "probe") == probe_marker
+
+
+# ---------------------------------------------------------------------------------------------- checks and records
+def _main(*args):
+    from prism_lit.cli import main
+
+    main(["pipeline", *args])
+
+
+@pytest.mark.parametrize("override, culprit", [
+    ("--sft.batch_size=-4", "sft.batch_size must be >= 1"),
+    ("--sft.lr=0", "sft.lr must be > 0"),
+    ("--probe.router.init_args.rl_fraction=1.5", "rl_fraction"),
+    ("--probe.router.class_path=prism_lit.probe.routers.NoSuchRouter", "NoSuchRouter"),
+    ("--rl.module.init_args.lrr=0.1", "lrr"),
+    ("--rl.data.tasks_per_batch=0", "rl.data.tasks_per_batch must be >= 1"),
+    ("--eval.max_new_tokens=0", "eval.max_new_tokens must be >= 1"),
+    ("--eval.policies=[base,best]", "eval.policies: unknown policy 'best'"),
+    ("--env.eval_splits={train: 5}", "'train' is also env.train_split"),
+    ("--env.id=no_such_env", "env.id: 'no_such_env' is not a registered environment"),
+])
+def test_bad_pipeline_settings_fail_before_the_first_stage(tmp_path, capsys, override, culprit):
+    run = tmp_path / "run"
+    with pytest.raises((SystemExit, ValueError)) as err:
+        _main("--config", "configs/pipeline_webshop_embedded.yaml", f"--run_dir={run}", override)
+    shown = str(err.value) + capsys.readouterr().err
+    assert culprit in " ".join(shown.split()), shown
+    assert not run.exists()  # nothing was written, no compute spent
+
+
+def test_plugin_overrides_on_the_command_line_reach_the_run(tmp_path):
+    run = tmp_path / "run"
+    _main("--config", "configs/pipeline_webshop_embedded.yaml", f"--run_dir={run}", "--stop_after=tasks",
+          "--probe.corpus_tasks=6", "--base.pretrain_tasks=4", "--env.kwargs.num_products=60",
+          "--probe.router.init_args.rl_fraction=0.3", "--rl.module.init_args.group_size=2")
+    config = json.loads((run / "pipeline_config.json").read_text())
+    assert config["probe"]["router"] == {"class_path": "prism_lit.probe.routers.PrismRouter",
+                                         "init_args": {"score": "gini", "rl_fraction": 0.3}}
+    assert config["rl"]["module"]["init_args"]["group_size"] == 2
+    assert config["rl"]["module"]["init_args"]["optim"]["lr"] == 5e-5  # the rest of the YAML's module is kept
+
+
+def test_rl_never_trains_on_other_splits_or_evaluation_tasks(tmp_path):
+    from prism_lit.pipeline.context import PipelineContext
+    from prism_lit.pipeline.stages import StageError, check_rl_tasks, panel_task_ids
+
+    s = _settings(tmp_path)
+    ctx = PipelineContext(run_dir=tmp_path, env=s["env"], base=s["base"], probe=s["probe"], sft=s["sft"],
+                          rl=s["rl"], eval=s["eval"], seed=0, trainer={}, method="m")
+    check_rl_tasks(ctx, ["webshop/train/40", "webshop/train/41"])
+    with pytest.raises(StageError, match=r"RL tasks \['webshop/test/0'\].*not tasks of env.train_split 'train'"):
+        check_rl_tasks(ctx, ["webshop/train/40", "webshop/test/0"])
+    ctx.env.eval_splits = {"eval": 3}  # a panel drawn from another split than test
+    panel = panel_task_ids(ctx, "eval", 3)
+    ctx.env.train_split = "eval"
+    with pytest.raises(StageError, match="in the evaluation panel of split 'eval'"):
+        check_rl_tasks(ctx, panel[:1])
+
+
+def test_sft_on_a_partition_of_another_corpus_stops_without_a_record(tmp_path):
+    settings = _settings(tmp_path)
+    pipeline(**settings, stop_after="probe")
+    run = tmp_path / "run"
+    partition = json.loads((run / "probe" / "partition.json").read_text())
+    partition["sft_ids"] = [f"elsewhere-{i}" for i in range(len(partition["sft_ids"]))]
+    partition["task_of"].update({i: "webshop/train/1" for i in partition["sft_ids"]})
+    partition["task_type_of"].update({i: "food" for i in partition["sft_ids"]})
+    (run / "probe" / "partition.json").write_text(json.dumps(partition))
+    from prism_lit.pipeline.stages import StageError
+
+    with pytest.raises(StageError, match=r"partition.json: 6 SFT trajectory id\(s\) are not in the corpus"):
+        pipeline(**settings, stop_after="sft")
+    assert read_stage_marker(run, "sft") is None
+
+
+def test_a_half_done_stage_resumes_only_under_its_own_settings_and_counts_every_attempt(tmp_path, monkeypatch):
+    import time
+
+    settings = _settings(tmp_path)
+    settings["rl"].max_steps = 3
+    pipeline(**settings, stop_after="sft")
+    run = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        _StopAt(step=2).install(patch)
+        with pytest.raises(_Killed):
+            pipeline(**settings)
+    started = json.loads((run / "rl" / "started.json").read_text())
+    first = time.time() - started["attempts"][0]["start"]
+    (run / "rl" / ".export.abcd1234").mkdir()  # what a kill during an atomic export leaves behind
+
+    changed = _settings(tmp_path)
+    changed["rl"].max_steps = 3
+    changed["rl"].epochs = 2.0
+    with pytest.raises(ValueError, match=r"stage 'rl' .* was started \(and would resume\) with other settings"):
+        pipeline(**changed)
+
+    pipeline(**settings)
+    marker = read_stage_marker(run, "rl")
+    assert marker["info"]["steps"] == 3 and not (run / "rl" / ".export.abcd1234").exists()
+    # the killed attempt's time (up to its last write) is counted on top of the resumed one
+    assert marker["seconds"] > marker["seconds_this_attempt"] > 0
+    assert marker["seconds"] - marker["seconds_this_attempt"] <= first + 1
+
+
+def test_the_run_seed_reaches_the_random_router_and_the_rl_module(tmp_path):
+    from prism_lit.pipeline.context import PipelineContext
+    from prism_lit.pipeline.stages import build_rl_module, probe_and_route
+    from prism_lit.policy import PolicySpec
+
+    partitions = []
+    for seed in (0, 1):
+        s = _settings(tmp_path / f"s{seed}", router="prism_lit.probe.routers.RandomRouter")
+        pipeline(**s, seed=seed, stop_after="tasks")
+        ctx = PipelineContext(run_dir=tmp_path / f"s{seed}" / "run", env=s["env"], base=s["base"], probe=s["probe"],
+                              sft=s["sft"], rl=s["rl"], eval=s["eval"], seed=seed, trainer={}, method="m")
+        probe_and_route(ctx)
+        partitions.append(json.loads((ctx.artifacts.partition).read_text())["rl_ids"])
+        assert s["probe"].router.seed is None  # the settings object is not changed (its record stays the same)
+        assert build_rl_module(ctx, PolicySpec(path="unused")).seed == seed
+    assert partitions[0] != partitions[1]

@@ -172,3 +172,19 @@ def test_chunked_reduction_and_gradient_checkpointing_give_the_same_norms():
     model.train()
     torch.testing.assert_close(measure_unit_grad_norms(model, batch).norms, reference, rtol=1e-6, atol=0)
     assert model.training
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+@pytest.mark.parametrize("chunk", [1, 7, 10_000])
+@pytest.mark.parametrize("adapter", [False, True])
+def test_logits_in_chunks_give_the_full_logits_result(side, chunk, adapter):
+    """The memory-bounded loss (a chunk of positions projected onto the vocabulary at a time) changes nothing."""
+    model = lora(tiny_llama()) if adapter else tiny_llama()
+    batch = padded_batch(side)
+    full = measure_unit_grad_norms(model, batch, logits_chunk_tokens=None)
+    chunked = measure_unit_grad_norms(model, batch, logits_chunk_tokens=chunk)
+    torch.testing.assert_close(chunked.norms, full.norms, rtol=1e-5, atol=1e-8)
+    torch.testing.assert_close(chunked.loss, full.loss, rtol=1e-5, atol=1e-7)
+    assert torch.equal(chunked.n_tokens, full.n_tokens)
+    with pytest.raises(ValueError, match="logits_chunk_tokens must be >= 1"):
+        measure_unit_grad_norms(model, batch, logits_chunk_tokens=0)

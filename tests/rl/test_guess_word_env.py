@@ -17,7 +17,7 @@ def test_rules_reward_and_info():
     assert "purrs" in obs and info["task_type"] == "animal" and info["task_id"] == "guess_word/train/4"
     assert "cat" in info["admissible_actions"] and len(info["admissible_actions"]) == 4
     wrong = next(a for a in info["admissible_actions"] if a != "cat")
-    obs, r, term, trunc, info = env.step(wrong)
+    obs, r, term, _, info = env.step(wrong)
     assert (r, term, info["won"], info["valid_action"]) == (0.0, False, False, True) and f"not {wrong}" in obs
     obs, r, term, _trunc, info = env.step("  Cat! and more words")
     assert (r, term, info["won"], info["score"]) == (1.0, True, True, 1.0)
@@ -26,7 +26,7 @@ def test_rules_reward_and_info():
 def test_invalid_guesses_use_up_attempts_and_garbage_never_raises():
     env = GuessWordEnv(max_attempts=2)
     env.reset(seed=1, options={"task_id": "guess_word/train/0"})
-    obs, r, term, _, info = env.step("\x00 ][")
+    obs, _r, term, _, info = env.step("\x00 ][")
     assert not term and "Invalid guess" in obs and info["valid_action"] is False
     obs, _r, term, _, info = env.step("")
     assert term and "The word was banana" in obs and not info["won"]

@@ -7,7 +7,7 @@ import pytest
 
 from prism_lit.envs.guess_word import GUESS_WORD_ID
 from prism_lit.policy import PolicySpec
-from prism_lit.rl import ReinforceModule, RLTaskDataModule, RolloutConfig
+from prism_lit.rl import GRPOModule, RLTaskDataModule, RolloutConfig
 
 
 class DumpPerRank(pl.Callback):
@@ -22,10 +22,10 @@ class DumpPerRank(pl.Callback):
 
 @pytest.mark.slow
 def test_two_ranks_shard_tasks_and_stay_in_sync(tmp_path, gw_policy_dir, gw_protocol):
-    module = ReinforceModule(policy=PolicySpec(path=str(gw_policy_dir)), protocol=gw_protocol, env_id=GUESS_WORD_ID,
-                             env_kwargs={"max_attempts": 1}, rollout=RolloutConfig(max_new_tokens=2), group_size=4,
-                             lr=1e-2, entropy_coef=0.01, skip_zero_advantage=False, micro_batch_size=4,
-                             update_epochs=2, minibatch_size=8)
+    module = GRPOModule(policy=PolicySpec(path=str(gw_policy_dir)), protocol=gw_protocol, env_id=GUESS_WORD_ID,
+                        env_kwargs={"max_attempts": 1}, rollout=RolloutConfig(max_new_tokens=2), group_size=4,
+                        optim={"lr": 1e-2}, entropy_coef=0.01, skip_zero_advantage=False,
+                        update={"micro_batch_size": 4, "epochs": 2, "minibatch_size": 8})
     data = RLTaskDataModule(GUESS_WORD_ID, env_kwargs={"max_attempts": 1}, tasks_per_batch=2, seed=3)
     trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", max_steps=4, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,

@@ -5,7 +5,7 @@ import pytest
 
 from prism_lit.envs.guess_word import GUESS_WORD_ID
 from prism_lit.policy import PolicySpec
-from prism_lit.rl import PPOModule, ReinforceModule, RLTaskDataModule, RolloutConfig, evaluate_policy
+from prism_lit.rl import GRPOModule, PPOModule, RLTaskDataModule, RolloutConfig, evaluate_policy
 
 TASKS = [f"guess_word/train/{i}" for i in range(8)]
 PANEL = TASKS * 4  # every task with 4 different env seeds (candidate orders)
@@ -42,9 +42,9 @@ def _learn(module, protocol, max_steps):
 
 @pytest.mark.slow
 def test_grpo_learns_guess_word_from_random_init(gw_policy_dir, gw_protocol):
-    module = ReinforceModule(policy=PolicySpec(path=str(gw_policy_dir)), protocol=gw_protocol, env_id=GUESS_WORD_ID,
-                             rollout=RolloutConfig(max_new_tokens=3), group_size=16, advantage="grpo", lr=3e-3,
-                             micro_batch_size=64)
+    module = GRPOModule(policy=PolicySpec(path=str(gw_policy_dir)), protocol=gw_protocol, env_id=GUESS_WORD_ID,
+                        rollout=RolloutConfig(max_new_tokens=3), group_size=16, advantage="grpo",
+                        optim={"lr": 3e-3}, update={"micro_batch_size": 64})
     before, curve, after = _learn(module, gw_protocol, max_steps=200)
     print(f"GRPO: greedy {before:.2f} -> {after:.2f}; sampled {curve[0]:.2f} -> {curve[-1]:.2f} in {len(curve)} it")
     assert before < 0.2 and curve[0] < 0.2, (before, curve[:3])
@@ -54,8 +54,8 @@ def test_grpo_learns_guess_word_from_random_init(gw_policy_dir, gw_protocol):
 @pytest.mark.slow
 def test_ppo_learns_guess_word_from_random_init(gw_policy_dir, gw_protocol):
     module = PPOModule(policy=PolicySpec(path=str(gw_policy_dir)), protocol=gw_protocol, env_id=GUESS_WORD_ID,
-                       rollout=RolloutConfig(max_new_tokens=3), group_size=16, lr=3e-3, value_lr=1e-2,
-                       update_epochs=2, num_minibatches=1, entropy_coef=0.01, micro_batch_size=64)
+                       rollout=RolloutConfig(max_new_tokens=3), group_size=16, optim={"lr": 3e-3}, value_lr=1e-2,
+                       update={"epochs": 2, "num_minibatches": 1, "micro_batch_size": 64}, entropy_coef=0.01)
     before, curve, after = _learn(module, gw_protocol, max_steps=400)
     print(f"PPO: greedy {before:.2f} -> {after:.2f}; sampled {curve[0]:.2f} -> {curve[-1]:.2f} in {len(curve)} it")
     assert before < 0.2 and curve[0] < 0.2, (before, curve[:3])

@@ -10,8 +10,8 @@ from prism_lit.envs.guess_word import GUESS_WORD_ID
 from prism_lit.policy import LoraSpec, PolicySpec, load_policy
 from prism_lit.rl import (
     EvalPanel,
+    GRPOModule,
     PPOModule,
-    ReinforceModule,
     RLTaskDataModule,
     RolloutConfig,
     evaluate_policy,
@@ -31,10 +31,10 @@ def _trainer(tmp_path, max_steps, callbacks=(), logger=False, **kwargs):
 
 def _grpo(policy_dir, protocol, **kwargs):
     args = {"policy": PolicySpec(path=str(policy_dir)), "protocol": protocol, "env_id": GUESS_WORD_ID,
-                "rollout": RolloutConfig(max_new_tokens=2), "group_size": 4, "lr": 1e-2, "micro_batch_size": 16,
-                "skip_zero_advantage": False, "entropy_coef": 0.01}
+                "rollout": RolloutConfig(max_new_tokens=2), "group_size": 4, "optim": {"lr": 1e-2},
+                "update": {"micro_batch_size": 16}, "skip_zero_advantage": False, "entropy_coef": 0.01}
     args.update(kwargs)
-    return ReinforceModule(**args)
+    return GRPOModule(**args)
 
 
 class Record(pl.Callback):
@@ -51,7 +51,7 @@ def _trainable(module):
 
 
 def test_first_update_sees_ratio_one_and_training_changes_the_policy(tmp_path, gw_policy_dir, gw_protocol):
-    module = _grpo(gw_policy_dir, gw_protocol, update_epochs=1)  # one optimizer step: only the first ratio
+    module = _grpo(gw_policy_dir, gw_protocol, update={"epochs": 1, "micro_batch_size": 16})  # one optimizer step: only the first ratio
     rec = Record()
     module.configure_model()
     before = _trainable(module)
@@ -93,7 +93,7 @@ def test_kill_and_resume_continues_the_same_run(tmp_path, gw_policy_dir, gw_prot
 def test_lora_reference_is_the_base_model_and_checkpoints_hold_only_the_adapter(tmp_path, gw_policy_dir,
                                                                                  gw_protocol):
     module = _grpo(gw_policy_dir, gw_protocol, policy=PolicySpec(path=str(gw_policy_dir), lora=LoraSpec(r=4)),
-                   kl_coef=0.1, lr=5e-2, env_kwargs=ONE_TRY)
+                   kl={"coef": 0.1}, optim={"lr": 5e-2}, env_kwargs=ONE_TRY)
     ckpt = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=2, save_top_k=-1)
     rec = Record()
     _trainer(tmp_path, max_steps=2, callbacks=[ckpt, rec]).fit(
@@ -171,8 +171,9 @@ def test_ppo_trains_a_value_head_resumes_and_exports(tmp_path, gw_policy_dir, gw
 
     # the word-level policy cannot write "Action: ...": every reply is penalised, so returns are non-zero
     args = {"policy": PolicySpec(path=str(gw_policy_dir)), "protocol": guess_word_protocol(reply_format="action"),
-                "env_id": GUESS_WORD_ID, "env_kwargs": ONE_TRY, "rollout": RolloutConfig(max_new_tokens=2), "group_size": 2, "lr": 1e-2, "value_lr": 1e-1, "update_epochs": 2,
-                "num_minibatches": 2, "micro_batch_size": 8, "export_dir": str(tmp_path / "export")}
+                "env_id": GUESS_WORD_ID, "env_kwargs": ONE_TRY, "rollout": RolloutConfig(max_new_tokens=2),
+            "group_size": 2, "optim": {"lr": 1e-2}, "value_lr": 1e-1,
+            "update": {"epochs": 2, "num_minibatches": 2, "micro_batch_size": 8}, "export_dir": str(tmp_path / "export")}
     ckpt = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=4, save_top_k=-1)
     rec = Record()
     module = PPOModule(**args)

@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> None:
     from prism_lit.envs.guess_word import GUESS_WORD_ID
     from prism_lit.envs.protocol import AgentProtocol
     from prism_lit.policy import PolicySpec
-    from prism_lit.rl import EvalPanel, ReinforceModule, RLTaskDataModule, RolloutConfig
+    from prism_lit.rl import EvalPanel, GRPOModule, RLTaskDataModule, RolloutConfig
 
     torch.set_num_threads(1)
     L.seed_everything(0, verbose=False)
@@ -54,9 +54,9 @@ def main(argv: list[str] | None = None) -> None:
 
     protocol = AgentProtocol(env="guess_word", reply_format="bare", system_prompt="Guess the word .",
                              show_admissible=False)
-    module = ReinforceModule(policy=PolicySpec(path=args.policy), protocol=protocol, env_id=GUESS_WORD_ID,
-                             rollout=RolloutConfig(max_new_tokens=3, max_steps=3), group_size=2, lr=1e-3,
-                             micro_batch_size=8, skip_zero_advantage=args.skip_zero_advantage)
+    module = GRPOModule(policy=PolicySpec(path=args.policy), protocol=protocol, env_id=GUESS_WORD_ID,
+                        rollout=RolloutConfig(max_new_tokens=3, max_steps=3), group_size=2, optim={"lr": 1e-3},
+                        update={"micro_batch_size": 8}, skip_zero_advantage=args.skip_zero_advantage)
     data = RLTaskDataModule(env_id=GUESS_WORD_ID, tasks_per_batch=args.tasks_per_batch, seed=0,
                             eval_panels=[EvalPanel(name="panel", num_tasks=None, seed=7)], eval_batch_size=3)
     strategy = "auto"

@@ -16,7 +16,6 @@ carries ``admissible_actions`` (list of str), ``won`` (bool), ``task_id`` (str) 
 
 from __future__ import annotations
 
-import importlib
 import os
 import random
 import time
@@ -26,11 +25,10 @@ from typing import Any, Protocol
 import gymnasium as gym
 
 from prism_lit.data.schema import Message, Trajectory, write_trajectories
-from prism_lit.envs import ALFWORLD_ID, WEBSHOP_ID
 from prism_lit.envs.protocol import AgentProtocol
+from prism_lit.envs.spec import env_spec
 
 __all__ = [
-    "EXPERTS",
     "Expert",
     "ExpertEpisodeError",
     "record_expert_episode",
@@ -53,26 +51,13 @@ class ExpertEpisodeError(RuntimeError):
     """The expert did not finish an episode within the step guard."""
 
 
-# env family -> (gymnasium id, "module:Class" of its expert); imported lazily so ALFWorld stays optional.
-EXPERTS: dict[str, tuple[str, str]] = {
-    "webshop": (WEBSHOP_ID, "prism_lit.envs.webshop.expert:WebShopExpert"),
-    "alfworld": (ALFWORLD_ID, "prism_lit.envs.alfworld.expert:ALFWorldExpert"),
-}
-
-
-def resolve_env(env_id: str) -> tuple[str, str, str]:
-    """``(family, gymnasium id, expert path)`` for ``webshop``/``alfworld`` or a registered prism_lit id."""
-    key = env_id.strip()
-    for family, (gym_id, expert_path) in EXPERTS.items():
-        if key.lower() == family or key == gym_id:
-            return family, gym_id, expert_path
-    known = ", ".join(f"{f!r} / {g!r}" for f, (g, _) in EXPERTS.items())
-    raise ValueError(f"unknown env id {env_id!r}; expected one of {known}")
-
-
-def _load_class(path: str) -> type:
-    module_name, _, attr = path.partition(":")
-    return getattr(importlib.import_module(module_name), attr)
+def resolve_env(env_id: str) -> tuple[str, str, str | None]:
+    """``(name, gymnasium id, expert path)`` of a registered env, given its short name or Gymnasium id."""
+    try:
+        spec = env_spec(env_id)
+    except ValueError as err:
+        raise ValueError(f"unknown env id {env_id!r}: {err}") from None
+    return spec.name, spec.gym_id, spec.expert
 
 
 def record_expert_episode(
@@ -142,7 +127,7 @@ def write_expert_dataset(
     """
     if n_tasks < 1:
         raise ValueError(f"write_expert_dataset: n_tasks must be >= 1, got {n_tasks}")
-    family, gym_id, expert_path = resolve_env(env_id)
+    family, gym_id, _ = resolve_env(env_id)
     kwargs = dict(env_kwargs or {})
     if kwargs.get("split", split) != split:
         raise ValueError(f"write_expert_dataset: split={split!r} but env_kwargs has split={kwargs['split']!r}")
@@ -150,7 +135,7 @@ def write_expert_dataset(
     start = time.perf_counter()
     env = gym.make(gym_id, **kwargs)
     try:
-        factory = expert_factory or _load_class(expert_path)
+        factory = expert_factory or env_spec(gym_id).expert_class()
         expert = factory(env, **(expert_kwargs or {}))
         task_ids = list(getattr(env.unwrapped, "task_ids", None) or [])
         if task_ids:

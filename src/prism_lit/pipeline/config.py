@@ -162,6 +162,9 @@ class EnvSettings:
                              "env.eval_splits for evaluation); remove it from env.kwargs")
         for split, n in self.eval_splits.items():
             _at_least(f"env.eval_splits.{split}", n, 1)
+        if self.train_split in self.eval_splits:
+            raise ValueError(f"env.eval_splits: {self.train_split!r} is also env.train_split, where the corpus and the "
+                             f"RL tasks come from; evaluate on a held-out split")
 
 
 @dataclass
@@ -308,7 +311,7 @@ class RLSettings:
     enabled: bool = True
     tasks: Literal["partition", "all"] = "partition"
     module: RLModuleFactory = field(
-        default_factory=lambda: rl_module_factory({"class_path": "prism_lit.rl.reinforce.ReinforceModule"}))
+        default_factory=lambda: rl_module_factory({"class_path": "prism_lit.rl.GRPOModule"}))
     data: dict[str, Any] = field(default_factory=dict)
     epochs: float = 1.0
     max_steps: int | None = None

@@ -85,7 +85,12 @@ def plot_concentration_by_type(run_dir: Path, out: Path) -> Path | None:
 
 def env_short_name(env_id: str) -> str:
     """``webshop`` for ``webshop`` and ``prism_lit/WebShop-v0``: the name reports and tables use."""
-    return env_id.split("/")[-1].lower().removesuffix("-v0")
+    from prism_lit.envs import env_spec
+
+    try:
+        return env_spec(env_id).name
+    except ValueError:  # an env registered outside prism_lit
+        return env_id.split("/")[-1].lower().removesuffix("-v0")
 
 
 def build_report(run_dir: str | Path) -> dict[str, Any]:

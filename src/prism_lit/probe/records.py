@@ -34,6 +34,11 @@ __all__ = ["METADATA_KEYS", "ProbeRecord", "read_probe_records", "records_from_n
 METADATA_KEYS = ("id", "task_id", "task_type")
 
 
+#: the values a record holds that routers and reports can use (concentration scores first)
+CONCENTRATION_SCORES = ("gini", "kurtosis", "cv")
+SCORES = (*CONCENTRATION_SCORES, "l2", "loss")
+
+
 @dataclass
 class ProbeRecord:
     """What the probe measured for one trajectory."""
@@ -57,8 +62,8 @@ class ProbeRecord:
 
     def score(self, name: str) -> float:
         """The value routed on: "gini", "kurtosis", "cv", "l2" or "loss"."""
-        if name not in ("gini", "kurtosis", "cv", "l2", "loss"):
-            raise ValueError(f"unknown score '{name}' (choose gini, kurtosis, cv, l2 or loss)")
+        if name not in SCORES:
+            raise ValueError(f"unknown score '{name}' (choose {', '.join(SCORES)})")
         return float(getattr(self, name))
 
 
@@ -118,7 +123,7 @@ def write_probe_records(path: str | os.PathLike, records: Iterable[ProbeRecord])
     atomic_write_text(path, "".join(line + "\n" for line in lines))
 
 
-_FLOAT_FIELDS = ("gini", "kurtosis", "cv", "l2", "loss")
+_FLOAT_FIELDS = SCORES
 
 
 def read_probe_records(path: str | os.PathLike) -> list[ProbeRecord]:

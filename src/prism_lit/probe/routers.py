@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from typing import Literal
 
 from prism_lit.probe.partition import Partition
-from prism_lit.probe.records import ProbeRecord
+from prism_lit.probe.records import CONCENTRATION_SCORES, ProbeRecord
 
 __all__ = [
     "AllRLRouter",
@@ -142,7 +142,7 @@ class PrismRouter(_ThresholdRouter):
     name = "prism"
 
     def __init__(self, score: ConcentrationScore = "gini", rl_fraction: float = 0.5) -> None:
-        if score not in ("gini", "kurtosis", "cv"):
+        if score not in CONCENTRATION_SCORES:
             raise ValueError(f"PrismRouter: score must be gini, kurtosis or cv, got {score!r}")
         super().__init__(score, rl_fraction)
 
@@ -154,7 +154,7 @@ class InverseRouter(_ThresholdRouter):
     sign = -1.0
 
     def __init__(self, score: ConcentrationScore = "gini", rl_fraction: float = 0.5) -> None:
-        if score not in ("gini", "kurtosis", "cv"):
+        if score not in CONCENTRATION_SCORES:
             raise ValueError(f"InverseRouter: score must be gini, kurtosis or cv, got {score!r}")
         super().__init__(score, rl_fraction)
 
@@ -171,13 +171,14 @@ class MagnitudeRouter(_ThresholdRouter):
 class RandomRouter(Router):
     """Baseline: exactly round(rl_fraction · n) trajectories drawn at random (seeded) → RL.
 
-    The draw depends only on the seed and the set of ids (not on record order).
+    The draw depends only on the seed and the set of ids (not on record order). ``seed=None``: the pipeline uses
+    the run's seed, so seeds sample the routing's variance (used directly, ``None`` draws with seed 0).
     """
 
     name = "random"
     needs_scores = False
 
-    def __init__(self, rl_fraction: float = 0.5, seed: int = 0) -> None:
+    def __init__(self, rl_fraction: float = 0.5, seed: int | None = None) -> None:
         self.rl_fraction = _check_fraction(rl_fraction)
         self.seed = seed
 
@@ -185,7 +186,7 @@ class RandomRouter(Router):
         _check_unique(records)
         ids = sorted(r.id for r in records)
         k = math.floor(self.rl_fraction * len(ids) + 0.5)
-        rl = set(random.Random(self.seed).sample(ids, k))
+        rl = set(random.Random(0 if self.seed is None else self.seed).sample(ids, k))
         return _partition(records, rl, self.name, None, None, self.rl_fraction)
 
 

@@ -13,6 +13,11 @@ layer, with whichever of these is cheaper (`_sq_norms`):
 - direct: G_i = δ_iᵀ x_i, ‖G_i‖²_F                      ~ T·d_in·d_out per sample, memory d_in·d_out
 - ghost:  ‖G_i‖²_F = Σ_{t,s} (x_t·x_s)(δ_t·δ_s)          ~ T²·(d_in + d_out) per sample, memory T²
 
+Logits are never materialised for the whole batch (Qwen3's vocabulary makes them ~1.2 MB per token in fp32):
+the model returns its final hidden states, and the per-sample loss and its gradient with respect to those hidden
+states are computed in chunks of ``logits_chunk_tokens`` positions (`_chunked_losses`); the backward through the
+transformer then starts from that gradient. The result is the same as with full logits (to float rounding).
+
 The backward asks autograd only for the gradient of the input embeddings (made a leaf by a hook), so no
 parameter gradient is computed or accumulated: weights and their `.grad` are untouched, frozen weights
 (peft base layers) are measured like any other, and a sharded weight (FSDP) is never needed — only
@@ -141,10 +146,7 @@ def per_sample_losses(
     (so it adds nothing to a backward); callers report NaN.
     """
     # Shift the targets, not the logits: slicing [B, T, V] logits would copy them.
-    ignore = torch.full_like(labels[:, :1], IGNORE_INDEX)
-    targets = torch.cat([labels[:, 1:], ignore], dim=1)
-    predictor_real = attention_mask.bool()
-    targets = torch.where(predictor_real, targets, IGNORE_INDEX)
+    targets = _targets(labels, attention_mask)
     valid = targets != IGNORE_INDEX
     ce = F.cross_entropy(
         logits.reshape(-1, logits.shape[-1]).float(),
@@ -155,6 +157,39 @@ def per_sample_losses(
     n_tokens = valid.sum(dim=1)
     loss = ce.sum(dim=1) / n_tokens.clamp(min=1)
     return loss, n_tokens
+
+
+def _targets(labels: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Next-token targets aligned with the positions that predict them (see per_sample_losses)."""
+    ignore = torch.full_like(labels[:, :1], IGNORE_INDEX)
+    targets = torch.cat([labels[:, 1:], ignore], dim=1)
+    return torch.where(attention_mask.bool(), targets, IGNORE_INDEX)
+
+
+def _chunked_losses(
+    hidden: torch.Tensor, lm_head: nn.Module, labels: torch.Tensor, attention_mask: torch.Tensor, chunk: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-sample mean CE from the final hidden states, ``chunk`` positions at a time, with ∂(Σ_i L_i)/∂hidden.
+
+    Only positions with a target are projected onto the vocabulary, and only one chunk's logits exist at a time.
+    Returns (loss [B], n_tokens [B], grad_hidden like ``hidden``).
+    """
+    targets = _targets(labels, attention_mask)
+    valid = targets != IGNORE_INDEX
+    n_tokens = valid.sum(dim=1)
+    weight = 1.0 / n_tokens.clamp(min=1).to(torch.float32)  # each sample's mean over its own targets
+    rows, cols = valid.nonzero(as_tuple=True)
+    loss = torch.zeros(hidden.shape[0], dtype=torch.float32, device=hidden.device)
+    grad_hidden = torch.zeros_like(hidden)
+    for lo in range(0, rows.numel(), chunk):
+        r, c = rows[lo : lo + chunk], cols[lo : lo + chunk]
+        h = hidden[r, c].detach().requires_grad_(True)
+        with torch.enable_grad():
+            ce = F.cross_entropy(lm_head(h).float(), targets[r, c], reduction="none") * weight[r]
+            (grad,) = torch.autograd.grad(ce.sum(), h)
+        loss.index_add_(0, r, ce.detach())
+        grad_hidden[r, c] = grad.to(hidden.dtype)
+    return loss, n_tokens, grad_hidden
 
 
 def _use_ghost(t: int, d_in: int, d_out: int) -> bool:
@@ -192,13 +227,20 @@ def measure_unit_grad_norms(
     *,
     method: NormMethod = "auto",
     max_scratch_elements: int = 1 << 25,
+    logits_chunk_tokens: int | None = 1024,
 ) -> UnitGradNorms:
     """Per-sample, per-unit gradient norms, per-sample losses and target counts, in one forward + backward.
 
     `batch` holds input_ids, attention_mask and labels ([B, T], labels aligned with input_ids, -100 = not
     trained on; any padding side). `method` forces the direct or ghost reduction (default: the cheaper per
-    layer). The model runs in eval mode (restored after); weights and `.grad` are not modified.
+    layer). `logits_chunk_tokens`: positions projected onto the vocabulary at a time (``None``: the model's own
+    full logits, as a reference; FSDP-sharded models always use those, their LM head being sharded outside the
+    root's forward). The model runs in eval mode (restored after); weights and `.grad` are not modified.
     """
+    if logits_chunk_tokens is not None and logits_chunk_tokens < 1:
+        raise ValueError(f"logits_chunk_tokens must be >= 1 or None, got {logits_chunk_tokens}")
+    if logits_chunk_tokens is not None and any(type(p).__name__ == "DTensor" for p in model.parameters()):
+        logits_chunk_tokens = None
     input_ids, attention_mask, labels = _check_batch(batch)
     targets = find_units(model, units)
     b = input_ids.shape[0]
@@ -247,21 +289,30 @@ def measure_unit_grad_norms(
     handles.append(model.get_input_embeddings().register_forward_hook(embedding_hook))
     try:
         with _eval_mode(model), torch.enable_grad():
+            chunked = logits_chunk_tokens is not None
             out = model(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
                 position_ids=position_ids_from_mask(attention_mask),
                 use_cache=False,
+                **({"output_hidden_states": True, "logits_to_keep": 1} if chunked else {}),
             )
             if len(embeds) != 1:
                 raise RuntimeError(
                     f"the input embedding ran {len(embeds)} times in one forward; expected once"
                 )
-            loss, n_tokens = per_sample_losses(out.logits, labels, attention_mask)
-            del out
             # Σ_i L_i: its gradient w.r.t. sample i's activations is ∇L_i (samples do not interact). Asking
             # for the embeddings' gradient only: no parameter gradient is computed or accumulated.
-            torch.autograd.grad(loss.sum(), embeds[0])
+            if chunked:
+                hidden = out.hidden_states[-1]
+                del out
+                loss, n_tokens, grad_hidden = _chunked_losses(
+                    hidden, model.get_output_embeddings(), labels, attention_mask, logits_chunk_tokens)
+                torch.autograd.grad(hidden, embeds[0], grad_outputs=grad_hidden)
+            else:
+                loss, n_tokens = per_sample_losses(out.logits, labels, attention_mask)
+                del out
+                torch.autograd.grad(loss.sum(), embeds[0])
     finally:
         for h in handles:
             h.remove()

@@ -10,18 +10,18 @@ task with one env seed share a group).
 - ``gigpo``: GRPO's episode advantage plus ``step_weight`` times a step-level advantage: steps of the same group
   that start from the same observation ("anchor state") form a step group, and their discounted returns-to-go
   are normalised inside it (GiGPO, Feng et al. 2025).
+
+``ADVANTAGE_ESTIMATORS`` maps each name to a function of :class:`AdvantageInputs`; :func:`register_advantage`
+adds one, which ``GRPOModule(advantage=...)`` then accepts.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
-from typing import Literal
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
-
-Estimator = Literal["reinforce", "rloo", "grpo", "gigpo"]
-ESTIMATORS = ("reinforce", "rloo", "grpo", "gigpo")
 
 
 def reinforce_advantages(returns: torch.Tensor) -> torch.Tensor:
@@ -103,8 +103,68 @@ def gigpo_step_advantages(
     return out
 
 
+@dataclass
+class AdvantageInputs:
+    """What an estimator sees: per episode, its step rewards, its group id and the observation of each step."""
+
+    step_rewards: Sequence[Sequence[float]]
+    groups: Sequence[int]
+    step_anchors: Sequence[Sequence[str]] | None = None
+    norm_by_std: bool = True
+    gamma: float = 0.95  # GiGPO's discount of step returns-to-go
+    step_weight: float = 1.0  # GiGPO's weight of the step advantage
+
+    def returns(self) -> torch.Tensor:
+        return torch.tensor([float(sum(r)) for r in self.step_rewards], dtype=torch.float64)
+
+    def broadcast(self, episode_advantages: torch.Tensor) -> list[list[float]]:
+        """One advantage per episode, given to each of its steps."""
+        return [[float(a)] * len(r) for a, r in zip(episode_advantages.tolist(), self.step_rewards)]
+
+
+AdvantageEstimator = Callable[[AdvantageInputs], list[list[float]]]
+
+
+def _gigpo(inputs: AdvantageInputs) -> list[list[float]]:
+    if inputs.step_anchors is None:
+        raise ValueError("gigpo needs the anchor observation of every step")
+    episode = inputs.broadcast(grpo_advantages(inputs.returns(), inputs.groups, norm_by_std=inputs.norm_by_std))
+    step = gigpo_step_advantages(inputs.step_rewards, inputs.step_anchors, inputs.groups, gamma=inputs.gamma,
+                                 norm_by_std=inputs.norm_by_std)
+    return [[a + inputs.step_weight * s for a, s in zip(row, srow)] for row, srow in zip(episode, step)]
+
+
+# name -> estimator; GRPOModule's ``advantage`` picks one. Add your own with :func:`register_advantage`.
+ADVANTAGE_ESTIMATORS: dict[str, AdvantageEstimator] = {
+    "reinforce": lambda x: x.broadcast(reinforce_advantages(x.returns())),
+    "rloo": lambda x: x.broadcast(rloo_advantages(x.returns(), x.groups)),
+    "grpo": lambda x: x.broadcast(grpo_advantages(x.returns(), x.groups, norm_by_std=x.norm_by_std)),
+    "gigpo": _gigpo,
+}
+
+
+def register_advantage(name: str) -> Callable[[AdvantageEstimator], AdvantageEstimator]:
+    """Decorator: make ``fn(inputs: AdvantageInputs) -> per-episode, per-step advantages`` usable as
+    ``advantage: <name>``. Registering a taken name is an error (no silent replacement of a built-in)."""
+
+    def add(fn: AdvantageEstimator) -> AdvantageEstimator:
+        if name in ADVANTAGE_ESTIMATORS:
+            raise ValueError(f"advantage estimator {name!r} is already registered")
+        ADVANTAGE_ESTIMATORS[name] = fn
+        return fn
+
+    return add
+
+
+def get_estimator(name: str) -> AdvantageEstimator:
+    if name not in ADVANTAGE_ESTIMATORS:
+        raise ValueError(f"advantage estimator {name!r} is unknown; choose one of {sorted(ADVANTAGE_ESTIMATORS)} "
+                         "or add one with prism_lit.rl.advantages.register_advantage")
+    return ADVANTAGE_ESTIMATORS[name]
+
+
 def compute_step_advantages(
-    estimator: Estimator,
+    estimator: str,
     step_rewards: Sequence[Sequence[float]],
     groups: Sequence[int],
     step_anchors: Sequence[Sequence[str]] | None = None,
@@ -112,20 +172,6 @@ def compute_step_advantages(
     gamma: float = 0.95,
     step_weight: float = 1.0,
 ) -> list[list[float]]:
-    """Per-episode, per-step advantages for ``estimator``; the episode advantage is broadcast to its steps."""
-    if estimator not in ESTIMATORS:
-        raise ValueError(f"advantage estimator {estimator!r} is unknown; choose one of {ESTIMATORS}")
-    returns = torch.tensor([float(sum(r)) for r in step_rewards], dtype=torch.float64)
-    if estimator == "reinforce":
-        episode_adv = reinforce_advantages(returns)
-    elif estimator == "rloo":
-        episode_adv = rloo_advantages(returns, groups)
-    else:
-        episode_adv = grpo_advantages(returns, groups, norm_by_std=norm_by_std)
-    out = [[float(a)] * len(r) for a, r in zip(episode_adv.tolist(), step_rewards)]
-    if estimator == "gigpo":
-        if step_anchors is None:
-            raise ValueError("gigpo needs the anchor observation of every step")
-        step_adv = gigpo_step_advantages(step_rewards, step_anchors, groups, gamma=gamma, norm_by_std=norm_by_std)
-        out = [[a + step_weight * s for a, s in zip(row, srow)] for row, srow in zip(out, step_adv)]
-    return out
+    """Per-episode, per-step advantages of the registered ``estimator``."""
+    fn = get_estimator(estimator)
+    return fn(AdvantageInputs(step_rewards, groups, step_anchors, norm_by_std, gamma, step_weight))

@@ -1,8 +1,27 @@
-"""What every RL module shares, so each algorithm file holds only its algorithm.
+"""RLModuleBase: the RL iteration every algorithm shares, with hooks for what differs.
+
+One training step is one RL iteration:
+
+1. rollout (:meth:`RLModuleBase.rollout`): each task of the batch ``group_size`` times with its env seed,
+   sampled from the current policy (:class:`RolloutEngine`);
+2. ``build_samples(episodes)`` (the algorithm): one :class:`StepSample` per env step, with its advantage (and
+   whatever else its loss needs: returns, old values);
+3. ``update(samples)`` (shared): ``update.epochs`` passes over the buffer in shuffled minibatches (one optimizer
+   step each, gradients averaged over DDP ranks and clipped to ``optim.max_grad_norm``), each run in
+   micro-batches whose gradients accumulate. Per micro-batch the loss is
+
+       loss(...)  -  entropy_coef * agg(H(pi))  +  kl.coef * agg(KL(pi || pi_ref))
+
+   where ``loss`` is the algorithm's hook and ``agg`` reduces per-token values with the *minibatch's* totals, so
+   the micro-batch terms sum exactly to the minibatch loss;
+4. one line of logs (the mean over optimizer steps of each logged value, rollout and throughput numbers).
+
+A new algorithm subclasses :class:`RLModuleBase` and writes ``build_samples`` and ``loss`` (see docs/rl.md).
+
+What else the base owns:
 
 - the policy (loaded in ``configure_model``), the reference policy for the KL term (LoRA: the same model with
-  the adapter disabled; full fine-tuning: a frozen copy, only when ``kl_coef > 0``),
-- rollouts (:class:`RolloutEngine`) with a seeded sampling generator,
+  the adapter disabled; full fine-tuning: a frozen copy, only when ``kl.coef > 0``),
 - greedy validation/test on the data module's fixed panels (:class:`EpisodeMetrics`, a text table of sample
   episodes to TensorBoard),
 - checkpoints: only trainable weights are stored (adapter-only with LoRA), plus Python/NumPy/torch RNG states
@@ -14,11 +33,12 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import inspect
 import json
 import random
 from collections.abc import Sequence
 from contextlib import contextmanager, nullcontext
-from typing import Any
+from typing import Any, ClassVar
 
 import lightning.pytorch as pl
 import numpy as np
@@ -26,12 +46,15 @@ import torch
 
 from prism_lit.envs.protocol import AgentProtocol
 from prism_lit.policy import PolicySpec, export_policy, load_policy
+from prism_lit.rl.config import EvalConfig, KLConfig, OptimConfig, UpdateConfig
 from prism_lit.rl.evaluation import EpisodeMetrics, default_task_types
-from prism_lit.rl.rollout import Episode, RolloutConfig, RolloutEngine, episode_table
-from prism_lit.rl.scoring import TokenBatch, policy_forward
+from prism_lit.rl.losses import Minibatch, kl_penalty
+from prism_lit.rl.rollout import Episode, RolloutConfig, RolloutEngine, episode_table, group_tasks
+from prism_lit.rl.scoring import PolicyOutput, StepSample, TokenBatch, collate_steps, policy_forward
 
 CHECKPOINT_KEY = "prism_lit_rl"
-
+# signature defaults (read by jsonargparse; the module works on copies, so sharing them is safe)
+DEFAULT_OPTIM, DEFAULT_UPDATE, DEFAULT_KL, DEFAULT_EVAL = OptimConfig(), UpdateConfig(), KLConfig(), EvalConfig()
 
 def _numpy_state_to_plain(state: tuple) -> dict[str, Any]:
     """NumPy's RNG state as builtins, so checkpoints load with ``torch.load(weights_only=True)``."""
@@ -48,8 +71,45 @@ def _is_peft(model) -> bool:
     return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
 
 
+def _section(owner: type, name: str, value: Any, cls: type) -> Any:
+    """A hyperparameter group as ``cls``: a dict (the pipeline passes YAML as is) is merged onto the default the
+    most derived ``__init__`` declares, as jsonargparse does."""
+    if isinstance(value, cls):
+        return dataclasses.replace(value)  # a copy: defaults in signatures are shared instances
+    default = cls()
+    for klass in owner.__mro__:
+        param = inspect.signature(klass.__init__).parameters.get(name) if "__init__" in vars(klass) else None
+        if param is not None and isinstance(param.default, cls):
+            default = param.default
+            break
+    if value is None:
+        return dataclasses.replace(default)
+    if isinstance(value, dict):
+        return dataclasses.replace(default, **value)
+    raise TypeError(f"{owner.__name__}: {name} must be a {cls.__name__} or a dict, got {type(value).__name__}")
+
+
 class RLModuleBase(pl.LightningModule):
-    """Shared machinery of :class:`ReinforceModule` and :class:`PPOModule` (see the module docstring)."""
+    """The RL iteration (see the module docstring). Subclasses write :meth:`build_samples` and :meth:`loss`.
+
+    Args:
+        policy: the model to train (path, LoRA, dtype, ...); start from the SFT export via ``adapter_path`` or
+            ``path``.
+        protocol: prompt format and action parsing (must match the SFT data's).
+        env_id: gymnasium id; ``env_kwargs``: its kwargs (split, data paths).
+        rollout: sampling temperature / top-p, max new tokens, max steps, invalid-action penalty.
+        group_size: episodes per task per iteration (G).
+        optim: learning rate, weight decay, gradient clipping (:class:`~prism_lit.rl.config.OptimConfig`).
+        update: epochs, minibatches, micro-batch size, loss aggregation (:class:`~prism_lit.rl.config.UpdateConfig`).
+        kl: KL term to the reference policy (:class:`~prism_lit.rl.config.KLConfig`).
+        entropy_coef: weight of the entropy bonus.
+        evaluation: greedy panel evaluation (:class:`~prism_lit.rl.config.EvalConfig`).
+        export_dir: write the trained policy (HF format) here at the end of ``fit``.
+        seed: seeds the rollout sampling generator (with the rank).
+    """
+
+    #: the policy forward also returns the hidden state at the last prompt token (``out.state_hidden``)
+    needs_state_hidden: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -59,24 +119,17 @@ class RLModuleBase(pl.LightningModule):
         env_kwargs: dict[str, Any] | None = None,
         rollout: RolloutConfig | None = None,
         group_size: int = 8,
-        lr: float = 1e-6,
-        weight_decay: float = 0.0,
-        max_grad_norm: float | None = 1.0,
-        micro_batch_size: int = 8,
-        kl_coef: float = 0.0,
-        kl_estimator: str = "k3",
+        optim: OptimConfig = DEFAULT_OPTIM,
+        update: UpdateConfig = DEFAULT_UPDATE,
+        kl: KLConfig = DEFAULT_KL,
         entropy_coef: float = 0.0,
-        eval_max_steps: int | None = None,
-        eval_task_types: list[str] | None = None,
-        sample_episodes: int = 4,
+        evaluation: EvalConfig = DEFAULT_EVAL,
         export_dir: str | None = None,
         seed: int = 0,
     ) -> None:
         super().__init__()
         if group_size < 1:
             raise ValueError(f"group_size must be >= 1, got {group_size}")
-        if micro_batch_size < 1:
-            raise ValueError(f"micro_batch_size must be >= 1, got {micro_batch_size}")
         self.automatic_optimization = False
         self.policy_spec = policy if isinstance(policy, PolicySpec) else PolicySpec(**policy)
         self.protocol = protocol if isinstance(protocol, AgentProtocol) else AgentProtocol(**protocol)
@@ -84,16 +137,13 @@ class RLModuleBase(pl.LightningModule):
         self.env_kwargs = dict(env_kwargs or {})
         self.rollout_config = rollout if isinstance(rollout, RolloutConfig) else RolloutConfig(**(rollout or {}))
         self.group_size = group_size
-        self.lr = lr
-        self.weight_decay = weight_decay
-        self.max_grad_norm = max_grad_norm
-        self.micro_batch_size = micro_batch_size
-        self.kl_coef = kl_coef
-        self.kl_estimator = kl_estimator
+        owner = type(self)
+        self.optim = _section(owner, "optim", optim, OptimConfig)
+        self.update_config = _section(owner, "update", update, UpdateConfig)
+        self.kl = _section(owner, "kl", kl, KLConfig)
         self.entropy_coef = entropy_coef
-        self.eval_max_steps = eval_max_steps
-        self.eval_task_types = eval_task_types  # None: resolved from the env at the first evaluation
-        self.sample_episodes = sample_episodes
+        self.evaluation = _section(owner, "evaluation", evaluation, EvalConfig)
+        self.eval_task_types = self.evaluation.task_types  # None: resolved from the env at the first evaluation
         self.export_dir = export_dir
         self.seed = seed
         self.model = None
@@ -106,14 +156,49 @@ class RLModuleBase(pl.LightningModule):
         self._metrics: dict[str, EpisodeMetrics] = {}
         self._samples: dict[str, list[Episode]] = {}
         self.iteration = 0  # RL iterations (rollout + update) done
+        self._save_hparams()
 
-    def save_specs_as_hparams(self) -> None:
-        """Record the init args with the dataclass specs as plain dicts (checkpoints stay ``weights_only``-safe)."""
-        self.save_hyperparameters(ignore=["policy", "protocol", "rollout"])
-        self.hparams["policy"] = dataclasses.asdict(self.policy_spec)
+    def _save_hparams(self) -> None:
+        """Record the init args (the subclass's too) with specs and groups as plain dicts, so checkpoints stay
+        ``weights_only``-safe and ``load_from_checkpoint`` can rebuild the module."""
+        frame = inspect.currentframe().f_back  # this class's __init__; Lightning walks up to the subclass's
+        self.save_hyperparameters(frame=frame)
+        resolved = {"policy": self.policy_spec, "rollout": self.rollout_config, "optim": self.optim,
+                    "update": self.update_config, "kl": self.kl, "evaluation": self.evaluation}
+        for name, value in list(self.hparams.items()):
+            value = resolved.get(name, value)
+            if dataclasses.is_dataclass(value) and not isinstance(value, type):
+                self.hparams[name] = dataclasses.asdict(value)
         self.hparams["protocol"] = {f.name: getattr(self.protocol, f.name)
                                     for f in dataclasses.fields(self.protocol) if not f.name.startswith("_")}
-        self.hparams["rollout"] = dataclasses.asdict(self.rollout_config)
+
+    # ------------------------------------------------------------------ algorithm hooks
+    def build_samples(self, episodes: list[Episode]) -> list[StepSample]:
+        """The training samples of one iteration's episodes: one per env step, with its advantage (and the value
+        targets a value loss needs). Runs once per iteration, before the update; the policy is in train mode and
+        may be called under ``torch.no_grad()`` (PPO computes its old values here)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement build_samples(episodes)")
+
+    def loss(self, out: PolicyOutput, batch: TokenBatch, mb: Minibatch) -> tuple[torch.Tensor, dict[str, float]]:
+        """The algorithm's loss on one micro-batch: ``(loss, logs)``.
+
+        ``out``: the current policy's log-probs (``[B, A]``), entropy and, with ``needs_state_hidden``, the hidden
+        state at the last prompt token; ``batch``: the collated samples (``old_logprobs``, ``advantages``,
+        ``returns``, ``old_values``, ``action_mask``). Reduce per-token terms with ``mb.aggregate`` so micro-batches
+        sum to the minibatch loss. The base adds the entropy and KL terms. ``logs`` are summed over the
+        micro-batches of a minibatch and averaged over optimizer steps: give aggregated terms as they are and
+        weight a micro-batch mean by ``mb.share(batch.action_mask)``.
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement loss(out, batch, mb)")
+
+    def skip_sample(self, sample: StepSample) -> bool:
+        """True for a sample whose forward/backward may be skipped because it adds nothing to the gradient; it
+        still counts in the loss's totals. Called only when no KL or entropy term needs every sample."""
+        return False
+
+    def iteration_logs(self, episodes: list[Episode], samples: list[StepSample]) -> dict[str, float]:
+        """Extra numbers for the iteration's log line (``train/...``)."""
+        return {}
 
     # ------------------------------------------------------------------ model
     def configure_model(self) -> None:
@@ -123,7 +208,7 @@ class RLModuleBase(pl.LightningModule):
         model.train()  # from_pretrained leaves eval mode; rollouts switch to eval themselves
         self.model = model
         self.tokenizer = tokenizer
-        if self.kl_coef > 0 and not _is_peft(model):
+        if self.kl.coef > 0 and not _is_peft(model):
             self.ref_model = copy.deepcopy(model).eval().requires_grad_(False)
         self.configure_extra_modules()
         if _is_peft(model) or self.ref_model is not None:
@@ -139,7 +224,7 @@ class RLModuleBase(pl.LightningModule):
         params = self.trainable_parameters()
         if not params:
             raise ValueError("RL module: the policy has no trainable parameters (check policy.lora / adapter_path)")
-        return torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+        return torch.optim.AdamW(params, lr=self.optim.lr, weight_decay=self.optim.weight_decay)
 
     @torch.no_grad()
     def reference_logprobs(self, batch: TokenBatch, temperature: float) -> torch.Tensor:
@@ -148,7 +233,7 @@ class RLModuleBase(pl.LightningModule):
             with self.model.disable_adapter():
                 return policy_forward(self.model, batch, temperature).logprobs
         if self.ref_model is None:
-            raise RuntimeError("reference policy requested but kl_coef == 0 built none")
+            raise RuntimeError("reference policy requested but kl.coef == 0 built none")
         return policy_forward(self.ref_model, batch, temperature).logprobs
 
     # ------------------------------------------------------------------ rollouts
@@ -171,7 +256,8 @@ class RLModuleBase(pl.LightningModule):
         key = json.dumps(env_kwargs, sort_keys=True, default=str)
         if key not in self._eval_engines:
             cfg = copy.copy(self.rollout_config)
-            cfg.max_steps = self.eval_max_steps if self.eval_max_steps is not None else cfg.max_steps
+            max_steps = self.evaluation.max_steps
+            cfg.max_steps = max_steps if max_steps is not None else cfg.max_steps
             self._eval_engines[key] = RolloutEngine(self.env_id, self.protocol, self.tokenizer, cfg, env_kwargs)
         return self._eval_engines[key]
 
@@ -211,8 +297,13 @@ class RLModuleBase(pl.LightningModule):
         """Average gradients across DDP ranks once per optimizer step (pairs with :meth:`no_grad_sync`)."""
         if self._ddp_model() is None:
             return
+        params = self.trainable_parameters()
+        # when no rank ran a backward (every sample skipped everywhere), leave the gradients unset as one process
+        # would, so the optimizer step changes nothing (zeros would still move Adam's parameters by momentum)
+        if self.agreed_count(int(any(p.grad is not None for p in params))) == 0:
+            return
         world = torch.distributed.get_world_size()
-        for p in self.trainable_parameters():
+        for p in params:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
             torch.distributed.all_reduce(p.grad)
@@ -238,11 +329,77 @@ class RLModuleBase(pl.LightningModule):
         self.average_gradients()
         params = [p for p in self.trainable_parameters() if p.grad is not None]
         norm = float(torch.nn.utils.clip_grad_norm_(params, float("inf"))) if params else 0.0
-        if self.max_grad_norm:
-            self.clip_gradients(optimizer, gradient_clip_val=self.max_grad_norm, gradient_clip_algorithm="norm")
+        if self.optim.max_grad_norm:
+            self.clip_gradients(optimizer, gradient_clip_val=self.optim.max_grad_norm,
+                                gradient_clip_algorithm="norm")
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         return norm
+
+    # ------------------------------------------------------------------ the RL iteration
+    def rollout(self, batch: dict[str, Any]) -> list[Episode]:
+        """Play each task of the batch ``group_size`` times with its env seed, sampling from the current policy."""
+        rows = group_tasks(batch["task_ids"], batch["seeds"], self.group_size)
+        return self.train_engine().run(self.model, rows, generator=self.sampling_generator())
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        episodes = self.rollout(batch)
+        samples = self.build_samples(episodes)
+        summary = self.update(samples)
+        self.iteration += 1
+        summary.update(self.rollout_metrics(episodes, self.train_engine()))
+        summary.update(self.iteration_logs(episodes, samples))
+        summary["train/samples"] = float(len(samples))
+        summary["train/iteration"] = float(self.iteration)
+        self.log_dict(summary, on_step=True, on_epoch=False, batch_size=len(episodes))
+
+    def update(self, samples: list[StepSample]) -> dict[str, float]:
+        """``update.epochs`` x minibatches (one optimizer step each) x micro-batches (accumulated); returns the mean
+        over optimizer steps of every logged value."""
+        optimizer = self.optimizers()
+        size, count = self.update_config.plan(len(samples))
+        if self.update_config.minibatch_size is not None:
+            # every optimizer step all-reduces: the same number on every rank, empty minibatches where short
+            count = self.agreed_count(count)
+        logs: dict[str, list[float]] = {}
+        for _ in range(self.update_config.epochs):
+            order = torch.randperm(len(samples), generator=self.sampling_generator(), device=self.device).tolist()
+            for k in range(count):
+                step_logs = self.minibatch_backward([samples[i] for i in order[k * size:(k + 1) * size]])
+                step_logs["train/grad_norm"] = self.optimizer_update(optimizer)
+                for name, value in step_logs.items():
+                    logs.setdefault(name, []).append(value)
+        return {name: sum(values) / len(values) for name, values in logs.items()}
+
+    def minibatch_backward(self, minibatch: list[StepSample]) -> dict[str, float]:
+        """Accumulate the gradient of one minibatch's loss over its micro-batches; returns the minibatch's logs."""
+        temperature = self.rollout_config.temperature
+        regularised = self.kl.coef > 0 or self.entropy_coef != 0
+        run = minibatch if regularised else [s for s in minibatch if not self.skip_sample(s)]
+        mb = Minibatch(num_tokens=sum(len(s.action_ids) for s in minibatch), num_seqs=len(minibatch),
+                       run_tokens=sum(len(s.action_ids) for s in run), run_seqs=len(run),
+                       norm_length=self.rollout_config.max_new_tokens, agg=self.update_config.loss_agg)
+        logs: dict[str, float] = {}
+        micro_size = self.update_config.micro_batch_size
+        with self.no_grad_sync():
+            for lo in range(0, len(run), micro_size):
+                micro = collate_steps(run[lo:lo + micro_size], self.tokenizer.pad_token_id).to(self.device)
+                out = policy_forward(self.model, micro, temperature, with_entropy=True,
+                                     with_hidden=self.needs_state_hidden)
+                mask = micro.action_mask
+                loss, terms = self.loss(out, micro, mb)
+                entropy = mb.aggregate_run(out.entropy, mask)
+                loss = loss - self.entropy_coef * entropy
+                terms["train/entropy"] = entropy.item()
+                if self.kl.coef > 0:
+                    kl = mb.aggregate(kl_penalty(out.logprobs, self.reference_logprobs(micro, temperature),
+                                                 self.kl.estimator), mask)
+                    loss = loss + self.kl.coef * kl
+                    terms["train/kl"] = kl.item()
+                self.manual_backward(loss)
+                for name, value in terms.items():
+                    logs[name] = logs.get(name, 0.0) + float(value)
+        return logs
 
     # ------------------------------------------------------------------ evaluation
     def task_types(self) -> list[str]:
@@ -261,7 +418,7 @@ class RLModuleBase(pl.LightningModule):
             self._metrics[key] = EpisodeMetrics(self.task_types()).to(self.device)
             self._samples[key] = []
         self._metrics[key].update(episodes)
-        room = self.sample_episodes - len(self._samples[key])
+        room = self.evaluation.sample_episodes - len(self._samples[key])
         if room > 0:
             self._samples[key].extend(episodes[:room])
 

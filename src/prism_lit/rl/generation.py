@@ -27,15 +27,33 @@ class Generation:
     stopped: bool  # True when an end-of-turn token or a stop string ended it (False: max_new_tokens)
 
 
+def pad_sequences(
+    rows: Sequence[Sequence[float]], value: float, side: str = "right", dtype: torch.dtype = torch.long,
+    width: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(values, mask)`` of shape ``[len(rows), width]`` (default: the longest row), each row aligned to ``side``
+    (``left``: right-aligned, as generation needs) and padded with ``value``; ``mask`` is 1 on real entries."""
+    if side not in ("left", "right"):
+        raise ValueError(f"pad_sequences: side must be 'left' or 'right', got {side!r}")
+    width = max((len(r) for r in rows), default=0) if width is None else width
+    out = torch.full((len(rows), width), value, dtype=dtype)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        if len(r):
+            cols = slice(width - len(r), width) if side == "left" else slice(0, len(r))
+            out[i, cols] = torch.as_tensor(list(r), dtype=dtype)
+            mask[i, cols] = 1
+    return out, mask
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids that count real tokens only, so left padding changes nothing."""
+    return (attention_mask.cumsum(-1) - 1).clamp(min=0)
+
+
 def left_pad(prompts: Sequence[Sequence[int]], pad_token_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(input_ids, attention_mask)`` with every prompt right-aligned."""
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for row, prompt in enumerate(prompts):
-        if len(prompt):
-            ids[row, width - len(prompt):] = torch.as_tensor(list(prompt), dtype=torch.long)
-            mask[row, width - len(prompt):] = 1
+    ids, mask = pad_sequences(prompts, pad_token_id, side="left")
     return ids.to(device), mask.to(device)
 
 
@@ -89,7 +107,7 @@ def generate(
         raise ValueError("generate: stop_strings need the tokenizer to decode")
     device = next(model.parameters()).device
     input_ids, mask = left_pad(prompts, pad_token_id, device)
-    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+    position_ids = position_ids_from_mask(mask)
     batch = len(prompts)
     stop_ids = torch.as_tensor(sorted(set(stop_token_ids)), dtype=torch.long, device=device)
     out_tokens: list[list[int]] = [[] for _ in range(batch)]

@@ -13,6 +13,7 @@ A "sequence" is one reply (one env step's action tokens).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -20,6 +21,7 @@ import torch
 LossAggregation = Literal["token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
 AGGREGATIONS = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
 KLEstimator = Literal["k1", "k2", "k3"]
+KL_ESTIMATORS = ("k1", "k2", "k3")
 
 
 def aggregate(
@@ -83,6 +85,47 @@ def clipped_policy_loss(
             "ratio_mean": (ratio * m).sum() / n,
         }
     return loss, stats
+
+
+@dataclass(frozen=True)
+class Minibatch:
+    """Totals of the minibatch a micro-batch belongs to; :meth:`aggregate` reduces with them, so summing the
+    micro-batch values gives exactly the minibatch's (gradient accumulation changes nothing).
+
+    ``num_tokens`` / ``num_seqs`` count every step of the minibatch, those not run because the algorithm skips them
+    (:meth:`~prism_lit.rl.base.RLModuleBase.skip_sample`) included; ``run_tokens`` counts the reply tokens actually run.
+    """
+
+    num_tokens: int
+    num_seqs: int
+    run_tokens: int
+    run_seqs: int
+    norm_length: int
+    agg: LossAggregation
+
+    def aggregate(self, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Reduce per-token ``values`` (``[B, A]``, ``mask`` = real reply tokens) with ``update.loss_agg``."""
+        return aggregate(values, mask, self.agg, self.num_tokens, self.num_seqs, self.norm_length)
+
+    def aggregate_run(self, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The same over the steps that were run only (for terms skipped steps must not dilute)."""
+        return aggregate(values, mask, self.agg, self.run_tokens, self.run_seqs, self.norm_length)
+
+    def share(self, mask: torch.Tensor) -> float:
+        """This micro-batch's share of the run tokens: weights a per-micro-batch mean for logging."""
+        return float(mask.sum()) / max(self.run_tokens, 1)
+
+
+def clipped_surrogate(
+    logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
+    mb: Minibatch, clip_low: float = 0.2, clip_high: float | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """:func:`clipped_policy_loss` of one micro-batch with its minibatch's totals, and its logs
+    (``train/pg_loss``; clip fraction, approximate KL and mean ratio weighted by the micro-batch's token share)."""
+    loss, stats = clipped_policy_loss(logprobs, old_logprobs, advantages, mask, clip_low, clip_high, mb.agg,
+                                      mb.num_tokens, mb.num_seqs, mb.norm_length)
+    share = mb.share(mask)
+    return loss, {"train/pg_loss": loss.item(), **{f"train/{k}": float(v) * share for k, v in stats.items()}}
 
 
 def kl_penalty(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: KLEstimator = "k3") -> torch.Tensor:

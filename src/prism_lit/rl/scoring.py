@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from prism_lit.rl.generation import pad_sequences, position_ids_from_mask
 from prism_lit.rl.losses import entropy_from_logits
 
 
@@ -54,26 +55,17 @@ def collate_steps(samples: Sequence[StepSample], pad_token_id: int) -> TokenBatc
     """Pack samples into a :class:`TokenBatch` (prompts left-padded, replies right-padded)."""
     if not samples:
         raise ValueError("collate_steps: no samples")
-    P = max(len(s.prompt_ids) for s in samples)
-    A = max(len(s.action_ids) for s in samples)
-    B = len(samples)
-    input_ids = torch.full((B, P + A), pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((B, P + A), dtype=torch.long)
-    action_ids = torch.full((B, A), pad_token_id, dtype=torch.long)
-    action_mask = torch.zeros((B, A), dtype=torch.float32)
-    old_logprobs = torch.zeros((B, A), dtype=torch.float32)
     for row, s in enumerate(samples):
         if len(s.action_ids) != len(s.old_logprobs):
             raise ValueError(f"collate_steps: sample {row} has {len(s.action_ids)} action ids but "
                              f"{len(s.old_logprobs)} log-probs")
-        p, a = len(s.prompt_ids), len(s.action_ids)
-        input_ids[row, P - p:P] = torch.as_tensor(s.prompt_ids, dtype=torch.long)
-        input_ids[row, P:P + a] = torch.as_tensor(s.action_ids, dtype=torch.long)
-        attention_mask[row, P - p:P + a] = 1
-        action_ids[row, :a] = torch.as_tensor(s.action_ids, dtype=torch.long)
-        action_mask[row, :a] = 1.0
-        old_logprobs[row, :a] = torch.as_tensor(s.old_logprobs, dtype=torch.float32)
-    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    prompt_ids, prompt_mask = pad_sequences([s.prompt_ids for s in samples], pad_token_id, side="left")
+    action_ids, action_mask = pad_sequences([s.action_ids for s in samples], pad_token_id, side="right")
+    old_logprobs, _ = pad_sequences([s.old_logprobs for s in samples], 0.0, side="right", dtype=torch.float32)
+    input_ids = torch.cat([prompt_ids, action_ids], dim=1)
+    attention_mask = torch.cat([prompt_mask, action_mask], dim=1)
+    position_ids = position_ids_from_mask(attention_mask)
+    action_mask = action_mask.to(torch.float32)
     return TokenBatch(
         input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, action_ids=action_ids,
         action_mask=action_mask, old_logprobs=old_logprobs,

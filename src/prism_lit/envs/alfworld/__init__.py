@@ -15,7 +15,15 @@ from typing import Any
 from prism_lit.envs.alfworld.cache import GENERATOR_VERSION
 from prism_lit.envs.alfworld.layouts import TASK_TYPES
 
+from prism_lit.envs.spec import EnvSpec, register_env
+
 SPLITS = ("train", "valid_seen", "valid_unseen")
+
+SPEC = register_env(EnvSpec(
+    name="alfworld", gym_id="prism_lit/ALFWorld-v0", entry_point="prism_lit.envs.alfworld.env:ALFWorldEnv",
+    max_episode_steps=50, expert="prism_lit.envs.alfworld.expert:ALFWorldExpert", task_types=tuple(TASK_TYPES),
+    splits=SPLITS, score="1 when the goal is reached, else 0 (won = score 1)",
+))
 
 _LAZY = {
     "ALFWorldEnv": "prism_lit.envs.alfworld.env",

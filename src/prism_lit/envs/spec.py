@@ -1,0 +1,73 @@
+"""One :class:`EnvSpec` per environment: everything the CLI, the pipeline, evaluation and reports need to know
+about an env, registered next to it.
+
+Adding an environment is one folder plus one ``register_env(EnvSpec(...))`` call (see docs/architecture.md);
+``prism-lit generate <name>``, ``env.id: <name>`` in a pipeline config, the evaluation's per-type table and the
+report's env name then all work. Entry points are strings, so registering imports nothing heavy.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any
+
+from gymnasium.envs.registration import register, registry
+
+__all__ = ["ENV_SPECS", "EnvSpec", "env_spec", "register_env"]
+
+
+@dataclass(frozen=True)
+class EnvSpec:
+    """What the framework knows about one environment.
+
+    Args:
+        name: short alias used in configs, commands and reports (``webshop``).
+        gym_id: the Gymnasium id (``prism_lit/WebShop-v0``).
+        entry_point: ``"module:Class"`` of the env (or the class itself).
+        max_episode_steps: Gymnasium's time limit.
+        expert: ``"module:Class"`` of the env's oracle (``cls(env, **expert_kwargs)``, see ``envs/experts.py``);
+            ``None``: no expert data can be generated.
+        task_types: the task types reported separately by evaluation (empty: read the env's ``task_types``
+            attribute, else pool everything).
+        splits: the env's task splits (train first).
+        score: what ``info["score"]`` means, for the docs and reports.
+    """
+
+    name: str
+    gym_id: str
+    entry_point: Any
+    max_episode_steps: int
+    expert: str | None = None
+    task_types: tuple[str, ...] = ()
+    splits: tuple[str, ...] = ("train", "test")
+    score: str = "the episode's final reward in [0, 1]"
+
+    def expert_class(self) -> type:
+        if self.expert is None:
+            raise ValueError(f"env {self.name!r} has no expert (EnvSpec.expert is None), so no expert data can be "
+                             f"generated for it")
+        module_name, _, attr = self.expert.partition(":")
+        return getattr(importlib.import_module(module_name), attr)
+
+
+ENV_SPECS: dict[str, EnvSpec] = {}
+
+
+def register_env(spec: EnvSpec, **gym_kwargs: Any) -> EnvSpec:
+    """Register ``spec`` with the framework and its id with Gymnasium (idempotent)."""
+    if spec.gym_id not in registry:
+        register(id=spec.gym_id, entry_point=spec.entry_point, max_episode_steps=spec.max_episode_steps,
+                 **gym_kwargs)
+    ENV_SPECS[spec.name] = spec
+    return spec
+
+
+def env_spec(env: str) -> EnvSpec:
+    """The spec of ``env``, given as its short name (any case) or its Gymnasium id."""
+    key = str(env).strip()
+    for spec in ENV_SPECS.values():
+        if key.lower() == spec.name or key == spec.gym_id:
+            return spec
+    known = ", ".join(f"{s.name!r} ({s.gym_id})" for s in ENV_SPECS.values())
+    raise ValueError(f"unknown env {env!r}; registered environments: {known}")
