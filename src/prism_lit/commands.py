@@ -8,7 +8,6 @@ from typing import Any
 from prism_lit.envs.protocol import AgentProtocol
 
 
-
 def resolve_env_id(env: str) -> str:
     """The Gymnasium id of a registered env's short name (``webshop``); any other id is returned as given."""
     from prism_lit.envs import ENV_SPECS

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from reliability_support import DETERMINISTIC_ARTIFACTS, run_cli_subprocess, tiny_pipeline_args
 
 

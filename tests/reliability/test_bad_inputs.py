@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from reliability_support import copy_run, run_cli, run_cli_subprocess, snapshot, tiny_pipeline_args
 
 FIXTURE = Path(__file__).parent.parent / "fixtures" / "tiny_trajectories.jsonl"

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from reliability_support import DETERMINISTIC_ARTIFACTS, digest, tiny_pipeline_args
 
 PAUSING_CLI = Path(__file__).parent / "pausing_cli.py"

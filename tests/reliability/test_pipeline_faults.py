@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from reliability_support import copy_run, digest, run_cli, snapshot, tiny_pipeline_args
 
 PAUSING_CLI = Path(__file__).parent / "pausing_cli.py"

@@ -101,7 +101,7 @@ def iter_jsonl_or_json(path: str | os.PathLike) -> Iterable[tuple[int, Any]]:
             try:
                 items = json.loads(text)
             except json.JSONDecodeError as err:
-                raise TrajectoryFormatError(path, err.lineno, None, f"malformed JSON ({err.msg})")
+                raise TrajectoryFormatError(path, err.lineno, None, f"malformed JSON ({err.msg})") from None
         return list(enumerate(items, start=1))
     return list(iter_jsonl(path))
 

@@ -158,7 +158,8 @@ def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
             try:
                 yield number, json.loads(text)
             except json.JSONDecodeError as err:
-                raise TrajectoryFormatError(path, number, None, f"malformed JSON ({err.msg} at column {err.colno})")
+                raise TrajectoryFormatError(
+                    path, number, None, f"malformed JSON ({err.msg} at column {err.colno})") from None
 
 
 def check_unique_ids(path: str | os.PathLike, numbered: Iterable[tuple[int | None, Trajectory]]) -> None:

@@ -28,6 +28,7 @@ from prism_lit.distributed import (
     is_fsdp2_sharded,
     is_sharded,
 )
+from prism_lit.errors import ConfigError
 from prism_lit.policy import (
     EmbeddedModelSpec,
     LoraSpec,
@@ -37,8 +38,6 @@ from prism_lit.policy import (
     load_model,
     load_tokenizer,
 )
-
-from prism_lit.errors import ConfigError
 from prism_lit.policy.loading import check_policy_files
 
 log = logging.getLogger(__name__)

@@ -40,7 +40,7 @@ _ACTION_RE = re.compile(r"(.+)\[(.+)\]")  # upstream's parser, kept as the refer
 
 
 def parse_action(action: str) -> tuple[str, str | None]:
-    """Upstream's parser, ``re.match(r"(.+)\[(.+)\]", action)`` (greedy, from the start, no newlines), else
+    r"""Upstream's parser, ``re.match(r"(.+)\[(.+)\]", action)`` (greedy, from the start, no newlines), else
     ``(action, None)``, in linear time: the regex backtracks quadratically (16,000 ``[`` took 0.74 s).
 
     The match lies in the first line. Its ``]`` is that line's last ``]`` (greedy second group), and its ``[`` the last
