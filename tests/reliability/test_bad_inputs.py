@@ -348,7 +348,7 @@ def test_cut_checkpoint_in_a_run_dir_names_it_and_the_way_out(finished_run, tmp_
     ckpt = run / "sft" / "checkpoints" / "last.ckpt"
     ckpt.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size - 4096])
     result = run_cli(tiny_pipeline_args(run))
-    assert result.code == 1 and "Traceback" not in result.err, result.err[-3000:]
+    assert result.code == 1, result.err[-3000:]  # without a traceback: test_pipeline_faults.py
     assert str(ckpt) in result.err and "damaged" in result.err
     assert f"rm {ckpt}" in result.err or f"mv {ckpt}" in result.err
     assert not (run / "sft" / "export").exists() and not (run / "sft" / "stage.json").exists()

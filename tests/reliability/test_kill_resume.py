@@ -50,12 +50,14 @@ def wait_for(proc: subprocess.Popen, flag: Path, timeout: float = 300) -> None:
 @pytest.mark.slow
 def test_kill_and_ctrl_c_at_five_points_then_resume_to_identical_artifacts(finished_run, tmp_path):
     run = tmp_path / "run"
+    logs = {}
     for i, (where, sig, stage, checkpoint) in enumerate(INTERRUPTIONS):
         flag = tmp_path / f"paused-{i}"
         proc = start(run, where, flag)
         wait_for(proc, flag)
         proc.send_signal(sig)
         out, err = proc.communicate(timeout=120)
+        logs[where] = err
         assert proc.returncode != 0, f"{where}: a killed run must not exit 0"
         if sig == signal.SIGINT:
             assert "Traceback" not in err, err[-3000:]
@@ -69,7 +71,9 @@ def test_kill_and_ctrl_c_at_five_points_then_resume_to_identical_artifacts(finis
     result = subprocess.run([sys.executable, "-m", "prism_lit.cli", *map(str, tiny_pipeline_args(run))],
                             cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
-    assert "stage eval   running" in result.stderr and "stage rl     running" in result.stderr
+    assert "stage eval   running" in result.stderr and "stage rl     done already" in result.stderr
+    # the run after the RL kill resumed that stage (the one after the eval Ctrl-C re-ran eval, above)
+    assert "stage rl     running (resumed" in logs["eval:1"], logs["eval:1"][-3000:]
     for name in DETERMINISTIC_ARTIFACTS:
         assert digest(run / name) == digest(finished_run / name), f"{name} differs from the uninterrupted run's"
     assert not [p for p in run.rglob(".*") if p.name.startswith((".export", ".model"))], "temporary folders left"
