@@ -11,18 +11,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from prism_lit.envs.cache import CACHE_ENV_VAR, cache_root
+
+__all__ = ["CACHE_ENV_VAR", "GENERATOR_VERSION", "alfworld_data_dir", "cache_root", "games_dir"]
+
 GENERATOR_VERSION = "v1"
-CACHE_ENV_VAR = "PRISM_LIT_CACHE"
-
-
-def cache_root() -> Path:
-    """The prism_lit cache directory (``$PRISM_LIT_CACHE`` or ``~/.cache/prism_lit``)."""
-    override = os.environ.get(CACHE_ENV_VAR)
-    if override:
-        return Path(override).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "prism_lit"
 
 
 def games_dir(seed: int, config_key: str, root: str | os.PathLike | None = None) -> Path:

@@ -64,6 +64,10 @@ class Catalogue:
     search: ProductSearch
 
 
+#: catalogues at least this large keep their search index in the user cache (built once, memory-mapped after)
+INDEX_CACHE_MIN_PRODUCTS = 20_000
+
+
 @functools.lru_cache(maxsize=8)
 def load_catalogue(
     data_dir: str | None = None,
@@ -72,13 +76,19 @@ def load_catalogue(
     catalogue_seed: int = 0,
     human_goals: bool = True,
 ) -> Catalogue:
-    """Upstream files from ``data_dir``, or a generated catalogue (``num_products`` default 1000)."""
+    """Upstream files from ``data_dir``, or a generated catalogue (``num_products`` default 1000).
+
+    Catalogues of :data:`INDEX_CACHE_MIN_PRODUCTS` or more products index once per machine
+    (:meth:`ProductSearch.cached`); smaller ones index in memory (a few seconds at most).
+    """
     if data_dir is not None:
         data = load_upstream(data_dir, num_products=num_products, human=human_goals, seed=catalogue_seed)
     else:
         files = generate_catalogue(1000 if num_products is None else num_products, num_goals, catalogue_seed)
         data = build_data(files["products"], files["attributes"], files["human"], human=human_goals,
                           seed=catalogue_seed, source=f"generated(seed={catalogue_seed})")
+    if len(data.products) >= INDEX_CACHE_MIN_PRODUCTS:
+        return Catalogue(data=data, search=ProductSearch.cached(data.products))
     return Catalogue(data=data, search=ProductSearch(data.products))
 
 
