@@ -120,6 +120,7 @@ def _load(target: str) -> Callable:
     return getattr(importlib.import_module(module), name)
 
 
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 DEBUG_FLAG = "--debug"
 DEBUG_ENV = "PRISM_LIT_DEBUG"
 
@@ -189,7 +190,7 @@ def main(argv: list[str] | None = None) -> None:
     debug, argv = _pop_debug(list(sys.argv[1:] if argv is None else argv))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is downloaded at run time
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    command = argv[0] if argv and not argv[0].startswith("-") else None
+    command = argv[0] if argv and argv[0] in (*LIGHTNING_COMMANDS, *EXTRA_COMMANDS) else None
     try:
         _run(argv, from_shell)
     except KeyboardInterrupt:

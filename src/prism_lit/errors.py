@@ -162,7 +162,10 @@ def report_usage_error(err: BaseException, command: str | None, debug: bool) -> 
     prog = f"prism-lit {command}" if command else "prism-lit"
     if debug:
         traceback.print_exception(type(err), err, err.__traceback__, file=sys.stderr)
-    print(f"{prog}: error: {_usage_message(str(err))} ({prog} --help lists the options.)", file=sys.stderr)
+    message = _usage_message(str(err))
+    if command is None and "subcommand" in message:
+        message += " Other commands: generate, pipeline, compare."
+    print(f"{prog}: error: {message} ({prog} --help lists the options.)", file=sys.stderr)
     return 2
 
 

@@ -93,6 +93,7 @@ def _malformed_yaml(env: Env) -> list[str]:
 
 
 CONFIG_CASES = [
+    Case("unknown-command", lambda e: ["pipelines", "--config", "x.yaml"], ("'pipelines'", "pipeline"), 2),
     Case("pipeline-config-missing", lambda e: ["pipeline", "--config", e.root / "nope.yaml"], ("nope.yaml",), 2),
     Case("pipeline-unknown-key", _unknown_key, ("epochz",), 2),
     Case("pipeline-malformed-yaml", _malformed_yaml, ("broken.yaml",), 2),
