@@ -240,3 +240,19 @@ def test_every_env_reports_valid_action_on_reset_and_step():
         _, info = env.reset(seed=0)
         assert info["valid_action"] is True
         assert env.step("certainly not an action")[4]["valid_action"] is False
+
+
+@pytest.mark.xfail(strict=False, reason="envs/instruction_following (not this slice): a response of 20,000 '[' on a "
+                                        "json_format task raises RecursionError in the verifier, and responses over "
+                                        "the action space's max_length are accepted as valid")
+def test_instruction_following_takes_pathological_responses():
+    from prism_lit.envs import INSTRUCTION_FOLLOWING_ID
+
+    env = gym.make(INSTRUCTION_FOLLOWING_ID, disable_env_checker=True).unwrapped
+    env.reset(seed=5)  # a task with a detectable_format:json_format constraint
+    info = env.step("[" * 20_000)[4]
+    assert isinstance(info["valid_action"], bool)
+    env.reset(seed=5)
+    start = time.process_time()
+    info = env.step("x" * (env.action_space.max_length + 1))[4]
+    assert info["valid_action"] is False and time.process_time() - start < 0.05
