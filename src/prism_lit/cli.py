@@ -132,6 +132,18 @@ def _pop_debug(argv: list[str]) -> tuple[bool, list[str]]:
     return len(rest) != len(argv) or env, rest
 
 
+def _named_yaml_files(argv: list[str]):
+    """The values of ``--config`` / ``-c`` and of every option whose value is a ``.yaml`` / ``.yml`` path."""
+    for i, arg in enumerate(argv):
+        if not arg.startswith("-"):
+            continue
+        key, eq, value = arg.partition("=")
+        if not eq:
+            value = argv[i + 1] if i + 1 < len(argv) else ""
+        if key in ("--config", "-c") or value.endswith((".yaml", ".yml")):
+            yield value
+
+
 def _check_yaml_files(argv: list[str]) -> None:
     """Parse every YAML file the command line names (``--config X``, ``--sft X.yaml``) and the ``.yaml`` files they
     name in turn, so a malformed one is reported with its path, line and column; jsonargparse says only
@@ -140,9 +152,7 @@ def _check_yaml_files(argv: list[str]) -> None:
 
     from prism_lit.errors import UsageError
 
-    pending = [a.split("=", 1)[1] if "=" in a else b for a, b in zip(argv, argv[1:] + [""])
-               if a.startswith("--") and (a.split("=", 1)[0] == "--config" or
-                                          str(a.split("=", 1)[-1] if "=" in a else b).endswith((".yaml", ".yml")))]
+    pending = list(_named_yaml_files(argv))
     seen: set[str] = set()
     while pending:
         path = pending.pop()

@@ -171,8 +171,9 @@ def report_usage_error(err: BaseException, command: str | None, debug: bool) -> 
 
 def report_interrupt(command: str | None) -> int:
     prog = f"prism-lit {command}" if command else "prism-lit"
-    print(f"{prog}: interrupted. Finished artifacts are kept; run the same command again to resume "
-          "(docs/failure_modes.md).", file=sys.stderr)
+    again = ("run the same command again to resume" if command in ("pipeline", "compare") else
+             "nothing half-written is left")
+    print(f"{prog}: interrupted. Finished artifacts are kept; {again} (docs/failure_modes.md).", file=sys.stderr)
     return 130
 
 

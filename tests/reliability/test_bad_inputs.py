@@ -92,11 +92,18 @@ def _malformed_yaml(env: Env) -> list[str]:
     return ["pipeline", "--config", env.root / "broken.yaml"]
 
 
+def _malformed_nested_yaml(env: Env) -> list[str]:
+    env.write("parts/sft.yaml", "epochs: 2\n  lr: 1e-3\n")
+    env.write("main.yaml", "run_dir: run\nsft: parts/sft.yaml\n")
+    return ["pipeline", "--config", env.root / "main.yaml"]
+
+
 CONFIG_CASES = [
     Case("unknown-command", lambda e: ["pipelines", "--config", "x.yaml"], ("'pipelines'", "pipeline"), 2),
     Case("pipeline-config-missing", lambda e: ["pipeline", "--config", e.root / "nope.yaml"], ("nope.yaml",), 2),
     Case("pipeline-unknown-key", _unknown_key, ("epochz",), 2),
-    Case("pipeline-malformed-yaml", _malformed_yaml, ("broken.yaml",), 2),
+    Case("pipeline-malformed-yaml", _malformed_yaml, ("broken.yaml", "line 2"), 2),
+    Case("pipeline-malformed-nested-yaml", _malformed_nested_yaml, ("parts/sft.yaml", "line 2"), 2),
     Case("pipeline-wrong-type", lambda e: pipeline(e, "--sft.epochs", "three"), ("sft.epochs", "three"), 2),
     Case("pipeline-context-weight", lambda e: pipeline(e, "--sft.context_weight", "3"), ("sft.context_weight",)),
     Case("pipeline-copy-warmup", lambda e: pipeline(e, "--base.copy_warmup_steps", "-1"),
