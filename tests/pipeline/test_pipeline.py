@@ -61,6 +61,18 @@ def test_pipeline_runs_every_stage_writes_report_and_resumes(tmp_path):
         assert report["stages"][stage]["seconds"] > 0
     test = report["eval"]["webshop"]["test"]
     assert 0.0 <= test["success_rate"] <= 1.0 and 0.0 <= test["score"] <= 1.0 and test["episodes"] == 4
+    # per-episode outcomes (for paired statistics): one line per policy and panel goal, agreeing with eval.json
+    episodes = [json.loads(line) for line in (run / "eval" / "episodes.jsonl").read_text().splitlines()]
+    assert sorted((e["policy"], e["split"]) for e in episodes) == [("base", "test")] * 4 + [("final", "test")] * 4
+    final = [e for e in episodes if e["policy"] == "final"]
+    assert sum(e["won"] for e in final) / 4 == pytest.approx(test["success_rate"])
+    intervals = report["eval_intervals"]["test"]
+    assert set(intervals["policies"]) == {"base", "final"} and "final - base" in intervals["differences"]
+    assert intervals["policies"]["final"]["success_rate"]["mean"] == pytest.approx(test["success_rate"])
+    separation = report["probe"]["separation"]  # familiar: beauty, food
+    assert separation["n_familiar"] + separation["n_unfamiliar"] == 12
+    assert set(separation["scores"]) == {"gini", "kurtosis", "cv", "loss", "l2"}
+    assert "### What the scores separate" in (run / "summary.md").read_text()
     assert set(report["probe"]["by_task_type"]) and (run / "summary.md").read_text().startswith("# prism-gini")
     assert (run / "plots" / "concentration_by_task_type.png").stat().st_size > 1000
 
@@ -109,6 +121,13 @@ def test_compare_runs_methods_over_seeds_and_writes_table(tmp_path, monkeypatch)
         assert len(row["runs"]) == 2 and row["metrics"]["test/success_rate"]["n"] == 2
     assert table["methods"]["random"]["speedup_vs_reference"] == pytest.approx(1.0)
     assert "| prism-gini | 2 |" in (out / "comparison.md").read_text()
+    # paired by goal and seed from every run's eval/episodes.jsonl; the default pairs name absent methods as missing
+    pairs = {(row["a"], row["b"]): row for row in table["paired"]}
+    diff = pairs[("prism-gini", "random")]["success_rate"]
+    assert (diff["n_seeds"], diff["n_goals"], diff["n_pairs"]) == (2, 3, 6) and diff["ci"][0] <= diff["ci"][1]
+    assert "missing" in pairs[("prism-gini", "sft-100")]
+    assert {row["name"] for row in table["levels"]} == {"prism-gini", "random"}
+    assert "## Paired differences" in (out / "comparison.md").read_text()
     assert (out / "pareto.png").stat().st_size > 1000
     # the corpus and base model were built once and shared by both methods and both seeds
     links = [out / m / f"seed{k}" / stage for m in ("prism-gini", "random") for k in (0, 1) for stage in ("tasks", "base")]
@@ -213,7 +232,7 @@ def test_summarize_means_over_seeds_and_no_speedup_for_an_untrained_base(tmp_pat
     table = summarize(tmp_path, "rl-100")
     rl = table["methods"]["rl-100"]["metrics"]
     assert rl["test/success_rate"]["mean"] == pytest.approx(0.3) and rl["test/success_rate"]["n"] == 2
-    assert rl["test/success_rate"]["std"] == pytest.approx(0.1)
+    assert rl["test/success_rate"]["std"] == pytest.approx(0.02 ** 0.5)  # sample std (n − 1)
     assert table["methods"]["prism"]["speedup_vs_reference"] == pytest.approx(200.1 / 100.1)
     assert table["methods"]["base"]["speedup_vs_reference"] is None
 

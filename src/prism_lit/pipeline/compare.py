@@ -5,14 +5,17 @@ into every method's run dir, as the paper fixes its dataset and base model and v
 seeds; with ``data_per_seed`` each seed gets its own in ``<out_dir>/shared/seed<k>/``. Each method then runs its
 own probe, routing, SFT, RL and evaluation (their wall-clock is what the table compares). Every run dir
 resumes, so a killed comparison continues where it stopped.
+
+The table gives each metric's mean and sample standard deviation over seeds, every evaluated policy's success
+and score with a 95 % interval, and the paired differences A − B of the ``paired`` methods (same goals, same
+seeds) with 95 % intervals; the intervals come from each run's ``eval/episodes.jsonl`` by a seeded bootstrap
+over goals and seeds (:mod:`prism_lit.pipeline.stats`).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
-import statistics
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +48,7 @@ def _link_shared(shared: Path, run_dir: Path) -> None:
             os.symlink(os.path.relpath(shared / stage, run_dir), target)
 
 
-def _run_method(config: str, seed: int, run_dir: str, threads: int) -> None:
+def _run_method(config: str, seed: int, run_dir: str, threads: int, overrides: dict[str, Any] | None = None) -> None:
     """One method × seed in a worker process of its own: ``threads`` torch threads, output in ``pipeline.log``."""
     log = os.open(Path(run_dir) / "pipeline.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(log, 1)
@@ -55,10 +58,10 @@ def _run_method(config: str, seed: int, run_dir: str, threads: int) -> None:
     torch.set_num_threads(threads)
     from prism_lit.pipeline.run import pipeline
 
-    pipeline(**{**_parse_pipeline_config(config, {"seed": seed}), "run_dir": run_dir})
+    pipeline(**{**_parse_pipeline_config(config, {**(overrides or {}), "seed": seed}), "run_dir": run_dir})
 
 
-def _run_parallel(jobs: list[tuple[str, int, Path]], workers: int) -> list[str]:
+def _run_parallel(jobs: list[tuple[str, int, Path]], workers: int, overrides: dict[str, Any] | None = None) -> list[str]:
     """Run ``(config, seed, run_dir)`` jobs ``workers`` at a time, each in a fresh process with an equal share of
     the cores; returns one line per failed job."""
     import multiprocessing
@@ -69,7 +72,7 @@ def _run_parallel(jobs: list[tuple[str, int, Path]], workers: int) -> list[str]:
           flush=True)
     failures = []
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), max_tasks_per_child=1) as pool:
-        futures = {pool.submit(_run_method, config, seed, str(run_dir), threads): run_dir
+        futures = {pool.submit(_run_method, config, seed, str(run_dir), threads, overrides): run_dir
                    for config, seed, run_dir in jobs}
         for done, future in enumerate(as_completed(futures), 1):
             run_dir = futures[future]
@@ -90,6 +93,9 @@ def compare(
     reference: str = "rl-100",
     data_per_seed: bool = False,
     workers: int = 1,
+    paired: list[list[str]] | None = None,
+    bootstrap_samples: int = 10_000,
+    overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run every config for every seed; write ``comparison.json``, ``comparison.md`` and plots in ``out_dir``.
 
@@ -103,33 +109,44 @@ def compare(
         workers: runs (method × seed) at once, each in its own process with ``cpu_count // workers`` threads
             and its output in ``<run_dir>/pipeline.log``; the shared corpus and base model are built first, with
             every thread. With ``1`` everything runs in this process, one run after another.
+        paired: ``[A, B]`` pairs whose difference A − B is reported per split, paired by goal and seed, with a
+            95 % interval from a bootstrap over goals and seeds (:mod:`prism_lit.pipeline.stats`). ``A`` names a
+            method (its final policy) or ``method:policy`` (``rl-100:base``, where that run evaluated the base).
+            Default: PRISM-Gini against random, SFT-100 and SFT-then-RL (pairs with a method not in the table are
+            listed as missing).
+        bootstrap_samples: bootstrap replicates of every interval (seeded: the table repeats exactly).
+        overrides: settings applied to every config, as on the pipeline's command line without the dashes
+            (``{"env.eval_splits": {"test": 200}}``, ``{"base.path": "runs/pipeline_webshop/base/model"}``), so a
+            variant of a benchmark reuses the baseline configs.
     """
+    overrides = dict(overrides or {})
     from prism_lit.pipeline.run import pipeline
 
     if not configs:
         raise ValueError("compare: give the pipeline configs to compare (configs: [a.yaml, b.yaml, ...])")
     if workers < 1:
         raise ValueError(f"compare: workers must be >= 1, got {workers}")
+    _check_pairs(DEFAULT_PAIRS if paired is None else paired)
     out = Path(out_dir)
     seeds = [0, 1, 2] if seeds is None else seeds
     for config in configs:  # every config is checked before the first run starts
-        _parse_pipeline_config(config, {})
+        _parse_pipeline_config(config, overrides)
     jobs = []
     for seed in seeds:
         shared = out / "shared" / (f"seed{seed}" if data_per_seed else "all")
         data_seed = {"seed": seed} if data_per_seed else {}
-        first = _parse_pipeline_config(configs[0], {"run_dir": str(shared), **data_seed})
+        first = _parse_pipeline_config(configs[0], {**overrides, "run_dir": str(shared), **data_seed})
         pipeline(**{**first, "stop_after": SHARED_STAGES[-1]})
         for config in configs:
-            kwargs = _parse_pipeline_config(config, {"seed": seed})
+            kwargs = _parse_pipeline_config(config, {**overrides, "seed": seed})
             run_dir = out / kwargs["method"] / f"seed{seed}"
             _link_shared(shared, run_dir)
             if workers == 1:
                 pipeline(**{**kwargs, "run_dir": str(run_dir)})
             else:
                 jobs.append((config, seed, run_dir))
-    failures = _run_parallel(jobs, workers) if jobs else []
-    table = summarize(out, reference)
+    failures = _run_parallel(jobs, workers, overrides) if jobs else []
+    table = summarize(out, reference, paired=paired, bootstrap_samples=bootstrap_samples)
     atomic_write_json(out / "comparison.json", table)
     atomic_write_text(out / "comparison.md", comparison_markdown(table))
     plot_pareto(table, out / "pareto.png")
@@ -138,16 +155,83 @@ def compare(
     return {"table": str(out / "comparison.md"), "methods": list(table["methods"])}
 
 
-def _mean_std(values: list[float]) -> dict[str, float | int | None]:
-    values = [v for v in values if v is not None and not math.isnan(v)]
-    if not values:
-        return {"mean": None, "std": None, "n": 0}
-    return {"mean": statistics.fmean(values), "std": statistics.pstdev(values) if len(values) > 1 else 0.0,
-            "n": len(values)}
+DEFAULT_PAIRS = [["prism-gini", "random"], ["prism-gini", "sft-100"], ["prism-gini", "sft-then-rl"]]
 
 
-def summarize(out: Path, reference: str) -> dict[str, Any]:
-    """Mean and spread over seeds of every metric, per method."""
+def _check_pairs(pairs: list[list[str]]) -> None:
+    for pair in pairs:
+        if len(pair) != 2 or not all(isinstance(p, str) and p for p in pair):
+            raise ValueError(f"compare: paired: each entry is [A, B] (method or method:policy), got {pair!r}")
+
+
+def _episode_outcomes(runs: list[str]) -> dict[str, dict[str, dict[int, dict[tuple, dict[str, float]]]]]:
+    """``{policy: {split: {run seed: {goal: {"won", "score"}}}}}`` over a method's run dirs."""
+    from prism_lit.pipeline.report import read_episodes
+
+    out: dict[str, dict[str, dict[int, dict[tuple, dict[str, float]]]]] = {}
+    for run in runs:
+        seed = json.loads((Path(run) / "report.json").read_text()).get("seed")
+        for (policy, split), cells in read_episodes(Path(run)).items():
+            out.setdefault(policy, {}).setdefault(split, {})[seed] = cells
+    return out
+
+
+def _side(name: str) -> tuple[str, str]:
+    method, _, policy = name.partition(":")
+    return method, policy or "final"
+
+
+def _field(cells_by_seed: dict[int, dict[tuple, dict[str, float]]], name: str) -> dict[int, dict[tuple, float]]:
+    return {s: {g: c[name] for g, c in cells.items()} for s, cells in cells_by_seed.items()}
+
+
+def level_intervals(outcomes: dict[str, Any], bootstrap_samples: int = 10_000) -> list[dict[str, Any]]:
+    """Every evaluated policy's success rate and score per split, with a 95 % bootstrap interval over goals and
+    seeds: ``{"name": "method" or "method:policy", "split", "success_rate", "score"}``."""
+    from prism_lit.pipeline.report import OUTCOMES
+    from prism_lit.pipeline.stats import bootstrap_mean
+
+    rows = []
+    for method, policies in outcomes.items():
+        for policy in sorted(policies, key=lambda p: (p != "final", p)):
+            for split, cells in sorted(policies[policy].items()):
+                rows.append({"name": method if policy == "final" else f"{method}:{policy}", "split": split,
+                             **{m: bootstrap_mean(_field(cells, f), n_boot=bootstrap_samples)
+                                for m, f in OUTCOMES.items()}})
+    return rows
+
+
+def paired_differences(outcomes: dict[str, Any], pairs: list[list[str]],
+                       bootstrap_samples: int = 10_000) -> list[dict[str, Any]]:
+    """Every ``[A, B]`` pair's A − B per split and outcome, paired by goal and seed, with its 95 % interval
+    (``outcomes``: :func:`_episode_outcomes` per method)."""
+    from prism_lit.pipeline.report import OUTCOMES
+    from prism_lit.pipeline.stats import paired_difference
+
+    rows = []
+    for a, b in pairs:
+        (ma, pa), (mb, pb) = _side(a), _side(b)
+        missing = [f"{m}:{p}" for m, p in ((ma, pa), (mb, pb)) if not outcomes.get(m, {}).get(p)]
+        if missing:
+            rows.append({"a": a, "b": b, "missing": f"no per-episode outcomes of {', '.join(missing)} in the table "
+                         "(not run, or evaluated before eval/episodes.jsonl existed: --rerun '[eval]')"})
+            continue
+        for split in sorted(set(outcomes[ma][pa]) & set(outcomes[mb][pb])):
+            left, right = outcomes[ma][pa][split], outcomes[mb][pb][split]
+            row: dict[str, Any] = {"a": a, "b": b, "split": split}
+            for metric, field_name in OUTCOMES.items():
+                row[metric] = paired_difference(_field(left, field_name), _field(right, field_name),
+                                                n_boot=bootstrap_samples)
+            rows.append(row)
+    return rows
+
+
+def summarize(out: Path, reference: str, paired: list[list[str]] | None = None,
+              bootstrap_samples: int = 10_000) -> dict[str, Any]:
+    """Mean and sample standard deviation over seeds of every metric, per method; the paired differences of
+    ``paired`` (default :data:`DEFAULT_PAIRS`) with their 95 % bootstrap intervals."""
+    from prism_lit.pipeline.stats import mean_std
+
     methods: dict[str, dict[str, Any]] = {}
     for report_path in sorted(out.glob("*/seed*/report.json")):
         report = json.loads(report_path.read_text())
@@ -167,18 +251,25 @@ def summarize(out: Path, reference: str) -> dict[str, Any]:
         for key, value in metrics.items():
             row["metrics"].setdefault(key, []).append(value)
     for row in methods.values():
-        row["metrics"] = {k: _mean_std(v) for k, v in row["metrics"].items()}
+        row["metrics"] = {k: mean_std(v) for k, v in row["metrics"].items()}
     ref = methods.get(reference, {}).get("metrics", {}).get("seconds/total", {}).get("mean")
     for row in methods.values():
         total = row["metrics"].get("seconds/total", {}).get("mean")
         # a method that trains nothing (the base) has no speed-up to report
         row["speedup_vs_reference"] = (ref / total) if ref and total and row["trained"] else None
-    return {"reference": reference, "methods": methods}
+    pairs = DEFAULT_PAIRS if paired is None else paired
+    _check_pairs(pairs)
+    outcomes = {name: _episode_outcomes(row["runs"]) for name, row in methods.items()}
+    return {"reference": reference, "methods": methods,
+            "levels": level_intervals(outcomes, bootstrap_samples),
+            "paired": paired_differences(outcomes, pairs, bootstrap_samples) if pairs else []}
 
 
 def _cell(stat: dict[str, Any] | None, scale: float = 100.0, digits: int = 1) -> str:
     if not stat or stat.get("mean") is None:
         return "–"
+    if stat.get("std") is None:  # one seed: no spread to show
+        return f"{stat['mean'] * scale:.{digits}f}"
     return f"{stat['mean'] * scale:.{digits}f} ± {stat['std'] * scale:.{digits}f}"
 
 
@@ -195,9 +286,53 @@ def comparison_markdown(table: dict[str, Any]) -> str:
         speed = f"{row['speedup_vs_reference']:.2f}×" if row.get("speedup_vs_reference") else "–"
         lines.append(f"| {name} | {len(row['runs'])} | " + " | ".join(cells + secs + [speed]) + " |")
     n_seeds = max((len(r["runs"]) for r in methods.values()), default=0)
-    lines += ["", (f"Success rates and scores in %, mean ± standard deviation over {n_seeds} seed(s); seconds of "
-                   "wall-clock per stage (probe + SFT + RL = total).")]
+    lines += ["", (f"Success rates and scores in %, mean ± sample standard deviation (n − 1) over up to {n_seeds} "
+                   "seed(s) (a single value has no ±); seconds of wall-clock per stage (probe + SFT + RL = total). "
+                   "Two methods whose means differ by less than their ± are not told apart by this table; the "
+                   "paired differences below are the test.")]
+    lines += levels_markdown(table.get("levels") or [])
+    lines += paired_markdown(table.get("paired") or [])
     return "\n".join(lines) + "\n"
+
+
+def _interval(stat: dict[str, Any]) -> str:
+    if stat.get("mean") is None:
+        return "–"
+    lo, hi = stat["ci"]
+    verdict = "" if lo <= 0.0 <= hi else " *"
+    return f"{stat['mean'] * 100:+.1f} [{lo * 100:+.1f}, {hi * 100:+.1f}]{verdict}"
+
+
+def levels_markdown(rows: list[dict[str, Any]]) -> list[str]:
+    if not rows:
+        return []
+    lines = ["", "## Success and score with 95 % intervals", "",
+             "| policy | split | seeds | goals | success (%) | score (×100) |", "|---|---|---|---|---|---|"]
+    for row in rows:
+        s = row["success_rate"]
+        cells = [f"{m['mean'] * 100:.1f} [{m['ci'][0] * 100:.1f}, {m['ci'][1] * 100:.1f}]"
+                 for m in (s, row["score"])]
+        lines.append(f"| {row['name']} | {row['split']} | {s['n_seeds']} | {s['n_goals']} | {cells[0]} | {cells[1]} |")
+    return lines + ["", "From `eval/episodes.jsonl` of every run; the interval resamples seeds and goals."]
+
+
+def paired_markdown(rows: list[dict[str, Any]]) -> list[str]:
+    if not rows:
+        return []
+    lines = ["", "## Paired differences", "",
+             "| A − B | split | seeds | goals | success (points) | score (points) |", "|---|---|---|---|---|---|"]
+    notes = []
+    for row in rows:
+        if "missing" in row:
+            notes.append(f"- {row['a']} − {row['b']}: {row['missing']}")
+            continue
+        s = row["success_rate"]
+        lines.append(f"| {row['a']} − {row['b']} | {row['split']} | {s['n_seeds']} | {s['n_goals']} | "
+                     f"{_interval(s)} | {_interval(row['score'])} |")
+    lines += ["", "Mean of A − B over the (seed, goal) pairs both have, with a 95 % percentile interval from a "
+                  "bootstrap that resamples seeds and goals (seeded, so it repeats); * = the interval excludes 0. "
+                  "A name alone is the method's final policy; method:policy names another policy of its runs."]
+    return lines + ([""] + notes if notes else [])
 
 
 _LABEL_OFFSETS = [(5, 4), (5, -11), (-5, 4), (-5, -11), (5, 14), (-5, 14), (5, -21), (-5, -21)]
@@ -223,7 +358,7 @@ def _place_labels(ax, points: list[tuple[str, float, float]]) -> None:
 
 def plot_pareto(table: dict[str, Any], out: Path) -> None:
     """Success (and, where the env has one, score) vs training compute, one point per method (mean over seeds,
-    error bars = std)."""
+    error bars = sample std)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -248,8 +383,8 @@ def plot_pareto(table: dict[str, Any], out: Path) -> None:
         points = []
         for name, total, success, score in rows:
             stat = success if key == "success_rate" else score
-            ax.errorbar(total["mean"], stat["mean"] * 100, xerr=total["std"], yerr=stat["std"] * 100, fmt="o",
-                        capsize=3)
+            yerr = None if stat["std"] is None else stat["std"] * 100  # one seed: no error bar
+            ax.errorbar(total["mean"], stat["mean"] * 100, xerr=total["std"], yerr=yerr, fmt="o", capsize=3)
             points.append((name, total["mean"], stat["mean"] * 100))
         ax.set_xlabel("training wall-clock, probe + SFT + RL (s)")
         ax.set_ylabel(label)

@@ -11,6 +11,7 @@ A run dir looks like this (every path below comes from :class:`Artifacts`)::
     sft/export/                     the SFT policy (full model, or a peft adapter with sft.lora)
     rl/export/                      the RL policy
     eval/eval.json                  greedy metrics per policy and split
+    eval/episodes.jsonl             one line per evaluated episode: policy, split, goal, won, score (paired stats)
     report.json, summary.md, plots/ the report
     <stage>/stage.json              marker: the stage finished (seconds, info, the settings it was made with)
     <stage>/started.json            the settings a started stage runs with (a resume under other settings stops)
@@ -118,6 +119,10 @@ class Artifacts:
     @property
     def eval_results(self) -> Path:
         return self.run_dir / "eval" / "eval.json"
+
+    @property
+    def eval_episodes(self) -> Path:
+        return self.run_dir / "eval" / "episodes.jsonl"
 
     @property
     def report(self) -> Path:

@@ -16,6 +16,50 @@ def _read(path: Path) -> Any:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def read_episodes(run_dir: Path) -> dict[tuple[str, str], dict[tuple[str, int], dict[str, float]]]:
+    """``eval/episodes.jsonl`` as ``{(policy, split): {(task_id, env_seed): {"won": 0/1, "score": s}}}``; empty
+    when the eval stage predates the file (rerun it with ``--rerun '[eval]'``)."""
+    path = Artifacts(Path(run_dir)).eval_episodes
+    out: dict[tuple[str, str], dict[tuple[str, int], dict[str, float]]] = {}
+    if not path.is_file():
+        return out
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            ep = json.loads(line)
+            cell = {"won": float(ep["won"]), "score": float(ep["score"])}
+            out.setdefault((ep["policy"], ep["split"]), {})[(ep["task_id"], int(ep["env_seed"]))] = cell
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"{path}, line {lineno}: not an episode record ({err!r})") from None
+    return out
+
+
+OUTCOMES = {"success_rate": "won", "score": "score"}
+RUN_PAIRS = (("sft", "base"), ("final", "sft"), ("final", "base"))
+
+
+def eval_intervals(run_dir: Path) -> dict[str, Any]:
+    """Per split: every evaluated policy's success rate and score with a 95 % bootstrap interval over the panel's
+    goals, and the paired differences SFT − base, final − SFT, final − base (same goals) with theirs."""
+    from prism_lit.pipeline.stats import bootstrap_mean, paired_difference
+
+    episodes = read_episodes(run_dir)
+    out: dict[str, Any] = {}
+    for (policy, split), cells in sorted(episodes.items()):
+        level = out.setdefault(split, {"policies": {}, "differences": {}})["policies"].setdefault(policy, {})
+        for metric, field_name in OUTCOMES.items():
+            level[metric] = bootstrap_mean({0: {g: c[field_name] for g, c in cells.items()}})
+    for split, entry in out.items():
+        for a, b in RUN_PAIRS:
+            if (a, split) in episodes and (b, split) in episodes:
+                entry["differences"][f"{a} - {b}"] = {
+                    metric: paired_difference({0: {g: c[f] for g, c in episodes[(a, split)].items()}},
+                                              {0: {g: c[f] for g, c in episodes[(b, split)].items()}})
+                    for metric, f in OUTCOMES.items()}
+    return out
+
+
 def probe_summary(run_dir: Path) -> dict[str, Any]:
     """Per task type: count, mean/min/max of each score, and the share routed to RL."""
     from prism_lit.probe.partition import load_partition
@@ -42,8 +86,85 @@ def probe_summary(run_dir: Path) -> dict[str, Any]:
             "loss_mean": sum(r.loss for r in rows) / len(rows),
             "rl_share": sum(r.id in rl for r in rows) / len(rows),
         }
+    familiar = list(((_read(art.config) or {}).get("base") or {}).get("familiar_task_types") or [])
     return {"router": partition.router, "score": partition.score, "threshold": partition.threshold,
-            "n_sft": len(partition.sft_ids), "n_rl": len(partition.rl_ids), "by_task_type": table}
+            "n_sft": len(partition.sft_ids), "n_rl": len(partition.rl_ids), "by_task_type": table,
+            "separation": probe_separation(records, familiar, rl)}
+
+
+def probe_separation(records: list, familiar_task_types: list[str], rl_ids: set[str] | None = None) -> dict[str, Any]:
+    """How each probe score relates to what the base knows and to two confounds.
+
+    Per score (gini, kurtosis, cv, loss, l2 magnitude): the AUROC of telling unfamiliar trajectories (task type
+    not in ``familiar_task_types``) from familiar ones, high score = unfamiliar, with DeLong's 95 % interval
+    (0.5: no separation; below 0.5: the score is *lower* on unfamiliar ones); and Spearman's rank correlation
+    with the trajectory's length (trained tokens) and with its loss. Without familiar types (or with only one
+    class in the corpus) the AUROC is ``None`` and only the correlations are reported. ``{}`` when the probe
+    measured nothing (a router that reads no score).
+    """
+    from prism_lit.pipeline.stats import auroc, spearman
+    from prism_lit.probe.records import RECORD_SCORES
+
+    if not any(math.isfinite(r.gini) for r in records):
+        return {}
+    familiar = set(familiar_task_types)
+    is_unfamiliar = [(r.task_type or "") not in familiar for r in records]
+    with_classes = bool(familiar) and any(is_unfamiliar) and not all(is_unfamiliar)
+    lengths = [float(r.n_tokens) for r in records]
+    losses = [r.loss for r in records]
+    scores = {}
+    for name in RECORD_SCORES:
+        values = [r.score(name) for r in records]
+        scores[name] = {
+            "auroc_unfamiliar": (auroc([v for v, u in zip(values, is_unfamiliar) if u],
+                                       [v for v, u in zip(values, is_unfamiliar) if not u])
+                                 if with_classes else None),
+            "spearman_n_tokens": spearman(values, lengths),
+            "spearman_loss": spearman(values, losses) if name != "loss" else None,
+        }
+    out: dict[str, Any] = {"familiar_task_types": sorted(familiar), "n_unfamiliar": sum(is_unfamiliar),
+                           "n_familiar": len(records) - sum(is_unfamiliar), "scores": scores}
+    if with_classes and rl_ids is not None:
+        for key, flag in (("rl_share_unfamiliar", True), ("rl_share_familiar", False)):
+            ids = [r.id for r, u in zip(records, is_unfamiliar) if u == flag]
+            out[key] = sum(i in rl_ids for i in ids) / len(ids)
+    return out
+
+
+def probe_shift(control_dir: Path, variant_dir: Path, familiar_task_types: list[str] | None = None) -> dict[str, Any]:
+    """Two probes of one base on the same goals (e.g. the main job's corpus and the conflict variant's, recorded
+    under another expert rule): per score, the per-goal shift variant − control for familiar and for unfamiliar
+    goals, each with a 95 % bootstrap interval, and the difference of the two shifts (familiar − unfamiliar).
+
+    Trajectories are paired by id (the corpus's i-th task); ``familiar_task_types`` defaults to the variant's
+    ``base.familiar_task_types``. PRISM's premise predicts that contradicting what the base knows (the familiar
+    goals' shift) raises the concentration scores more than a change it has no prior on (the unfamiliar goals').
+    """
+    from prism_lit.pipeline.stats import bootstrap_mean, bootstrap_mean_difference
+    from prism_lit.probe.records import RECORD_SCORES, read_probe_records
+
+    if familiar_task_types is None:
+        config = _read(Artifacts(Path(variant_dir)).config) or {}
+        familiar_task_types = list((config.get("base") or {}).get("familiar_task_types") or [])
+    familiar = set(familiar_task_types)
+    control = {r.id: r for r in read_probe_records(Artifacts(Path(control_dir)).probe_records)}
+    variant = {r.id: r for r in read_probe_records(Artifacts(Path(variant_dir)).probe_records)}
+    pairs = [(control[i], variant[i]) for i in sorted(set(control) & set(variant))
+             if control[i].task_id == variant[i].task_id]
+    out: dict[str, Any] = {"n_pairs": len(pairs), "familiar_task_types": sorted(familiar), "scores": {}}
+    for name in (*RECORD_SCORES, "n_tokens"):
+        shifts = {True: {}, False: {}}
+        for c, v in pairs:
+            d = float(getattr(v, name)) - float(getattr(c, name))
+            if math.isfinite(d):
+                shifts[c.task_type in familiar][c.id] = d
+        out["scores"][name] = {
+            "shift_familiar": bootstrap_mean({0: shifts[True]}),
+            "shift_unfamiliar": bootstrap_mean({0: shifts[False]}),
+            "familiar_minus_unfamiliar": bootstrap_mean_difference(list(shifts[True].values()),
+                                                                   list(shifts[False].values())),
+        }
+    return out
 
 
 def plot_concentration_by_type(run_dir: Path, out: Path) -> Path | None:
@@ -116,6 +237,7 @@ def build_report(run_dir: str | Path) -> dict[str, Any]:
         },
         "eval": {env_name: final},
         "eval_by_policy": evaluation,
+        "eval_intervals": eval_intervals(run_dir),
         "probe": probe_summary(run_dir),
     }
     atomic_write_json(art.report, report)
@@ -144,6 +266,7 @@ def summary_markdown(report: dict[str, Any], plot: Path | None) -> str:
         for split, m in splits.items():
             lines.append(f"| {policy} | {split} | {_fmt(m.get('success_rate'))} | {_fmt(m.get('score'))} | "
                          f"{_fmt(m.get('mean_steps'), 2)} | {_fmt(m.get('invalid_rate'))} |")
+    lines += _interval_lines(report.get("eval_intervals") or {})
     probe = report.get("probe") or {}
     if probe:
         lines += ["", f"## Probe and routing ({probe['router']}, score {probe['score']}, threshold "
@@ -152,6 +275,60 @@ def summary_markdown(report: dict[str, Any], plot: Path | None) -> str:
         for task_type, row in probe["by_task_type"].items():
             lines.append(f"| {task_type} | {row['n']} | {_fmt(row['gini_mean'], 4)} | {_fmt(row['gini_min'], 4)} | "
                          f"{_fmt(row['gini_max'], 4)} | {_fmt(row['loss_mean'])} | {_fmt(row['rl_share'], 2)} |")
+        lines += _separation_lines(probe.get("separation") or {})
     if plot is not None:
         lines += ["", f"![concentration per task type]({plot.relative_to(plot.parent.parent)})"]
     return "\n".join(lines) + "\n"
+
+
+def _pct(stat: dict[str, Any] | None, signed: bool = False) -> str:
+    """``12.0 [6.0, 18.0]`` (``+6.0 [+1.0, +11.0]`` when ``signed``) in points from a bootstrap result, or ``–``."""
+    if not stat or stat.get("mean") is None:
+        return "–"
+    f = "+.1f" if signed else ".1f"
+    lo, hi = stat["ci"]
+    return f"{stat['mean'] * 100:{f}} [{lo * 100:{f}}, {hi * 100:{f}}]"
+
+
+def _interval_lines(intervals: dict[str, Any]) -> list[str]:
+    if not intervals:
+        return []
+    lines = ["", "## Evaluation with 95 % intervals (bootstrap over the panel's goals, this seed only)", "",
+             "| split | policy or paired difference | goals | success rate (%) | score (×100) |", "|---|---|---|---|---|"]
+    for split, entry in intervals.items():
+        rows = [(name, m, False) for name, m in entry["policies"].items()]
+        rows += [(name.replace(" - ", " − "), m, True) for name, m in entry["differences"].items()]
+        for name, m, signed in rows:
+            lines.append(f"| {split} | {name} | {m['success_rate']['n_goals']} | {_pct(m['success_rate'], signed)} | "
+                         f"{_pct(m['score'], signed)} |")
+    lines += ["", "A difference is paired (the same goals for both policies); an interval that contains 0 does not "
+                  "resolve it. One seed: the interval covers the choice of goals, not run-to-run variation."]
+    return lines
+
+
+def _separation_lines(sep: dict[str, Any]) -> list[str]:
+    if not sep:
+        return []
+    with_auroc = any(row["auroc_unfamiliar"] for row in sep["scores"].values())
+    lines = ["", "### What the scores separate", ""]
+    if with_auroc:
+        lines += [f"AUROC: how well each score, high = unfamiliar, tells the {sep['n_unfamiliar']} unfamiliar "
+                  f"trajectories (task types other than {', '.join(sep['familiar_task_types'])}) from the "
+                  f"{sep['n_familiar']} familiar ones (0.5 = not at all; below 0.5 = lower on unfamiliar ones; "
+                  "DeLong 95 % interval). Spearman ρ with the trajectory's trained tokens and with its loss show "
+                  "whether a score is mostly length or difficulty.", ""]
+    else:
+        lines += ["No familiar task types are configured (base.familiar_task_types), so no AUROC; Spearman ρ with "
+                  "the trajectory's trained tokens and with its loss.", ""]
+    lines += ["| score | AUROC unfamiliar vs familiar | 95 % interval | ρ with length | ρ with loss |",
+              "|---|---|---|---|---|"]
+    for name, row in sep["scores"].items():
+        a = row["auroc_unfamiliar"] or {}
+        ci = f"[{a['ci'][0]:.3f}, {a['ci'][1]:.3f}]" if a.get("ci") else "–"
+        rho_loss = (row["spearman_loss"] or {}).get("rho")
+        lines.append(f"| {name} | {_fmt(a.get('auroc'))} | {ci} | {_fmt(row['spearman_n_tokens']['rho'])} | "
+                     f"{_fmt(rho_loss) if name != 'loss' else '(itself)'} |")
+    if "rl_share_unfamiliar" in sep:
+        lines += ["", f"Routed to RL: {sep['rl_share_unfamiliar'] * 100:.0f} % of the unfamiliar trajectories, "
+                      f"{sep['rl_share_familiar'] * 100:.0f} % of the familiar ones."]
+    return lines

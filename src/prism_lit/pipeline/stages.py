@@ -401,12 +401,13 @@ POLICIES: dict[str, Callable[[PipelineContext], PolicySpec]] = {
 
 
 def evaluate(ctx: PipelineContext) -> dict[str, Any]:
-    from prism_lit.io import atomic_write_json
+    from prism_lit.io import atomic_write_json, atomic_write_text
     from prism_lit.policy import load_policy
     from prism_lit.rl.evaluation import evaluate_policy
 
     device = eval_device(ctx)
     results: dict[str, Any] = {}
+    episodes: list[str] = []
     for name in ctx.eval.policies:
         model, tokenizer = load_policy(POLICIES[name](ctx))
         model.to(device).eval()
@@ -415,10 +416,16 @@ def evaluate(ctx: PipelineContext) -> dict[str, Any]:
             metrics = evaluate_policy(
                 model, tokenizer, ctx.env.protocol, ctx.env_id, {**ctx.env.kwargs, "split": split},
                 panel_task_ids(ctx, split, n), max_steps=ctx.eval.max_steps, batch_size=ctx.eval.batch_size,
-                max_new_tokens=ctx.eval.max_new_tokens,
+                max_new_tokens=ctx.eval.max_new_tokens, return_episodes=True,
             )
+            episodes += [json.dumps({"policy": name, "split": split, "task_id": ep.task_id, "env_seed": ep.seed,
+                                     "task_type": ep.task_type, "won": bool(ep.won), "score": float(ep.score),
+                                     "steps": len(ep.steps), "invalid": ep.num_invalid})
+                         for ep in metrics.pop("episodes_list")]
             results[name][split] = report_metrics(metrics)
         del model
+    # per-episode outcomes: what paired differences between policies, methods and seeds are computed from
+    atomic_write_text(ctx.artifacts.eval_episodes, "".join(line + "\n" for line in episodes))
     atomic_write_json(ctx.artifacts.eval_results, results)
     return {name: {split: {k: v for k, v in m.items() if k in ("success_rate", "score")}
                    for split, m in splits.items()} for name, splits in results.items()}

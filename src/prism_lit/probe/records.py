@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from prism_lit.io import atomic_write_text
-from prism_lit.probe.stats import SCORES
+from prism_lit.probe.stats import SCORES as CONCENTRATION_FUNCTIONS
 from prism_lit.probe.unit_norms import UnitGradNorms
 
 __all__ = ["METADATA_KEYS", "ProbeRecord", "read_probe_records", "records_from_norms", "write_probe_records"]
@@ -35,8 +35,8 @@ METADATA_KEYS = ("id", "task_id", "task_type")
 
 
 #: the values a record holds that routers and reports can use (concentration scores first)
-CONCENTRATION_SCORES = ("gini", "kurtosis", "cv")
-SCORES = (*CONCENTRATION_SCORES, "l2", "loss")
+CONCENTRATION_SCORES = tuple(CONCENTRATION_FUNCTIONS)
+RECORD_SCORES = (*CONCENTRATION_SCORES, "l2", "loss")
 
 
 @dataclass
@@ -62,8 +62,8 @@ class ProbeRecord:
 
     def score(self, name: str) -> float:
         """The value routed on: "gini", "kurtosis", "cv", "l2" or "loss"."""
-        if name not in SCORES:
-            raise ValueError(f"unknown score '{name}' (choose {', '.join(SCORES)})")
+        if name not in RECORD_SCORES:
+            raise ValueError(f"unknown score '{name}' (choose {', '.join(RECORD_SCORES)})")
         return float(getattr(self, name))
 
 
@@ -85,7 +85,7 @@ def records_from_norms(batch: Mapping[str, Any], result: UnitGradNorms) -> list[
     """One ProbeRecord per sample of `batch`, from the norms measured on it."""
     norms = result.norms.detach().to("cpu", torch.float64)
     meta = _metadata(batch, norms.shape[0])
-    stats = {name: fn(norms).tolist() for name, fn in SCORES.items()}
+    stats = {name: fn(norms).tolist() for name, fn in CONCENTRATION_FUNCTIONS.items()}
     l2 = norms.square().sum(dim=-1).sqrt().tolist()
     loss = result.loss.detach().cpu().tolist()
     n_tokens = result.n_tokens.detach().cpu().tolist()
@@ -123,7 +123,7 @@ def write_probe_records(path: str | os.PathLike, records: Iterable[ProbeRecord])
     atomic_write_text(path, "".join(line + "\n" for line in lines))
 
 
-_FLOAT_FIELDS = SCORES
+_FLOAT_FIELDS = RECORD_SCORES
 
 
 def read_probe_records(path: str | os.PathLike) -> list[ProbeRecord]:
