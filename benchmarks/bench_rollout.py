@@ -1,19 +1,18 @@
-"""Benchmark the RL rollout engine: 16 parallel WebShop and ALFWorld episodes with the embedded default model.
+"""Benchmark the RL stage's two episode modes side by side: one RL iteration (rollout + update) and greedy
+evaluation, ``per_step`` (every step re-prefilled, every step scored on its own) against ``sequence`` (each row
+keeps its KV cache across turns; a chained full-history episode is scored in one forward).
 
-For each env: plays ``--episodes`` episodes at once with :class:`prism_lit.rl.RolloutEngine` (sampling, KV cache,
-per-token log-probs), then one GRPO-style policy update (forward + backward over every recorded step, micro-batches
-of 8), and reports
+Setup (WebShop as the embedded benchmark plays it, ``configs/parts/webshop/env.yaml``, 8-step episodes as
+``configs/parts/common/rl.yaml``): the embedded default model (``EmbeddedModelSpec()``, 1M parameters, 3k BPE
+vocabulary trained on the env's text), warmed by a short SFT on expert episodes (``--warm-steps``), so replies are
+well-formed and episodes have realistic lengths. Then ``--repeats`` rounds, each running both modes back to back
+(the order alternates): a sampled rollout of ``--tasks`` x ``--group-size`` episodes with one seed, and the
+update of :class:`prism_lit.rl.GRPOModule` over every step (``minibatch_backward``: forward + backward, micro-batches
+of ``--micro-batch-size`` steps, no optimizer step, so every round plays the same policy); then greedy evaluation
+(``evaluate_policy``) of ``--eval-tasks`` held-out goals in both modes. The machine is shared: ratios are taken
+within a round and the medians reported; both modes must give the same tokens, log-probs and greedy results.
 
-- env steps/s and generated tokens/s of the rollout,
-- the share of wall-clock in env stepping, prompt building (chat template + tokenisation), generation and training,
-- the engine's generator against plain ``model.generate`` (sampling, same max new tokens, same eos) on the *same*
-  prompt batches, interleaved batch by batch (the machine is shared: interleaving exposes both to the same load).
-
-The model is the embedded default (``EmbeddedModelSpec()``: 1M-parameter Llama, 3k BPE vocabulary) with its
-tokenizer trained on the env's own observations; it is randomly initialised, so replies run to ``max_new_tokens``
-and are mostly malformed: the numbers measure the machinery, not a policy.
-
-    python benchmarks/bench_rollout.py --envs webshop alfworld --episodes 16 --max-new-tokens 24
+    python benchmarks/bench_rollout.py --threads 1 --out bench_rollout.json
 """
 
 from __future__ import annotations
@@ -22,6 +21,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -31,146 +31,197 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch
 
-from prism_lit.envs import ALFWORLD_ID, WEBSHOP_ID
+from prism_lit.data.schema import read_trajectories
+from prism_lit.data.tokenize import tokenize_trajectory
+from prism_lit.envs import WEBSHOP_ID
+from prism_lit.envs.experts import write_expert_dataset
 from prism_lit.envs.protocol import AgentProtocol
 from prism_lit.policy import EmbeddedModelSpec, PolicySpec, build_embedded_default, load_policy
-from prism_lit.rl.generation import generate, left_pad
-from prism_lit.rl.rollout import RolloutConfig, RolloutEngine, env_task_ids, group_tasks, make_env
-from prism_lit.rl.scoring import StepSample, collate_steps, policy_forward
+from prism_lit.rl import GRPOModule, evaluate_policy
+from prism_lit.rl.rollout import env_task_ids, group_tasks, make_env
 
-ENVS = {
-    "webshop": (WEBSHOP_ID, {"num_products": 300, "results_per_page": 5}, 15),
-    "alfworld": (ALFWORLD_ID, {"n_per_type": 3}, 50),
-}
-
-
-def corpus(env_id: str, kwargs: dict, protocol: AgentProtocol, n_tasks: int) -> list[str]:
-    """Observation text of the env for the tokenizer (resets plus a few admissible steps per task)."""
-    env = make_env(env_id, kwargs)
-    texts = [protocol.system, "Action: search[ ] click[ ] Thought:"]
-    for task in env_task_ids(env)[:n_tasks]:
-        obs, info = env.reset(seed=0, options={"task_id": task})
-        for _ in range(3):
-            admissible = info.get("admissible_actions") or []
-            texts.append(protocol.render_observation(obs, admissible))
-            texts.extend(protocol.format_reply(a, admissible=admissible) for a in admissible[:5])
-            if not admissible:
-                break
-            obs, _, term, trunc, info = env.step(admissible[-1])
-            if term or trunc:
-                break
-    env.close()
-    return texts
+ENV_KWARGS = {"num_products": 1000, "results_per_page": 5}
+PROTOCOL = {"env": "webshop", "reply_format": "action", "numbered_actions": True, "number_pattern": r"^click\[b0",
+            "history_turns": 8, "list_only_numbered": True, "repeat_task": False}
+MODES = ("per_step", "sequence")
 
 
-def bench_env(name: str, args, workdir: Path) -> dict:
-    env_id, kwargs, max_steps = ENVS[name]
-    protocol = AgentProtocol(env=name, numbered_actions=True, history_turns=args.history_turns)
+def warm_policy(workdir: Path, protocol: AgentProtocol, args) -> tuple[Path, dict]:
+    """The embedded default, tokenizer trained on expert text, then ``warm_steps`` SFT steps on expert episodes
+    (reused from ``--policy-dir`` when it holds one)."""
+    if args.policy_dir and (Path(args.policy_dir) / "policy" / "config.json").is_file():
+        return Path(args.policy_dir) / "policy", {"reused": args.policy_dir}
+    workdir = Path(args.policy_dir) if args.policy_dir else workdir
+    workdir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    policy_dir = build_embedded_default(workdir / f"{name}_policy", corpus(env_id, kwargs, protocol, 60),
-                                        EmbeddedModelSpec())
-    setup_s = time.perf_counter() - t0
-    model, tokenizer = load_policy(PolicySpec(path=str(policy_dir)))
-    probe = make_env(env_id, kwargs)
-    tasks = env_task_ids(probe)[: args.episodes]
-    probe.close()
-    rows = group_tasks(tasks, list(range(len(tasks))), 1)
-    config = RolloutConfig(max_new_tokens=args.max_new_tokens, max_steps=min(max_steps, args.max_steps))
-    engine = RolloutEngine(env_id, protocol, tokenizer, config, kwargs)
-    engine.run(model, rows[:2], generator=torch.Generator().manual_seed(1))  # warm-up: env creation, first resets
-    t0 = time.perf_counter()
-    episodes = engine.run(model, rows, generator=torch.Generator().manual_seed(0))
-    rollout_s = time.perf_counter() - t0
-    stats = engine.stats
-
-    # one policy update over every recorded step (what a GRPO iteration does after its rollout)
+    data = workdir / "expert.jsonl"
+    write_expert_dataset(WEBSHOP_ID, args.expert_episodes, data, protocol, split="train", env_kwargs=ENV_KWARGS,
+                         expert_kwargs={"query": "short"})
+    trajectories = read_trajectories(data)
+    corpus = [m.content for t in trajectories for m in t.messages]
+    policy_dir = build_embedded_default(workdir / "policy", corpus, EmbeddedModelSpec())
+    model, tok = load_policy(PolicySpec(path=str(policy_dir)))
+    samples = [s for s in (tokenize_trajectory(t, tok) for t in trajectories) if s is not None]
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
     model.train()
-    samples = [StepSample(s.prompt_ids, s.action_ids, s.logprobs, advantage=1.0) for e in episodes for s in e.steps]
-    t0 = time.perf_counter()
-    n_tokens = sum(len(s.action_ids) for s in samples)
-    for lo in range(0, len(samples), 8):
-        batch = collate_steps(samples[lo:lo + 8], tokenizer.pad_token_id)
-        out = policy_forward(model, batch)
-        loss = -(out.logprobs * batch.action_mask).sum() / n_tokens
-        loss.backward()
-    train_s = time.perf_counter() - t0
-    model.zero_grad(set_to_none=True)
-    model.eval()
-
-    # the engine's generator vs plain model.generate on the same prompt batches (step t of every episode still
-    # running at step t), interleaved batch by batch so that load from other processes hits both alike
-    by_step: dict[int, list[list[int]]] = {}
-    for e in episodes:
-        for t, s in enumerate(e.steps):
-            by_step.setdefault(t, []).append(s.prompt_ids)
     gen = torch.Generator().manual_seed(0)
-    torch.manual_seed(0)
-    eng_tokens = hf_tokens = 0
-    eng_s = hf_s = 0.0
-    with torch.no_grad():
-        for prompts in by_step.values():
-            t0 = time.perf_counter()
-            outs = generate(model, prompts, pad_token_id=tokenizer.pad_token_id, stop_token_ids=engine.stop_token_ids,
-                            max_new_tokens=args.max_new_tokens, generator=gen, tokenizer=tokenizer,
-                            stop_strings=protocol.stop_strings)
-            eng_s += time.perf_counter() - t0
-            eng_tokens += sum(len(o.token_ids) for o in outs)
-            ids, mask = left_pad(prompts, tokenizer.pad_token_id)
-            t0 = time.perf_counter()
-            out = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=1.0, top_p=1.0,
-                                 top_k=0, max_new_tokens=args.max_new_tokens, eos_token_id=tokenizer.eos_token_id,
-                                 pad_token_id=tokenizer.pad_token_id)
-            hf_s += time.perf_counter() - t0
-            for row in out[:, ids.shape[1]:].tolist():
-                hf_tokens += row.index(tokenizer.eos_token_id) + 1 if tokenizer.eos_token_id in row else len(row)
-    engine.close()
+    losses = []
+    for _ in range(args.warm_steps):
+        batch = [samples[i] for i in torch.randint(len(samples), (4,), generator=gen).tolist()]
+        width = max(len(s.input_ids) for s in batch)
+        ids = torch.full((len(batch), width), tok.pad_token_id)
+        labels = torch.full((len(batch), width), -100)
+        for row, s in enumerate(batch):
+            ids[row, :len(s.input_ids)] = torch.tensor(s.input_ids)
+            labels[row, :len(s.labels)] = torch.tensor(s.labels)
+        loss = model(input_ids=ids, attention_mask=(ids != tok.pad_token_id).long(), labels=labels).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+    model.save_pretrained(policy_dir)
+    return policy_dir, {"warm_s": round(time.perf_counter() - t0, 1), "warm_steps": args.warm_steps,
+                        "sft_loss_first_last": [round(losses[0], 3), round(losses[-1], 3)]}
 
-    total = rollout_s + train_s
+
+def make_module(policy_dir: Path, mode: str, args) -> GRPOModule:
+    module = GRPOModule(
+        policy=PolicySpec(path=str(policy_dir)), protocol=AgentProtocol(**PROTOCOL), env_id=WEBSHOP_ID,
+        env_kwargs=ENV_KWARGS, group_size=args.group_size, skip_zero_advantage=False,
+        rollout={"max_new_tokens": 32, "max_steps": args.max_steps, "episode_mode": mode},
+        update={"micro_batch_size": args.micro_batch_size},
+    )
+    module.configure_model()
+    module.manual_backward = lambda loss: loss.backward()  # outside a Trainer
+    return module
+
+
+def iteration(module: GRPOModule, rows, seed: int) -> dict:
+    """One RL iteration's work (rollout, advantages, update gradients) with its timings and counts."""
+    engine = module.train_engine()
+    t0 = time.perf_counter()
+    episodes = engine.run(module.model, rows, generator=torch.Generator().manual_seed(seed))
+    t1 = time.perf_counter()
+    samples = module.build_samples(episodes)
+    module.model.train()
+    micro = module.micro_batches(samples)
+    update_tokens = sum(len(u[-1].prompt_ids) + len(u[-1].action_ids) for m in micro for u in m)
+    t2 = time.perf_counter()
+    module.minibatch_backward(samples)
+    t3 = time.perf_counter()
+    module.model.zero_grad(set_to_none=True)
+    st = engine.stats
     return {
-        "env": name,
-        "episodes": len(episodes),
-        "env_steps": stats.env_steps,
-        "generated_tokens": stats.generated_tokens,
-        "mean_prompt_tokens": round(stats.prompt_tokens / max(stats.env_steps, 1), 1),
-        "rollout_s": round(rollout_s, 2),
-        "env_steps_per_s": round(stats.env_steps / rollout_s, 1),
-        "generated_tokens_per_s": round(stats.generated_tokens / rollout_s, 1),
-        "generation_tokens_per_s": round(stats.generated_tokens / stats.generation_s, 1),
-        "same_prompts": {
-            "engine_generate_tokens_per_s": round(eng_tokens / eng_s, 1),
-            "hf_generate_tokens_per_s": round(hf_tokens / hf_s, 1),
-            "engine_generate_s": round(eng_s, 2),
-            "hf_generate_s": round(hf_s, 2),
-        },
-        "train_s": round(train_s, 2),
-        "train_tokens_per_s": round(sum(len(s.prompt_ids) + len(s.action_ids) for s in samples) / train_s, 1),
-        "share": {
-            "env": round(stats.env_s / total, 3),
-            "prompt": round(stats.prompt_s / total, 3),
-            "generation": round(stats.generation_s / total, 3),
-            "training": round(train_s / total, 3),
-        },
-        "setup_s (tokenizer + model build)": round(setup_s, 1),
+        "episodes": episodes, "rollout_s": t1 - t0, "update_s": t3 - t2, "iteration_s": t3 - t0,
+        "env_s": st.env_s, "prompt_s": st.prompt_s, "generation_s": st.generation_s,
+        "prefill_tokens": st.prefill_tokens, "prompt_tokens": st.prompt_tokens,
+        "generated_tokens": st.generated_tokens, "update_tokens": update_tokens, "forwards": len(micro),
+        "units": sum(len(m) for m in micro),
+        "steps": len(samples),
     }
+
+
+def same_rollout(a, b) -> tuple[bool, float]:
+    """Same actions in both modes, and the largest log-prob difference."""
+    same = [[s.action_ids for s in e.steps] for e in a] == [[s.action_ids for s in e.steps] for e in b]
+    diff = max((abs(x - y) for ea, eb in zip(a, b) for sa, sb in zip(ea.steps, eb.steps)
+                for x, y in zip(sa.logprobs, sb.logprobs)), default=0.0)
+    return same, diff
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--envs", nargs="+", default=["webshop", "alfworld"], choices=sorted(ENVS))
-    parser.add_argument("--episodes", type=int, default=16)
-    parser.add_argument("--max-new-tokens", type=int, default=24)
-    parser.add_argument("--max-steps", type=int, default=15, help="cap on env steps per episode")
-    parser.add_argument("--history-turns", type=int, default=4)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--tasks", type=int, default=4, help="tasks per iteration")
+    parser.add_argument("--group-size", type=int, default=4)
+    parser.add_argument("--max-steps", type=int, default=8)
+    parser.add_argument("--micro-batch-size", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--eval-tasks", type=int, default=48)
+    parser.add_argument("--expert-episodes", type=int, default=300)
+    parser.add_argument("--warm-steps", type=int, default=150)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--policy-dir", type=str, default=None,
+                        help="keep the warmed policy here and reuse it on later runs (the warm-up is most of the time)")
     parser.add_argument("--out", type=str, default=None, help="also write the results as JSON here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    results = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-                          f"torch {torch.__version__}, {args.threads} threads", "args": vars(args), "envs": []}
+    protocol = AgentProtocol(**PROTOCOL)
+    results: dict = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+                                f"torch {torch.__version__}, {args.threads} threads", "args": vars(args)}
     with tempfile.TemporaryDirectory() as tmp:
-        for name in args.envs:
-            results["envs"].append(bench_env(name, args, Path(tmp)))
-            print(json.dumps(results["envs"][-1], indent=2), flush=True)
+        policy_dir, results["warm"] = warm_policy(Path(tmp), protocol, args)
+        modules = {mode: make_module(policy_dir, mode, args) for mode in MODES}
+        env = make_env(WEBSHOP_ID, {**ENV_KWARGS, "split": "train"})
+        train_ids = env_task_ids(env)
+        env.close()
+        runs: dict[str, list[dict]] = {m: [] for m in MODES}
+        identical = []
+        for r in range(args.repeats):
+            tasks = train_ids[r * args.tasks:(r + 1) * args.tasks]
+            rows = group_tasks(tasks, list(range(len(tasks))), args.group_size)
+            order = MODES if r % 2 == 0 else MODES[::-1]
+            out = {mode: iteration(modules[mode], rows, seed=r) for mode in order}
+            for mode in MODES:
+                runs[mode].append(out[mode])
+            identical.append(same_rollout(out["per_step"]["episodes"], out["sequence"]["episodes"]))
+        # greedy evaluation on held-out goals, both modes, interleaved (twice, order swapped)
+        env = make_env(WEBSHOP_ID, {**ENV_KWARGS, "split": "test"})
+        test_ids = env_task_ids(env)[: args.eval_tasks]
+        env.close()
+        model = modules["sequence"].model.eval()
+        tok = modules["sequence"].tokenizer
+        evals: dict[str, list[float]] = {m: [] for m in MODES}
+        metrics = {}
+        for order in (MODES, MODES[::-1]):
+            for mode in order:
+                t0 = time.perf_counter()
+                metrics[mode] = evaluate_policy(model, tok, protocol, WEBSHOP_ID, {**ENV_KWARGS, "split": "test"},
+                                                test_ids, max_steps=args.max_steps, max_new_tokens=32,
+                                                batch_size=16, return_episodes=True, episode_mode=mode)
+                evals[mode].append(time.perf_counter() - t0)
+    same_eval, eval_diff = same_rollout(metrics["per_step"].pop("episodes_list"),
+                                        metrics["sequence"].pop("episodes_list"))
+
+    def per_mode(mode: str) -> dict:
+        rs = runs[mode]
+        med = {k: statistics.median(x[k] for x in rs) for k in rs[0] if k != "episodes"}
+        n_ep = args.tasks * args.group_size
+        return {
+            "prompt_tokens_processed": int(med["prefill_tokens"]), "prompt_tokens_rendered": int(med["prompt_tokens"]),
+            "generated_tokens": int(med["generated_tokens"]),
+            "generated_tokens_per_s": round(med["generated_tokens"] / med["generation_s"], 1),
+            "update_tokens": int(med["update_tokens"]), "update_forwards": int(med["forwards"]),
+            "update_rows (units)": int(med["units"]),
+            "update_tokens_per_s": round(med["update_tokens"] / med["update_s"], 1),
+            "steps_per_episode": round(med["steps"] / n_ep, 2),
+            "rollout_s": round(med["rollout_s"], 2), "update_s": round(med["update_s"], 2),
+            "iteration_s": round(med["iteration_s"], 2), "episodes_per_s": round(n_ep / med["iteration_s"], 2),
+            "update_s_per_episode": round(med["update_s"] / n_ep, 3),
+            "share": {k: round(med[k] / med["iteration_s"], 3) for k in ("env_s", "prompt_s", "generation_s",
+                                                                          "update_s")},
+            "greedy_eval_s": round(statistics.median(evals[mode]), 2),
+        }
+
+    def ratio(key: str) -> float:
+        return round(statistics.median(a[key] / b[key] for a, b in zip(runs["per_step"], runs["sequence"])), 2)
+
+    results.update({
+        "per_step": per_mode("per_step"), "sequence": per_mode("sequence"),
+        "speedup (per_step / sequence, median over rounds)": {
+            "update": ratio("update_s"), "rollout": ratio("rollout_s"), "generation": ratio("generation_s"),
+            "rl_iteration": ratio("iteration_s"), "prompt_tokens_processed": ratio("prefill_tokens"),
+            "greedy_evaluation": round(statistics.median(a / b for a, b in zip(evals["per_step"],
+                                                                               evals["sequence"])), 2),
+        },
+        "identical": {
+            "sampled_actions_every_round": all(s for s, _ in identical),
+            "max_logprob_diff": max(d for _, d in identical),
+            "greedy_eval_actions": same_eval, "greedy_eval_max_logprob_diff": eval_diff,
+            "greedy_eval_metrics": metrics["per_step"] == metrics["sequence"],
+        },
+        "greedy_eval": {k: round(v, 3) for k, v in metrics["sequence"].items() if "/" not in k},
+    })
+    print(json.dumps(results, indent=2), flush=True)
     if args.out:
         from prism_lit.io import atomic_write_json
 

@@ -14,8 +14,10 @@ from typing import Any
 
 EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("prism_lit.commands:generate", "Generate tasks and expert trajectories for an env (JSONL)."),
+    "import": ("prism_lit.commands:import_corpus", "Import AgentGym/ETO corpora with env task ids RL can replay."),
     "pipeline": ("prism_lit.pipeline.run:pipeline", "Run the whole PRISM pipeline from one config (resumable)."),
     "compare": ("prism_lit.pipeline.compare:compare", "Run several pipeline configs over seeds; write the table."),
+    "memory": ("prism_lit.memory:main", "Peak memory per GPU of each stage of a config; exit 1 if one cannot fit."),
 }
 
 DESCRIPTION = "prism_lit: PRISM hybrid SFT→RL training of LLM agents on Lightning.\n\nOther commands:\n" + "\n".join(
@@ -181,13 +183,18 @@ def _check_yaml_files(argv: list[str]) -> None:
 
 
 def _run(argv: list[str], from_shell: bool) -> None:
-    _check_yaml_files(argv)
     if argv and argv[0] in EXTRA_COMMANDS:
         from jsonargparse import CLI
 
         target, help_ = EXTRA_COMMANDS[argv[0]]
-        CLI(_load(target), args=argv[1:], prog=f"prism-lit {argv[0]}", description=help_, exit_on_error=False)
+        command = _load(target)
+        if getattr(command, "parses_own_arguments", False):  # e.g. `memory --config X`: X is its input, not its args
+            command(argv[1:])
+            return
+        _check_yaml_files(argv)
+        CLI(command, args=argv[1:], prog=f"prism-lit {argv[0]}", description=help_, exit_on_error=False)
         return
+    _check_yaml_files(argv)
     if from_shell:
         sys.argv[1:] = argv  # without --debug; LightningCLI reads sys.argv itself
     _lightning_cli(None if from_shell else argv)
@@ -213,7 +220,7 @@ def main(argv: list[str] | None = None) -> None:
         from prism_lit.errors import is_user_error, report_error, report_usage_error
 
         if isinstance(err, ArgumentError):
-            sys.exit(report_usage_error(err, command, debug))
+            sys.exit(report_usage_error(err, command, debug, tuple(EXTRA_COMMANDS)))
         if not is_user_error(err):
             raise  # a bug: the whole traceback, as Python prints it
         sys.exit(report_error(err, command, argv, debug))

@@ -47,3 +47,40 @@ def generate(
         env_id, n_tasks, out, protocol, split=split, seed=seed, env_kwargs=env_kwargs or {}
     )
     print(json.dumps(stats, indent=2, default=str))
+
+
+def import_corpus(
+    source: str,
+    path: str,
+    out: str,
+    env: str | None = None,
+    env_kwargs: dict[str, Any] | None = None,
+    protocol: AgentProtocol | None = None,
+    verbatim: bool = False,
+    mapping: str | None = None,
+) -> None:
+    """Import an AgentGym (AgentTraj) or ETO corpus as prism_lit trajectories whose tasks the env can replay.
+
+    Each item is mapped to the env's task id (WebShop: by its instruction; ALFWorld: by its game path), then
+    replayed through ``protocol`` (or kept ``verbatim``). Items that cannot be mapped or replayed are listed with
+    the reason in ``<out>.import_report.json`` (docs/data.md, "Importing AgentGym and ETO corpora").
+
+    Args:
+        source: ``agentgym`` or ``eto``.
+        path: the corpus file (JSON array or JSONL).
+        out: output JSONL in the prism_lit schema.
+        env: ``webshop`` or ``alfworld`` (required).
+        env_kwargs: env settings; ``data_dir`` points at the upstream data the corpus was made from.
+        protocol: the agent protocol of the RL stage (default ``thought_action`` replies, as ETO and AgentGym).
+        verbatim: keep the recorded conversations instead of replaying them through ``protocol``.
+        mapping: AgentGym ALFWorld only: the JSON list of game files its ``alfworld_<n>`` ids index.
+    """
+    from prism_lit.data.importers import import_corpus as run
+
+    if env is None:
+        raise SystemExit("prism-lit import: give the env the corpus is for: --env webshop or --env alfworld")
+    report = run(source, path, out, env.lower(), env_kwargs, protocol, verbatim, mapping)
+    print(json.dumps({"read": report.read, "written": report.written, "mode": report.mode,
+                      "unmapped": len(report.unmapped), "report": f"{out}.import_report.json"}, indent=2))
+    for item in report.unmapped[:20]:
+        print(f"  not imported: {item['id']}: {item['reason']}")

@@ -17,7 +17,7 @@ full, CPU-resident weights and writes them with ``save_pretrained(state_dict=...
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +77,8 @@ def decoder_layer_class_names(model: nn.Module) -> set[str]:
 def decoder_layers(model: nn.Module, class_names: Iterable[str] | None = None) -> list[nn.Module]:
     """The model's transformer blocks in order (the units FSDP shards one by one)."""
     wanted = set(class_names) if class_names else decoder_layer_class_names(model)
-    layers = [m for m in model.modules() if type(m).__name__ in wanted]
+    # by the class or a base class: fully_shard turns LlamaDecoderLayer into a subclass FSDPLlamaDecoderLayer
+    layers = [m for m in model.modules() if any(c.__name__ in wanted for c in type(m).__mro__)]
     if not layers:
         raise ValueError(
             f"no decoder layers found in {type(model).__name__} (looked for classes {sorted(wanted) or 'named *'}"
@@ -128,7 +129,10 @@ def apply_fsdp2(
             ``None`` = all ranks of the default process group.
         param_dtype / reduce_dtype: FSDP2 mixed precision (e.g. ``torch.bfloat16`` / ``torch.float32``);
             ``None`` keeps the parameters' dtype.
-        reshard_after_forward: free the gathered weights after forward (less memory, one more all-gather).
+        reshard_after_forward: free each decoder layer's gathered weights after its forward (less memory, one
+            more all-gather in backward). The root (embeddings, final norm, LM head) always stays gathered from its
+            forward to its backward: the chunked loss (:mod:`prism_lit.sft.loss`, the probe) applies the LM head
+            to the returned hidden states after the root's forward, and the backward needs them at once anyway.
         layer_class_names: transformer-block classes; default: the model's ``_no_split_modules``.
     """
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
@@ -137,7 +141,68 @@ def apply_fsdp2(
     mp_policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype)
     for layer in decoder_layers(model, layer_class_names):
         fully_shard(layer, mesh=mesh, mp_policy=mp_policy, reshard_after_forward=reshard_after_forward)
-    fully_shard(model, mesh=mesh, mp_policy=mp_policy, reshard_after_forward=reshard_after_forward)
+    fully_shard(model, mesh=mesh, mp_policy=mp_policy, reshard_after_forward=False)
+    return model
+
+
+def _torch_dtype(name: str | None, option: str) -> torch.dtype | None:
+    if name is None:
+        return None
+    from prism_lit.policy.loading import DTYPES
+
+    if name not in DTYPES:
+        raise ValueError(f"{option}: unknown dtype {name!r}; choose one of {sorted(DTYPES)}")
+    return getattr(torch, DTYPES[name])
+
+
+def fsdp2_options(strategy: Any) -> dict[str, Any]:
+    """``apply_fsdp2`` keyword arguments a strategy carries (:class:`FSDP2Strategy`'s mixed precision), else none."""
+    options = getattr(strategy, "fsdp2_options", None)
+    return dict(options()) if callable(options) else {}
+
+
+def load_sharded_fsdp2(
+    load_full: Callable[[], nn.Module],
+    build_empty: Callable[[], nn.Module],
+    device_mesh,
+    **fsdp_kwargs: Any,
+) -> nn.Module:
+    """A model sharded with :func:`apply_fsdp2` whose full copy exists on one rank only, and only on its CPU.
+
+    Rank 0 of the data-parallel mesh calls ``load_full()`` (``from_pretrained``) on the CPU; every other rank calls
+    ``build_empty()`` under ``torch.device("meta")`` (the same architecture, adapter included, with no storage).
+    All ranks shard, allocate their shards on the mesh's device, and rank 0 broadcasts the weights
+    (``set_model_state_dict(..., broadcast_from_rank0=True)``: one tensor at a time, each rank keeps its shard)
+    and the buffers (rotary tables are not in the state dict). Host memory: one full copy on rank 0 instead of
+    one per rank; device memory: the shards, plus one full tensor in flight.
+    """
+    import torch.distributed as dist
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    mesh = data_parallel_mesh(device_mesh)
+    if mesh.size() == 1:
+        return apply_fsdp2(load_full(), device_mesh, **fsdp_kwargs)
+    source = mesh.get_local_rank() == 0
+    if source:
+        with torch.device("cpu"):
+            model = load_full()
+        full = model.state_dict()
+        buffers = {name: buf.clone() for name, buf in model.named_buffers()}
+    else:
+        with torch.device("meta"):
+            model = build_empty()
+        full, buffers = {}, {}
+    apply_fsdp2(model, device_mesh, **fsdp_kwargs)
+    device = torch.device(mesh.device_type, torch.cuda.current_device()) if mesh.device_type == "cuda" \
+        else torch.device(mesh.device_type)
+    model.to_empty(device=device)
+    set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    group = mesh.get_group()
+    src = dist.get_global_rank(group, 0)
+    for name, buf in model.named_buffers():
+        if source:
+            buf.copy_(buffers[name])
+        dist.broadcast(buf, src=src, group=group)
     return model
 
 
@@ -173,7 +238,12 @@ class FSDP2Strategy(ModelParallelStrategy):
       :func:`optimizer_state_by_name`). Sharded checkpoint directories are loaded by Lightning (DCP reshards them
       to the current world size).
 
-    Args are ``ModelParallelStrategy``'s.
+    - ``param_dtype`` / ``reduce_dtype``: FSDP2's mixed precision (``MixedPrecisionPolicy``), applied by the
+      module's ``configure_model`` (:func:`fsdp2_options`): e.g. ``bfloat16`` / ``float32`` keeps fp32 sharded master
+      weights and optimizer state, all-gathers and computes in bf16, reduce-scatters gradients in fp32.
+      ``None``: the parameters' own dtype.
+
+    Other args are ``ModelParallelStrategy``'s.
     """
 
     def __init__(
@@ -182,6 +252,8 @@ class FSDP2Strategy(ModelParallelStrategy):
         tensor_parallel_size: int | str = 1,
         save_distributed_checkpoint: bool = True,
         process_group_backend: str | None = None,
+        param_dtype: str | None = None,
+        reduce_dtype: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(
@@ -189,6 +261,12 @@ class FSDP2Strategy(ModelParallelStrategy):
             save_distributed_checkpoint=save_distributed_checkpoint, process_group_backend=process_group_backend,
             **kwargs,
         )
+        self.param_dtype = _torch_dtype(param_dtype, "FSDP2Strategy.param_dtype")
+        self.reduce_dtype = _torch_dtype(reduce_dtype, "FSDP2Strategy.reduce_dtype")
+
+    def fsdp2_options(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`apply_fsdp2` / :func:`load_sharded_fsdp2` (the mixed precision)."""
+        return {"param_dtype": self.param_dtype, "reduce_dtype": self.reduce_dtype}
 
     def setup_environment(self) -> None:
         if self._data_parallel_size == "auto":

@@ -157,14 +157,15 @@ def _usage_message(text: str) -> str:
     return _one_paragraph(text)
 
 
-def report_usage_error(err: BaseException, command: str | None, debug: bool) -> int:
+def report_usage_error(err: BaseException, command: str | None, debug: bool,
+                       other_commands: tuple[str, ...] = ()) -> int:
     """A command line or config file the parser rejects: its message and where the options are listed."""
     prog = f"prism-lit {command}" if command else "prism-lit"
     if debug:
         traceback.print_exception(type(err), err, err.__traceback__, file=sys.stderr)
     message = _usage_message(str(err))
-    if command is None and "subcommand" in message:
-        message += " Other commands: generate, pipeline, compare."
+    if command is None and "subcommand" in message and other_commands:
+        message += f" Other commands: {', '.join(other_commands)}."
     print(f"{prog}: error: {message} ({prog} --help lists the options.)", file=sys.stderr)
     return 2
 

@@ -32,7 +32,7 @@ def test_gymnasium_make_sets_time_limit():
     assert env.spec.max_episode_steps == 15
     env.reset(seed=0)
     truncated = False
-    for step in range(15):
+    for _step in range(15):
         _, _, terminated, truncated, _ = env.step("click[nothing here]")
         assert not terminated
     assert truncated

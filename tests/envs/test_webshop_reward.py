@@ -125,7 +125,8 @@ def test_zero_title_share_gives_zero():
 
 
 def test_goal_without_nouns_scores_0_2():
-    no_nouns = lambda name: []
+    def no_nouns(name):
+        return []
     r = get_type_reward({**BASE, "query": "soap", "product_category": "x"}, BASE, nouns=no_nouns)
     assert r["title_score"] == 0.2 and r["r_type"] == 0.5
     r = get_type_reward(BASE, BASE, nouns=no_nouns)

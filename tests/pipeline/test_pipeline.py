@@ -16,7 +16,6 @@ from prism_lit.pipeline.config import (
 from prism_lit.pipeline.run import STAGE_ORDER, pipeline, read_stage_marker
 from prism_lit.policy import EmbeddedModelSpec
 
-
 RL_MODULE = {"class_path": "prism_lit.rl.GRPOModule",
              "init_args": {"group_size": 2, "optim": {"lr": 1e-4}, "rollout": {"max_new_tokens": 8, "max_steps": 3}}}
 
@@ -141,9 +140,9 @@ def test_compare_runs_methods_over_seeds_and_writes_table(tmp_path, monkeypatch)
 
 @pytest.mark.slow
 def test_compare_workers_run_methods_in_parallel_and_report_a_failed_run(tmp_path):
-    from prism_lit.pipeline.compare import compare
-
     import yaml
+
+    from prism_lit.pipeline.compare import compare
 
     configs = _compare_configs(tmp_path, (("prism-gini", "PrismRouter"), ("random", "RandomRouter"),
                                           ("broken", "RandomRouter")))

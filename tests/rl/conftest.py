@@ -1,14 +1,9 @@
 """Fixtures of the RL tests: the guess-word protocol and a word-level tiny policy for it."""
 
 import pytest
+from rl_helpers import guess_word_protocol
 
 from prism_lit.envs.protocol import AgentProtocol
-
-
-def guess_word_protocol(**overrides) -> AgentProtocol:
-    kwargs = {"env": "guess_word", "reply_format": "bare", "system_prompt": "Guess the word .", "show_admissible": False}
-    kwargs.update(overrides)
-    return AgentProtocol(**kwargs)
 
 
 @pytest.fixture(scope="session")

@@ -167,7 +167,7 @@ def test_evaluate_policy_matches_a_hand_played_greedy_loop(gw_policy_dir, gw_pro
 
 
 def test_ppo_trains_a_value_head_resumes_and_exports(tmp_path, gw_policy_dir, gw_protocol):
-    from conftest import guess_word_protocol
+    from rl_helpers import guess_word_protocol
 
     # the word-level policy cannot write "Action: ...": every reply is penalised, so returns are non-zero
     args = {"policy": PolicySpec(path=str(gw_policy_dir)), "protocol": guess_word_protocol(reply_format="action"),

@@ -3,7 +3,7 @@
 
 import pytest
 import torch
-from conftest import guess_word_protocol
+from rl_helpers import guess_word_protocol
 
 from prism_lit.envs.guess_word import GUESS_WORD_ID
 from prism_lit.policy import PolicySpec, load_policy

@@ -30,6 +30,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--lora", action="store_true")
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--precision", default="32-true", help="Trainer precision, e.g. bf16-mixed")
+    parser.add_argument("--fsdp-param-dtype", default=None, help="fsdp2: MixedPrecisionPolicy param dtype")
+    parser.add_argument("--fsdp-reduce-dtype", default=None, help="fsdp2: MixedPrecisionPolicy reduce dtype")
     parser.add_argument("--resume", default=None, help="checkpoint to resume from")
     parser.add_argument("--distributed-checkpoint", action="store_true",
                         help="fsdp2: one shard file per rank (a directory) instead of one full file")
@@ -45,7 +47,8 @@ def build_strategy(args: argparse.Namespace):
         return DDPStrategy(process_group_backend="gloo")
     from prism_lit.distributed import FSDP2Strategy
 
-    return FSDP2Strategy(save_distributed_checkpoint=args.distributed_checkpoint)
+    return FSDP2Strategy(save_distributed_checkpoint=args.distributed_checkpoint, param_dtype=args.fsdp_param_dtype,
+                         reduce_dtype=args.fsdp_reduce_dtype)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -76,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     trainer.fit(module, data, ckpt_path=args.resume)
     if trainer.is_global_zero:
         result = {"global_step": trainer.global_step, "world_size": trainer.world_size, "strategy": args.strategy,
-                  "epoch": trainer.current_epoch}
+                  "epoch": trainer.current_epoch, "param_dtypes": sorted({str(p.dtype) for p in module.parameters()})}
         with open(os.path.join(args.root, "result.json"), "w") as fh:
             json.dump(result, fh)
 

@@ -141,6 +141,26 @@ def test_fsdp2_bf16_mixed_stays_close_to_float32(runs):
         assert cos > 0.9, (k, float(cos))
 
 
+def test_fsdp2_mixed_precision_bf16_params_fp32_reduce_on_gloo(runs):
+    """FSDP2's MixedPrecisionPolicy (bf16 all-gather and compute, fp32 reduce-scatter) on CPU with gloo: sharded
+    master weights stay fp32, the step stays close to the fp32 one, and the weights were loaded on rank 0 only."""
+    single = runs("single", "--batch-size", "8")
+    fsdp = runs("fsdp2_mp", "--strategy", "fsdp2", "--devices", "2", "--batch-size", "4",
+                "--fsdp-param-dtype", "bfloat16", "--fsdp-reduce-dtype", "float32")
+    assert result(fsdp)["param_dtypes"] == ["torch.float32"]
+    wa, wb = load_file(single / "export" / "model.safetensors"), load_file(fsdp / "export" / "model.safetensors")
+    fresh = load_file(Path(runs.policy) / "model.safetensors")
+    assert all(v.dtype == torch.float32 for v in wb.values())
+    moved = 0
+    for k in wa:
+        step_a, step_b = wa[k] - fresh[k], wb[k] - fresh[k]
+        assert step_b.abs().max() > 0, k  # every weight trained (rank 1's meta copy received its shard)
+        cos = torch.nn.functional.cosine_similarity(step_a.flatten(), step_b.flatten(), dim=0)
+        assert cos > 0.9, (k, float(cos))
+        moved += int(not torch.equal(wa[k], wb[k]))
+    assert moved  # bf16 compute did change the step: mixed precision was applied
+
+
 def test_fsdp2_lora_matches_one_process_with_adapter_only_checkpoint(runs):
     single = runs("lora_single", "--lora", "--lr", "1e-2", "--batch-size", "8")
     fsdp = runs("lora_fsdp2", "--lora", "--lr", "1e-2", "--strategy", "fsdp2", "--devices", "2", "--batch-size", "4")

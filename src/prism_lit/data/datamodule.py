@@ -19,7 +19,12 @@ from torch.utils.data import DataLoader
 from prism_lit.data.batching import BatchDataset, bucketed_batches, padding_overhead
 from prism_lit.data.formats import FORMATS, load_trajectories
 from prism_lit.data.schema import Trajectory, TrajectoryFormatError
-from prism_lit.data.tokenize import TRUNCATION_POLICIES, SampleTooLongError, Truncation, tokenize_trajectory
+from prism_lit.data.tokenize import (
+    TRUNCATION_POLICIES,
+    SampleTooLongError,
+    Truncation,
+    tokenize_trajectory_samples,
+)
 from prism_lit.envs.protocol import AgentProtocol
 from prism_lit.errors import ConfigError, DataError
 
@@ -88,6 +93,10 @@ class TrajectoryDataModule(L.LightningDataModule):
         tokenizer_path: tokenizer directory; default: the LightningModule's ``tokenizer``.
         expert_data: generate ``train_files[0]`` with the env's oracle if it is missing.
         num_workers: DataLoader workers.
+        protocol: the agent protocol of the RL stage; each assistant turn is then trained in exactly its rollout
+            prompt (``protocol.prompt_messages``: its history bound, ``system_in_user``; and ``train_thinking``),
+            which may take several sequences per trajectory (rows sharing its ``id``, numbered by ``part``).
+            ``None``: the whole recorded history.
     """
 
     def __init__(
@@ -108,6 +117,7 @@ class TrajectoryDataModule(L.LightningDataModule):
         tokenizer_path: str | None = None,
         expert_data: ExpertDataSpec | None = None,
         num_workers: int = 0,
+        protocol: AgentProtocol | None = None,
     ) -> None:
         super().__init__()
         if not train_files:
@@ -133,6 +143,7 @@ class TrajectoryDataModule(L.LightningDataModule):
         self.val_fraction, self.seed = val_fraction, seed
         self.partition_path, self.tokenizer_path = partition_path, tokenizer_path
         self.expert_data, self.num_workers = expert_data, num_workers
+        self.protocol = protocol
         self.tokenizer = None
         self.train_rows = None
         self.val_rows = None
@@ -186,9 +197,10 @@ class TrajectoryDataModule(L.LightningDataModule):
         if self.tokenizer is not None:
             return self.tokenizer
         if self.tokenizer_path is not None:
-            from transformers import AutoTokenizer
+            from prism_lit.policy import PolicySpec, load_tokenizer
 
-            self.tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_path, local_files_only=True)
+            # as the policy loads it: a pad token (Llama-3 has none), the template checked, its settings kept
+            self.tokenizer = load_tokenizer(PolicySpec(path=self.tokenizer_path))
         elif self.trainer is not None and getattr(self.trainer.lightning_module, "tokenizer", None) is not None:
             self.tokenizer = self.trainer.lightning_module.tokenizer
         else:
@@ -204,23 +216,25 @@ class TrajectoryDataModule(L.LightningDataModule):
                 self._record_ids(path, trajectories)
             for t in trajectories:
                 try:
-                    sample = tokenize_trajectory(t, tokenizer, self.max_length, self.truncation,
-                                                  self.context_weight)
+                    samples = tokenize_trajectory_samples(t, tokenizer, self.max_length, self.truncation,
+                                                          self.context_weight, self.protocol)
                 except SampleTooLongError as err:
                     raise TrajectoryFormatError(path, _line_of(path, t.id), "messages", str(err)) from None
-                if sample is None:
+                if not samples:
                     self.stats["skipped"] = self.stats.get("skipped", 0) + 1
                     self._skipped.append(t.id)
                     continue
-                self.stats["truncated"] = self.stats.get("truncated", 0) + int(sample.truncated)
-                if sample.truncated:
+                for part, sample in enumerate(samples):
+                    self.stats["truncated"] = self.stats.get("truncated", 0) + int(sample.truncated)
+                    rows.append(
+                        {"id": t.id, "task_id": t.task_id, "task_type": t.task_type, "part": part,
+                         "input_ids": sample.input_ids, "labels": sample.labels, "length": len(sample.input_ids),
+                         **({"weights": sample.weights} if sample.weights is not None else {})}
+                    )
+                cut = [s.full_length for s in samples if s.truncated]
+                if cut:
                     self._truncated.append(t.id)
-                    self._longest = max(self._longest, sample.full_length)
-                rows.append(
-                    {"id": t.id, "task_id": t.task_id, "task_type": t.task_type,
-                     "input_ids": sample.input_ids, "labels": sample.labels, "length": len(sample.input_ids),
-                     **({"weights": sample.weights} if sample.weights is not None else {})}
-                )
+                    self._longest = max(self._longest, *cut)
             self.stats["read"] = self.stats.get("read", 0) + len(trajectories)
         return rows
 
@@ -249,12 +263,11 @@ class TrajectoryDataModule(L.LightningDataModule):
         if not val and self.val_fraction > 0:
             import random
 
-            order = list(range(len(train)))
-            random.Random(self.seed).shuffle(order)
-            n_val = max(1, int(len(train) * self.val_fraction))
-            held = set(order[:n_val])
-            val = [r for i, r in enumerate(train) if i in held]
-            train = [r for i, r in enumerate(train) if i not in held]
+            ids = sorted({r["id"] for r in train})  # whole trajectories (all their parts) go to one side
+            random.Random(self.seed).shuffle(ids)
+            held = set(ids[: max(1, int(len(ids) * self.val_fraction))])
+            val = [r for r in train if r["id"] in held]
+            train = [r for r in train if r["id"] not in held]
         if not train:
             raise DataError(
                 f"data: no trainable trajectory left in {self.train_files} (read {self.stats['read']}, skipped "
@@ -262,10 +275,15 @@ class TrajectoryDataModule(L.LightningDataModule):
                 hint="Raise data.max_length, set data.truncation: right, or lower data.val_fraction.")
         self.train_rows = datasets.Dataset.from_list(train)
         self.val_rows = datasets.Dataset.from_list(val) if val else None
+        kept = len({r["id"] for r in train} | {r["id"] for r in val})
         message = (
-            f"data: read {self.stats['read']} trajectories, kept {len(train) + len(val)}, "
+            f"data: read {self.stats['read']} trajectories, kept {kept}, "
             f"skipped {self.stats['skipped']} (too long or nothing trainable), truncated {self.stats['truncated']}"
         )
+        if len(train) + len(val) > kept:
+            # each turn trained in its own rollout prompt (Qwen3's template, a binding history bound): docs/data.md
+            message += (f"; {len(train) + len(val)} sequences (several per trajectory: a probe scores each "
+                        "trajectory by one of them)")
         (log.warning if self.stats["skipped"] else log.info)(message)
         if self._skipped:
             log.warning("data: skipped %d trajectories (over max_length=%d with truncation=%s, or no trained token "
@@ -287,12 +305,13 @@ class TrajectoryDataModule(L.LightningDataModule):
 
             wanted = load_partition(self.partition_path).sft_ids
             keep = set(wanted)
-            indices = [i for i, tid in enumerate(self.train_rows["id"]) if tid in keep]
-            self._check_partition(wanted, indices)
+            ids = self.train_rows["id"]
+            indices = [i for i, tid in enumerate(ids) if tid in keep]
+            self._check_partition(wanted, {ids[i] for i in indices})
             return indices
         return list(range(len(self.train_rows)))
 
-    def _check_partition(self, wanted: list[str], indices: list[int] | None) -> None:
+    def _check_partition(self, wanted: list[str], trained: set[str] | None) -> None:
         """A partition of another corpus would silently train on a subset (or nothing): refuse it, naming ids."""
         files = ", ".join(self.train_files)
         missing = [i for i in wanted if i not in self._file_of]
@@ -302,17 +321,17 @@ class TrajectoryDataModule(L.LightningDataModule):
                 f"the training files ({files}): {_some(missing, 5)}. The partition was made from another corpus.",
                 hint="Re-run the probe on these files (pipeline: --rerun '[probe]'), or point partition_path at "
                      "the partition of this corpus.")
-        if indices is None:  # ids only (before tokenising)
+        if trained is None:  # ids only (before tokenising)
             return
-        if not indices:
+        if not trained:
             reason = ("the router sent no trajectory to SFT" if not wanted else
                       f"all {len(wanted)} of its sft_ids were skipped (too long) or held out for validation")
             raise DataError(f"data.partition_path: {self.partition_path}: nothing to train: {reason}.",
                             hint="Route some trajectories to SFT (the router's rl_fraction), or raise "
                                  "data.max_length / lower data.val_fraction.")
-        if len(indices) < len(wanted):
+        if len(trained) < len(wanted):
             log.warning("data: %d of the partition's %d SFT trajectories are not trained (skipped as too long or "
-                        "held out for validation)", len(wanted) - len(indices), len(wanted))
+                        "held out for validation)", len(wanted) - len(trained), len(wanted))
 
     def _loader(self, rows, indices: list[int], shuffle: bool, seed: int) -> DataLoader:
         lengths_all = rows["length"]

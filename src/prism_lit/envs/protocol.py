@@ -70,6 +70,16 @@ class AgentProtocol:
             prompts, the same env.
         repeat_task: keep the task statement WebShop repeats at the top of every page; ``False`` shows it once,
             in the first observation (as verl-agent's prompts state the task once).
+        train_thinking: SFT trains the tokens of a reply's ``<think>...</think>`` block (``False``: they are context
+            only; the rest of the reply and its end-of-turn token are still trained). RL always trains every generated
+            token, thinking included: the advantage weighs the whole reply.
+        stop_at: strings that end a reply during rollouts, besides the model's own end-of-turn / EOS ids (which come
+            from the tokenizer and generation config, see :func:`prism_lit.policy.chat.stop_token_ids`). ``None``:
+            ``["\\n"]`` for ``bare`` replies, none otherwise (a blank line may sit inside a thought or a ``<think>``
+            block, as in ETO/AgentGym ``Thought: ...\\n\\nAction: ...`` replies).
+        system_in_user: put the system prompt at the top of the first user message instead of a system message, for
+            chat templates that have no system role (Mistral v0.1/v0.2, Gemma) or move it (Mistral v0.3 writes it
+            into the last user message, so earlier prompts change as the episode goes on).
     """
 
     env: str = "generic"
@@ -82,6 +92,9 @@ class AgentProtocol:
     max_admissible: int = 40
     list_only_numbered: bool = False
     repeat_task: bool = True
+    train_thinking: bool = True
+    stop_at: list[str] | None = None
+    system_in_user: bool = False
 
     def __post_init__(self) -> None:
         if self.reply_format not in ("action", "thought_action", "think_tags", "bare"):
@@ -127,18 +140,22 @@ class AgentProtocol:
     def build_messages(self, turns: Sequence[Turn], current_observation: str) -> list[dict[str, str]]:
         """Chat messages for the next reply. ``current_observation`` is already rendered."""
         messages = [{"role": "system", "content": self.system}]
-        if not turns:
-            messages.append({"role": "user", "content": current_observation})
-            return messages
-        first, rest = turns[0], list(turns[1:])
-        messages.append({"role": "user", "content": first.observation})
-        messages.append({"role": "assistant", "content": first.reply})
-        kept = rest[-self.history_turns :] if self.history_turns > 0 else []
-        for turn in kept:
+        for turn in turns:
             messages.append({"role": "user", "content": turn.observation})
             messages.append({"role": "assistant", "content": turn.reply})
         messages.append({"role": "user", "content": current_observation})
-        return messages
+        return self.prompt_messages(messages)
+
+    def prompt_messages(self, messages: Sequence[dict[str, str]]) -> list[dict[str, str]]:
+        """What the policy is shown of a conversation that ends with the current user message: the history bound
+        (:func:`bound_history`), then ``system_in_user``. Rollouts and SFT tokenisation both call this."""
+        shown = bound_history(messages, self.history_turns)
+        if self.system_in_user and shown and shown[0]["role"] == "system":
+            system, rest = shown[0]["content"], list(shown[1:])
+            if rest and rest[0]["role"] == "user":
+                rest[0] = {**rest[0], "content": f"{system}\n\n{rest[0]['content']}" if system else rest[0]["content"]}
+                return rest
+        return shown
 
     # ---------------------------------------------------------------- replies
     def format_reply(self, action: str, thought: str | None = None, admissible: Sequence[str] | None = None) -> str:
@@ -165,7 +182,12 @@ class AgentProtocol:
 
         A malformed reply (no ``Action:`` / ``<action>`` part, or an empty one) returns ``None`` so the
         rollout can apply the invalid-format penalty. A number maps to the listed admissible action.
+        A reasoning model's ``<think>...</think>`` block is skipped: the action is read after the last ``</think>``;
+        a reply with ``<think>`` and no ``</think>`` (cut by ``max_new_tokens``) is malformed.
         """
+        reply = strip_thinking(reply)
+        if reply is None:
+            return None
         if self.reply_format == "think_tags":
             found = self._TAG_RE.findall(reply)
             if not found:
@@ -191,7 +213,52 @@ class AgentProtocol:
 
     @property
     def stop_strings(self) -> list[str]:
-        """Generation may stop at these (the chat template's end-of-turn token also stops it)."""
-        if self.reply_format == "bare":
-            return ["\n"]
-        return ["</action>"] if self.reply_format == "think_tags" else ["\n\n"]
+        """Generation also stops at these strings (see ``stop_at``); the model's end-of-turn ids always stop it."""
+        if self.stop_at is not None:
+            return list(self.stop_at)
+        return ["\n"] if self.reply_format == "bare" else []
+
+
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+
+
+def strip_thinking(reply: str) -> str | None:
+    """The reply after its last ``</think>`` (the reply itself when it has no think block); ``None`` when a
+    ``<think>`` block is never closed."""
+    if THINK_CLOSE in reply:
+        return reply.rsplit(THINK_CLOSE, 1)[1]
+    if THINK_OPEN in reply:
+        return None
+    return reply
+
+
+def bound_history(messages: Sequence[dict[str, str]], history_turns: int | None) -> list[dict[str, str]]:
+    """The messages a policy is shown before its next reply, with a bounded history.
+
+    ``messages`` is a conversation that ends with the current user message: leading system message(s), then
+    user/assistant pairs, then the current user message. Kept: the system message(s), the first pair (it holds the
+    task), the last ``history_turns`` pairs and the current message. ``None``: everything. Rollouts
+    (:meth:`AgentProtocol.build_messages`) and SFT tokenisation (:func:`prism_lit.data.tokenize.tokenize_conversation`)
+    both bound their prompts with this function, so a trained turn sees exactly its rollout prompt.
+    """
+    messages = list(messages)
+    if history_turns is None:
+        return messages
+    if history_turns < 0:
+        raise ValueError(f"history_turns must be >= 0 or None, got {history_turns}")
+    start = 0
+    while start < len(messages) and messages[start]["role"] == "system":
+        start += 1
+    body = messages[start:]
+    if not body or body[-1]["role"] != "user" or len(body) % 2 != 1 or any(
+        m["role"] != ("user" if i % 2 == 0 else "assistant") for i, m in enumerate(body)
+    ):
+        raise ValueError(
+            "bound_history: a bounded history needs system message(s), then alternating user/assistant messages "
+            f"ending with a user message; got roles {[m['role'] for m in messages]}"
+        )
+    pairs = [body[i : i + 2] for i in range(0, len(body) - 1, 2)]
+    if len(pairs) <= 1 + history_turns:
+        return messages
+    kept = pairs[:1] + (pairs[1:][-history_turns:] if history_turns > 0 else [])
+    return messages[:start] + [m for pair in kept for m in pair] + [body[-1]]

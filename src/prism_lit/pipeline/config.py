@@ -190,7 +190,11 @@ class BaseModelSettings:
         dtype: parameter dtype of every policy the pipeline loads (``float32``, ``bfloat16``, ``float16``); mixed
             precision is the trainer's ``precision``. An 8B model wants ``bfloat16``.
         attn_implementation: ``sdpa``, ``eager`` or ``flash_attention_2`` where installed.
-        gradient_checkpointing: recompute activations in the backward pass of SFT and RL (less memory).
+        gradient_checkpointing: recompute activations in the backward pass of the probe, SFT and RL (less memory).
+        chat_template: replaces the tokenizer's chat template (a file or the template text); ``None``: the one
+            shipped with the model.
+        chat_template_kwargs: settings the template reads (Qwen3: ``{enable_thinking: false}``), applied wherever a
+            conversation is rendered: SFT, probe, rollouts, evaluation (docs/policy.md).
     """
 
     path: str | None = None
@@ -205,6 +209,8 @@ class BaseModelSettings:
     dtype: str = "float32"
     attn_implementation: str = "sdpa"
     gradient_checkpointing: bool = False
+    chat_template: str | None = None
+    chat_template_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.copy_warmup_steps < 0:
@@ -234,18 +240,23 @@ class ProbeSettings:
         batch_size: trajectories per probe batch.
         max_length: token limit per trajectory (longer ones are truncated on the right; keep it above the corpus's longest
             trajectory, or the final turns are never trained).
+        max_tokens: cap on padded tokens per probe batch (longest × count; a longer single trajectory still runs
+            alone); bounds the probe's activation memory (``prism-lit memory``). ``None``: ``batch_size`` alone.
     """
 
     corpus_tasks: int = 400
     router: Router = field(default_factory=lambda: PrismRouter(score="gini"))
     batch_size: int = 8
     max_length: int = 2048
+    max_tokens: int | None = None
 
     def __post_init__(self) -> None:
         self.router = build_plugin(self.router, Router, "probe.router")
         _at_least("probe.corpus_tasks", self.corpus_tasks, 1)
         _at_least("probe.batch_size", self.batch_size, 1)
         _at_least("probe.max_length", self.max_length, 2)
+        if self.max_tokens is not None:
+            _at_least("probe.max_tokens", self.max_tokens, 2)
 
 
 @dataclass
@@ -256,6 +267,7 @@ class SFTSettings:
         enabled: run it (``False`` skips to RL from the base model).
         data: ``partition`` (the trajectories routed to SFT) or ``all`` (every trajectory of the corpus).
         epochs, lr, batch_size, max_length: optimisation settings.
+        max_tokens: cap on padded tokens per SFT batch (longest × count), as ``probe.max_tokens``.
         lora: train a LoRA adapter instead of the full model.
         context_weight: loss weight of the observation and prompt tokens, relative to the replies (as
             ``base.pretrain_context_weight``; 0: the replies only, as in TRL's assistant-only loss).
@@ -270,6 +282,7 @@ class SFTSettings:
     lr: float = 1e-3
     batch_size: int = 8
     max_length: int = 2048
+    max_tokens: int | None = None
     lora: LoraSpec | None = None
     context_weight: float = 0.0
     warmup_steps: int = 0
@@ -283,6 +296,8 @@ class SFTSettings:
         _at_least("sft.epochs", self.epochs, 1)
         _at_least("sft.batch_size", self.batch_size, 1)
         _at_least("sft.max_length", self.max_length, 2)
+        if self.max_tokens is not None:
+            _at_least("sft.max_tokens", self.max_tokens, 2)
         # lr 0 would train and export unchanged weights under a record that says they were trained
         _positive("sft.lr", self.lr)
         if isinstance(self.lora, dict):

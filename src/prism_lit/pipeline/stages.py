@@ -102,9 +102,11 @@ def _fit(ctx: PipelineContext, stage: str, trainer, module, data) -> None:
 
 
 def policy_spec(ctx: PipelineContext, path: str, **kwargs: Any) -> PolicySpec:
-    """A policy at ``path`` with the run's model settings (dtype, attention, activation checkpointing)."""
+    """A policy at ``path`` with the run's model settings (dtype, attention, activation checkpointing, chat
+    template and its settings), so every stage renders and loads the model the same way."""
     return PolicySpec(path=path, dtype=ctx.base.dtype, attn_implementation=ctx.base.attn_implementation,
-                      gradient_checkpointing=ctx.base.gradient_checkpointing, **kwargs)
+                      gradient_checkpointing=ctx.base.gradient_checkpointing, chat_template=ctx.base.chat_template,
+                      chat_template_kwargs=dict(ctx.base.chat_template_kwargs), **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------- tasks
@@ -161,7 +163,7 @@ def prepare_base(ctx: PipelineContext) -> dict[str, Any]:
                        warmup_steps=10, schedule="cosine")
     data = TrajectoryDataModule(train_files=[str(art.pretrain)], batch_size=ctx.base.pretrain_batch_size,
                                 context_weight=ctx.base.pretrain_context_weight,
-                                max_length=ctx.sft.max_length, seed=ctx.seed)
+                                max_length=ctx.sft.max_length, seed=ctx.seed, protocol=ctx.env.protocol)
     trainer = _trainer(ctx, "base", max_epochs=ctx.base.pretrain_epochs)
     _fit(ctx, "base", trainer, module, data)
     return {"path": str(art.base_model), "prepared": True, "init": str(init), "steps": trainer.global_step,
@@ -221,9 +223,13 @@ def probe_and_route(ctx: PipelineContext) -> dict[str, Any]:
         from prism_lit.policy import load_policy
 
         spec = base_policy(ctx)
-        model, _ = load_policy(PolicySpec(path=spec.path, dtype=spec.dtype, attn_implementation=spec.attn_implementation))
+        # gradient_checkpointing: the probe then recomputes each layer in its backward (same norms, less memory)
+        model, tokenizer = load_policy(spec)
+        model.to(eval_device(ctx))
         data = TrajectoryDataModule(train_files=[str(art.corpus)], batch_size=ctx.probe.batch_size,
-                                    max_length=ctx.probe.max_length, seed=ctx.seed, tokenizer_path=spec.path)
+                                    max_length=ctx.probe.max_length, max_tokens=ctx.probe.max_tokens, seed=ctx.seed,
+                                    protocol=ctx.env.protocol)
+        data.tokenizer = tokenizer  # loaded with the run's chat-template settings
         data.prepare_data()
         data.setup("fit")
         partition = run_probe(model, data.train_dataloader(), router=router, output_dir=art.probe_dir)
@@ -274,7 +280,8 @@ def train_sft(ctx: PipelineContext) -> dict[str, Any]:
                        warmup_steps=ctx.sft.warmup_steps, schedule=ctx.sft.schedule, export_dir=str(art.sft_export))
     data = TrajectoryDataModule(
         train_files=[str(art.corpus)], batch_size=ctx.sft.batch_size,
-        max_length=ctx.sft.max_length, seed=ctx.seed, context_weight=ctx.sft.context_weight,
+        max_length=ctx.sft.max_length, max_tokens=ctx.sft.max_tokens, seed=ctx.seed,
+        context_weight=ctx.sft.context_weight, protocol=ctx.env.protocol,
         partition_path=str(art.partition) if ids is not None else None,
     )
     trainer = _trainer(ctx, "sft", max_epochs=ctx.sft.epochs)

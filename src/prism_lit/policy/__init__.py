@@ -1,5 +1,6 @@
 """The policy: a Hugging Face causal LM + tokenizer loaded by local path (optionally LoRA), or the embedded default."""
 
+from prism_lit.policy.chat import stop_token_ids, template_name
 from prism_lit.policy.embedded import EmbeddedModelSpec, build_embedded_default, build_model, train_tokenizer
 from prism_lit.policy.loading import (
     LoraSpec,
@@ -13,5 +14,6 @@ from prism_lit.policy.loading import (
 
 __all__ = [
     "EmbeddedModelSpec", "LoraSpec", "PolicySpec", "build_embedded_default", "build_model", "ensure_policy_files",
-    "export_policy", "load_model", "load_policy", "load_tokenizer", "train_tokenizer",
+    "export_policy", "load_model", "load_policy", "load_tokenizer", "stop_token_ids", "template_name",
+    "train_tokenizer",
 ]

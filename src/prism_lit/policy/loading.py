@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from prism_lit.io import atomic_directory
+from prism_lit.policy.chat import set_chat_template_kwargs
 from prism_lit.policy.embedded import EmbeddedModelSpec, build_embedded_default, corpus_from_files
 
 DEFAULT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -56,6 +57,11 @@ class PolicySpec:
         embedded: when ``path`` does not exist, build the embedded default model there (tokenizer trained on
             ``embedded_corpus`` trajectory files). ``None``: a missing path is an error.
         embedded_corpus: trajectory JSONL files whose text trains the embedded tokenizer.
+        chat_template: replace the tokenizer's chat template: a path to a ``.jinja`` file, or the template text.
+            ``None``: the tokenizer's own (the model's shipped template).
+        chat_template_kwargs: settings of the chat template, e.g. ``{enable_thinking: false}`` for Qwen3. Written into
+            the loaded tokenizer's template, so SFT, the probe, rollouts, evaluation and the exported policy all render
+            conversations with them (docs/policy.md). A setting the template never reads is an error.
     """
 
     path: str
@@ -68,6 +74,8 @@ class PolicySpec:
     gradient_checkpointing: bool = False
     embedded: EmbeddedModelSpec | None = None
     embedded_corpus: list[str] = field(default_factory=list)
+    chat_template: str | None = None
+    chat_template_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -171,12 +179,26 @@ def load_tokenizer(spec: PolicySpec):
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=spec.trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    if spec.chat_template is not None:
+        tokenizer.chat_template = _read_template(spec.chat_template)
     if tokenizer.chat_template is None:
         raise ValueError(
             f"policy: the tokenizer in {path!r} has no chat template; prism_lit renders agent turns with it. "
-            "Set tokenizer.chat_template and save it, or use an instruct model's tokenizer."
+            "Set tokenizer.chat_template and save it, set policy.chat_template, or use an instruct model's tokenizer."
         )
+    if spec.chat_template_kwargs:
+        # replaces settings an exported policy carries (it keeps those it was trained with when none are given)
+        set_chat_template_kwargs(tokenizer, spec.chat_template_kwargs)
     return tokenizer
+
+
+def _read_template(value: str) -> str:
+    """``policy.chat_template``: a file's text when ``value`` names an existing file, else ``value`` itself."""
+    if "{" not in value and "\n" not in value:
+        if not Path(value).is_file():
+            raise FileNotFoundError(f"policy.chat_template: {value!r} is neither a template file nor template text")
+        return Path(value).read_text(encoding="utf-8")
+    return value
 
 
 def load_model(spec: PolicySpec):

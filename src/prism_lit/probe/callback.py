@@ -12,6 +12,18 @@ partition.json on reload (reload_dataloaders_every_n_epochs=1) serves D_SFT from
 
 If a valid partition.json is already in the run directory when fit starts (a resumed or repeated run),
 nothing is probed and `probing` stays False from the first epoch on.
+
+Memory and precision: the probe runs under the trainer's precision context (``bf16-mixed`` autocasts it as it
+autocasts a training step); with ``activation_checkpointing`` (default: when the policy was loaded with
+``gradient_checkpointing``) each decoder layer is recomputed in the probe's backward; the loss is computed from
+the final hidden states in chunks of ``logits_chunk_tokens`` positions; and the DataModule's ``max_tokens`` bounds
+the padded tokens of a batch. Per-GPU peaks: ``prism-lit memory`` (docs/scaling.md).
+
+Sharding: under DDP and FSDP2 the HF model is called directly (FSDP2's root is the HF model, whose own forward
+gathers the embeddings and LM head). Under FSDP1 (Lightning's ``FSDPStrategy``) the root FSDP unit is the
+LightningModule, so the probe's forward is routed through it (Lightning's forward redirection, as for
+``training_step``): the root gathers its flat parameter (embeddings, final norm, LM head) and registers the hooks
+that clean up after the backward.
 """
 
 from __future__ import annotations
@@ -30,15 +42,15 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from prism_lit.probe.partition import Partition, PartitionFormatError, load_partition
 from prism_lit.probe.plots import score_histogram_figure
-from prism_lit.probe.records import ProbeRecord
+from prism_lit.probe.records import ProbeRecord, records_from_norms
 from prism_lit.probe.routers import PrismRouter, Router
 from prism_lit.probe.runner import (
     PARTITION_FILE,
     dedupe_records,
     finalize_probe,
     histogram_score,
-    probe_batch,
 )
+from prism_lit.probe.unit_norms import ForwardRunner, measure_unit_grad_norms
 
 __all__ = ["GradientConcentrationProbe"]
 
@@ -55,6 +67,10 @@ class GradientConcentrationProbe(L.Callback):
         output_dir: run directory for the probe files; default the trainer's log_dir (or default_root_dir).
         units: name patterns of the probed linear layers (default: q,k,v,o,gate,up,down projections).
         model_attr: attribute of the LightningModule holding the HF model.
+        activation_checkpointing: recompute each decoder layer in the probe's backward (memory: the layers'
+            inputs instead of all their activations; same norms). ``None``: when the model was set up with
+            gradient checkpointing.
+        logits_chunk_tokens: positions projected onto the vocabulary at a time (no full logits).
     """
 
     def __init__(
@@ -64,6 +80,8 @@ class GradientConcentrationProbe(L.Callback):
         output_dir: str | None = None,
         units: list[str] | None = None,
         model_attr: str = "model",
+        activation_checkpointing: bool | None = None,
+        logits_chunk_tokens: int = 1024,
     ) -> None:
         if probe_epochs < 1:
             raise ValueError(f"probe_epochs must be >= 1, got {probe_epochs}")
@@ -72,6 +90,10 @@ class GradientConcentrationProbe(L.Callback):
         self.output_dir = output_dir
         self.units = list(units) if units is not None else None
         self.model_attr = model_attr
+        if logits_chunk_tokens < 1:
+            raise ValueError(f"logits_chunk_tokens must be >= 1, got {logits_chunk_tokens}")
+        self.activation_checkpointing = activation_checkpointing
+        self.logits_chunk_tokens = logits_chunk_tokens
         self.partition: Partition | None = None
         self._run_dir: Path | None = None
         self._skip = False
@@ -150,8 +172,15 @@ class GradientConcentrationProbe(L.Callback):
         if not self._active:
             return
         start = time.perf_counter()
-        records, self._unit_names = probe_batch(getattr(pl_module, self.model_attr), batch, self.units)
-        self._records.extend(records)
+        with trainer.precision_plugin.train_step_context():  # autocast as in training
+            result = measure_unit_grad_norms(
+                getattr(pl_module, self.model_attr), batch, self.units,
+                logits_chunk_tokens=self.logits_chunk_tokens,
+                activation_checkpointing=self.activation_checkpointing,
+                run_forward=fsdp1_root_runner(trainer, pl_module),
+            )
+        self._unit_names = result.unit_names
+        self._records.extend(records_from_norms(batch, result))
         self._seconds += time.perf_counter() - start
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -226,3 +255,32 @@ class GradientConcentrationProbe(L.Callback):
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self._active:  # fit ended inside a probe epoch (exception, interrupt): leave the module as it was
             self._end_probe_epoch(pl_module)
+
+
+_PROBE_FORWARD = "_prism_probe_forward"
+
+
+def fsdp1_root_runner(trainer: L.Trainer, pl_module: L.LightningModule) -> ForwardRunner | None:
+    """Under FSDP1, a runner that calls the probe's forward inside the root FSDP unit's forward; else ``None``.
+
+    The root (the LightningModule, wrapped by ``FSDPStrategy``) holds the embeddings, final norm and LM head in its
+    flat parameter, gathered only during its forward; and only the root's pre-backward hook queues FSDP1's
+    end-of-backward callback, which resets the decoder units' state and reshards them. So the forward (and the
+    chunked loss, which uses the LM head) run as a method of the LightningModule through the root, as Lightning
+    runs ``training_step``, and the probe's backward starts from the root's outputs.
+    """
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    root = trainer.strategy.model
+    if not isinstance(root, FullyShardedDataParallel):
+        return None
+    redirect = trainer.strategy._forward_redirection
+
+    def run(fn):
+        pl_module.__dict__[_PROBE_FORWARD] = fn  # a plain attribute: the redirection looks the method up by name
+        try:
+            return redirect(root, pl_module, _PROBE_FORWARD)
+        finally:
+            pl_module.__dict__.pop(_PROBE_FORWARD, None)
+
+    return run

@@ -27,8 +27,8 @@ activations are. bf16/fp16 activations are reduced in fp32 (a bf16 tiny Llama la
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -198,7 +198,12 @@ def _use_ghost(t: int, d_in: int, d_out: int) -> bool:
 
 def _sq_norms(x: torch.Tensor, g: torch.Tensor, method: NormMethod, max_elements: int) -> torch.Tensor:
     """[B] float64: ‖Σ_t g_t x_tᵀ‖²_F per sample, in chunks of samples bounded by `max_elements` scratch."""
-    if x.dtype not in (torch.float32, torch.float64):
+    with torch.autocast(device_type=x.device.type, enabled=False):  # the probe may run under training's autocast
+        return _sq_norms_fp32(x, g, method, max_elements)
+
+
+def _sq_norms_fp32(x: torch.Tensor, g: torch.Tensor, method: NormMethod, max_elements: int) -> torch.Tensor:
+    if not (x.dtype == g.dtype == torch.float64):  # bf16/fp16 activations or gradients (autocast) reduce in fp32
         x, g = x.float(), g.float()
     b, t, d_in = x.shape
     d_out = g.shape[-1]
@@ -220,6 +225,48 @@ def _sq_norms(x: torch.Tensor, g: torch.Tensor, method: NormMethod, max_elements
     return out
 
 
+def _checkpointing_requested(model: nn.Module) -> bool:
+    """Whether the model was set up with activation checkpointing (HF's flag; peft and FSDP look through)."""
+    for name in ("is_activation_checkpointing", "is_gradient_checkpointing"):
+        try:
+            value = getattr(model, name)
+        except AttributeError:
+            continue
+        return bool(value)
+    return False
+
+
+@contextmanager
+def _checkpointed_layers(model: nn.Module) -> Iterator[None]:
+    """Every decoder layer's forward under non-reentrant activation checkpointing, in any mode (the probe runs in
+    eval mode, where HF's own checkpointing is off). Recomputation runs the whole layer (no early stop), so each
+    unit's forward hook fires exactly twice: once in the forward, once when the backward reaches its layer."""
+    from torch.utils.checkpoint import checkpoint, set_checkpoint_early_stop
+
+    from prism_lit.distributed import decoder_layers
+
+    layers = decoder_layers(model)
+    saved = [layer.__dict__.get("forward") for layer in layers]
+    for layer in layers:
+        inner = layer.forward
+
+        def forward(*args: Any, _inner=inner, **kwargs: Any) -> Any:
+            return checkpoint(_inner, *args, use_reentrant=False, **kwargs)
+
+        layer.forward = forward
+    try:
+        with set_checkpoint_early_stop(False):
+            yield
+    finally:
+        for layer, previous in zip(layers, saved):
+            del layer.forward
+            if previous is not None:
+                layer.forward = previous
+
+
+ForwardRunner = Callable[[Callable[[], Any]], Any]
+
+
 def measure_unit_grad_norms(
     model: nn.Module,
     batch: Mapping[str, Any],
@@ -228,50 +275,71 @@ def measure_unit_grad_norms(
     method: NormMethod = "auto",
     max_scratch_elements: int = 1 << 25,
     logits_chunk_tokens: int | None = 1024,
+    activation_checkpointing: bool | None = None,
+    run_forward: ForwardRunner | None = None,
 ) -> UnitGradNorms:
     """Per-sample, per-unit gradient norms, per-sample losses and target counts, in one forward + backward.
 
     `batch` holds input_ids, attention_mask and labels ([B, T], labels aligned with input_ids, -100 = not
     trained on; any padding side). `method` forces the direct or ghost reduction (default: the cheaper per
     layer). `logits_chunk_tokens`: positions projected onto the vocabulary at a time (``None``: the model's own
-    full logits, as a reference; FSDP-sharded models always use those, their LM head being sharded outside the
-    root's forward). The model runs in eval mode (restored after); weights and `.grad` are not modified.
+    full logits, as a reference; under FSDP2 the root must stay gathered after its forward, as
+    :func:`~prism_lit.distributed.apply_fsdp2` shards it). The model runs in eval mode (restored after); weights and `.grad` are not modified.
+
+    Memory: without checkpointing the probe holds what a training step holds (every unit's input, which autograd
+    saves anyway). ``activation_checkpointing`` (``None``: as the model is set up, HF's
+    ``gradient_checkpointing_enable``) recomputes each decoder layer in the backward: only the layers' inputs are
+    kept, and a unit's input lives only while its layer's backward runs; the norms are the same (the hooks take
+    the input from the recomputation and the output gradient from the backward, whichever comes first).
+    ``run_forward(fn)`` runs ``fn`` (the forward and the loss) inside a wrapper's forward and returns its result:
+    the probe callback uses it under FSDP1, whose root unshards the embeddings and LM head only in its forward.
     """
     if logits_chunk_tokens is not None and logits_chunk_tokens < 1:
         raise ValueError(f"logits_chunk_tokens must be >= 1 or None, got {logits_chunk_tokens}")
-    if logits_chunk_tokens is not None and any(type(p).__name__ == "DTensor" for p in model.parameters()):
-        logits_chunk_tokens = None
+    if activation_checkpointing is None:
+        activation_checkpointing = _checkpointing_requested(model)
     input_ids, attention_mask, labels = _check_batch(batch)
     targets = find_units(model, units)
     b = input_ids.shape[0]
     device = input_ids.device
     sq = torch.zeros(b, len(targets), dtype=torch.float64, device=device)
+    calls_per_unit = 2 if activation_checkpointing else 1  # the forward, then the recomputation
+    calls = [0] * len(targets)
     inputs: dict[int, torch.Tensor] = {}
-    called: set[int] = set()
+    grads: dict[int, torch.Tensor] = {}
+    reduced: set[int] = set()
+
+    def reduce_when_ready(idx: int) -> None:
+        if idx in inputs and idx in grads:
+            sq[:, idx] = _sq_norms(inputs.pop(idx), grads.pop(idx), method, max_scratch_elements)
+            reduced.add(idx)
 
     def forward_hook(idx: int):
         def hook(module: nn.Module, args: tuple, kwargs: dict, output: torch.Tensor) -> None:
-            if idx in called:
+            calls[idx] += 1
+            if calls[idx] > calls_per_unit:
                 raise RuntimeError(
                     f"unit '{targets[idx][0]}' ran twice in one forward; shared units are not supported"
                 )
-            called.add(idx)
             x = args[0] if args else kwargs["input"]
             if x.dim() != 3 or x.shape[0] != b or not output.requires_grad:
                 raise RuntimeError(
                     f"unit '{targets[idx][0]}': expected a [B, T, d] input that carries a gradient, got "
                     f"shape {tuple(x.shape)} (requires_grad={output.requires_grad})"
                 )
-            # No masking needed: at padded positions δ is exactly 0 (their outputs reach no trained target).
-            inputs[idx] = x.detach()
-            output.register_hook(backward_hook(idx))
+            if calls[idx] == 1:
+                output.register_hook(backward_hook(idx))
+            if calls[idx] == calls_per_unit:
+                # No masking needed: at padded positions δ is exactly 0 (their outputs reach no trained target).
+                inputs[idx] = x.detach()
+                reduce_when_ready(idx)
 
         return hook
 
     def backward_hook(idx: int):
         def hook(grad: torch.Tensor) -> None:
-            x = inputs.pop(idx)
-            sq[:, idx] = _sq_norms(x, grad, method, max_scratch_elements)
+            grads[idx] = grad
+            reduce_when_ready(idx)
 
         return hook
 
@@ -285,38 +353,60 @@ def measure_unit_grad_norms(
         embeds.append(leaf)
         return leaf
 
+    chunked = logits_chunk_tokens is not None
+
+    def forward_and_loss() -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        """(graph output, its gradient, loss [B], n_tokens [B]): the backward starts from the graph output."""
+        out = model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids_from_mask(attention_mask),
+            use_cache=False,
+            **({"output_hidden_states": True, "logits_to_keep": 1} if chunked else {}),
+        )
+        if chunked:
+            hidden = out.hidden_states[-1]
+            del out
+            head = model.get_output_embeddings()
+            if type(head.weight).__name__ == "DTensor":
+                raise RuntimeError(
+                    "the LM head is still sharded after the model's forward (FSDP2 resharded the root), so the "
+                    "chunked loss cannot apply it; shard the root with reshard_after_forward=False "
+                    "(prism_lit.distributed.apply_fsdp2 does) or pass logits_chunk_tokens=None")
+            loss, n_tokens, grad_hidden = _chunked_losses(
+                hidden, head, labels, attention_mask, logits_chunk_tokens)
+            return hidden, grad_hidden, loss, n_tokens
+        loss, n_tokens = per_sample_losses(out.logits, labels, attention_mask)
+        # Σ_i L_i: its gradient w.r.t. sample i's activations is ∇L_i (samples do not interact)
+        return loss.sum(), None, loss.detach(), n_tokens
+
     handles = [m.register_forward_hook(forward_hook(i), with_kwargs=True) for i, (_, m) in enumerate(targets)]
     handles.append(model.get_input_embeddings().register_forward_hook(embedding_hook))
     try:
-        with _eval_mode(model), torch.enable_grad():
-            chunked = logits_chunk_tokens is not None
-            out = model(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                position_ids=position_ids_from_mask(attention_mask),
-                use_cache=False,
-                **({"output_hidden_states": True, "logits_to_keep": 1} if chunked else {}),
-            )
+        with ExitStack() as stack:
+            stack.enter_context(_eval_mode(model))
+            stack.enter_context(torch.enable_grad())
+            if activation_checkpointing:
+                stack.enter_context(_checkpointed_layers(model))
+            graph_out, grad_out, loss, n_tokens = (run_forward or _call)(forward_and_loss)
             if len(embeds) != 1:
                 raise RuntimeError(
                     f"the input embedding ran {len(embeds)} times in one forward; expected once"
                 )
-            # Σ_i L_i: its gradient w.r.t. sample i's activations is ∇L_i (samples do not interact). Asking
-            # for the embeddings' gradient only: no parameter gradient is computed or accumulated.
-            if chunked:
-                hidden = out.hidden_states[-1]
-                del out
-                loss, n_tokens, grad_hidden = _chunked_losses(
-                    hidden, model.get_output_embeddings(), labels, attention_mask, logits_chunk_tokens)
-                torch.autograd.grad(hidden, embeds[0], grad_outputs=grad_hidden)
-            else:
-                loss, n_tokens = per_sample_losses(out.logits, labels, attention_mask)
-                del out
-                torch.autograd.grad(loss.sum(), embeds[0])
+            # Asking for the embeddings' gradient only: no parameter gradient is computed or accumulated.
+            torch.autograd.grad(graph_out, embeds[0], grad_outputs=grad_out)
+            del graph_out, grad_out
     finally:
         for h in handles:
             h.remove()
         inputs.clear()
+        grads.clear()
+    missing = [targets[i][0] for i in range(len(targets)) if i not in reduced]
+    if missing:
+        raise RuntimeError(
+            f"units {missing[:3]} (of {len(missing)}) got no input or no output gradient in the probe's "
+            f"forward + backward (activation_checkpointing={activation_checkpointing}): they do not reach the loss"
+        )
     bad = ~torch.isfinite(sq).all(dim=1)
     if bool(bad.any()):
         raise FloatingPointError(
@@ -326,6 +416,10 @@ def measure_unit_grad_norms(
     loss = loss.detach().double()
     loss = torch.where(n_tokens > 0, loss, torch.full((), float("nan"), dtype=loss.dtype, device=device))
     return UnitGradNorms(sq.sqrt(), [name for name, _ in targets], loss, n_tokens)
+
+
+def _call(fn: Callable[[], Any]) -> Any:
+    return fn()
 
 
 def unit_grad_norms(

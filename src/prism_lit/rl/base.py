@@ -8,7 +8,9 @@ One training step is one RL iteration:
    whatever else its loss needs: returns, old values);
 3. ``update(samples)`` (shared): ``update.epochs`` passes over the buffer in shuffled minibatches (one optimizer
    step each, gradients averaged over DDP ranks and clipped to ``optim.max_grad_norm``), each run in
-   micro-batches whose gradients accumulate. Per micro-batch the loss is
+   micro-batches whose gradients accumulate. Samples are scored by unit: in ``sequence`` mode
+   (``rollout.episode_mode``) the steps of a full-history episode form one sequence, scored in one forward, with
+   exactly the per-step log-probs. Per micro-batch the loss is
 
        loss(...)  -  entropy_coef * agg(H(pi))  +  kl.coef * agg(KL(pi || pi_ref))
 
@@ -50,7 +52,14 @@ from prism_lit.rl.config import EvalConfig, KLConfig, OptimConfig, UpdateConfig
 from prism_lit.rl.evaluation import EpisodeMetrics, default_task_types
 from prism_lit.rl.losses import Minibatch, kl_penalty
 from prism_lit.rl.rollout import Episode, RolloutConfig, RolloutEngine, episode_table, group_tasks
-from prism_lit.rl.scoring import PolicyOutput, StepSample, TokenBatch, collate_steps, policy_forward
+from prism_lit.rl.scoring import (
+    PolicyOutput,
+    StepSample,
+    TokenBatch,
+    chain_units,
+    collate_units,
+    policy_forward,
+)
 
 CHECKPOINT_KEY = "prism_lit_rl"
 # signature defaults (read by jsonargparse; the module works on copies, so sharing them is safe)
@@ -353,39 +362,81 @@ class RLModuleBase(pl.LightningModule):
         summary["train/iteration"] = float(self.iteration)
         self.log_dict(summary, on_step=True, on_epoch=False, batch_size=len(episodes))
 
+    def packs_episodes(self) -> bool:
+        """Whether the update scores each run of chained steps (a full-history episode) as one sequence
+        (``rollout.episode_mode``, resolved by the training engine)."""
+        return self.train_engine().sequence_mode
+
+    def units(self, samples: list[StepSample]) -> list[list[int]]:
+        """The samples cut into units, each scored in one forward (see :func:`~prism_lit.rl.scoring.chain_units`)."""
+        return chain_units(samples, pack=self.packs_episodes())
+
     def update(self, samples: list[StepSample]) -> dict[str, float]:
         """``update.epochs`` x minibatches (one optimizer step each) x micro-batches (accumulated); returns the mean
-        over optimizer steps of every logged value."""
+        over optimizer steps of every logged value.
+
+        Minibatches are drawn by unit (one sample each in ``per_step`` mode; a chained episode in ``sequence``
+        mode): a shuffled list of units is cut where the running step count crosses each multiple of the
+        minibatch size."""
         optimizer = self.optimizers()
         size, count = self.update_config.plan(len(samples))
         if self.update_config.minibatch_size is not None:
             # every optimizer step all-reduces: the same number on every rank, empty minibatches where short
             count = self.agreed_count(count)
+        units = self.units(samples)
         logs: dict[str, list[float]] = {}
         for _ in range(self.update_config.epochs):
-            order = torch.randperm(len(samples), generator=self.sampling_generator(), device=self.device).tolist()
-            for k in range(count):
-                step_logs = self.minibatch_backward([samples[i] for i in order[k * size:(k + 1) * size]])
+            order = torch.randperm(len(units), generator=self.sampling_generator(), device=self.device).tolist()
+            minibatches: list[list[StepSample]] = [[] for _ in range(count)]
+            seen = 0
+            for u in order:
+                minibatches[min(seen // size, count - 1)].extend(samples[i] for i in units[u])
+                seen += len(units[u])
+            for minibatch in minibatches:
+                step_logs = self.minibatch_backward(minibatch)
                 step_logs["train/grad_norm"] = self.optimizer_update(optimizer)
                 for name, value in step_logs.items():
                     logs.setdefault(name, []).append(value)
         return {name: sum(values) / len(values) for name, values in logs.items()}
 
+    def micro_batches(self, samples: list[StepSample]) -> list[list[list[StepSample]]]:
+        """``samples`` cut into units and the units grouped into micro-batches of up to
+        ``update.micro_batch_size`` steps (at least one unit each)."""
+        micro_size = self.update_config.micro_batch_size
+        out: list[list[list[StepSample]]] = []
+        steps = micro_size
+        for unit in self.units(samples):
+            if steps + len(unit) > micro_size:
+                out.append([])
+                steps = 0
+            out[-1].append([samples[i] for i in unit])
+            steps += len(unit)
+        return out
+
+    def scored_micro_batches(self, samples: list[StepSample], with_entropy: bool = False,
+                             with_hidden: bool = False):
+        """Yield ``(replies, batch, out)`` per micro-batch: the samples in the batch's reply order, the collated
+        batch (on the module's device) and the policy's output on it."""
+        temperature = self.rollout_config.temperature
+        for micro in self.micro_batches(samples):
+            batch = collate_units(micro, self.tokenizer.pad_token_id).to(self.device)
+            out = policy_forward(self.model, batch, temperature, with_entropy=with_entropy, with_hidden=with_hidden)
+            yield [s for unit in micro for s in unit], batch, out
+
     def minibatch_backward(self, minibatch: list[StepSample]) -> dict[str, float]:
         """Accumulate the gradient of one minibatch's loss over its micro-batches; returns the minibatch's logs."""
         temperature = self.rollout_config.temperature
         regularised = self.kl.coef > 0 or self.entropy_coef != 0
-        run = minibatch if regularised else [s for s in minibatch if not self.skip_sample(s)]
+        run = minibatch
+        if not regularised:  # a unit is skipped when each of its steps may be
+            run = [minibatch[i] for unit in self.units(minibatch)
+                   if not all(self.skip_sample(minibatch[i]) for i in unit) for i in unit]
         mb = Minibatch(num_tokens=sum(len(s.action_ids) for s in minibatch), num_seqs=len(minibatch),
                        run_tokens=sum(len(s.action_ids) for s in run), run_seqs=len(run),
                        norm_length=self.rollout_config.max_new_tokens, agg=self.update_config.loss_agg)
         logs: dict[str, float] = {}
-        micro_size = self.update_config.micro_batch_size
         with self.no_grad_sync():
-            for lo in range(0, len(run), micro_size):
-                micro = collate_steps(run[lo:lo + micro_size], self.tokenizer.pad_token_id).to(self.device)
-                out = policy_forward(self.model, micro, temperature, with_entropy=True,
-                                     with_hidden=self.needs_state_hidden)
+            for _, micro, out in self.scored_micro_batches(run, with_entropy=True, with_hidden=self.needs_state_hidden):
                 mask = micro.action_mask
                 loss, terms = self.loss(out, micro, mb)
                 entropy = mb.aggregate_run(out.entropy, mask)

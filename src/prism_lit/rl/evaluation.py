@@ -111,20 +111,23 @@ def evaluate_policy(
     batch_size: int = 16,
     task_types: Sequence[str] | None = None,
     return_episodes: bool = False,
+    episode_mode: str = "auto",
 ) -> dict[str, Any]:
     """Greedy episodes of ``task_ids`` (env seed ``seeds[i]``, default 0..n-1); returns the metrics as floats.
 
     The dict has ``success_rate``, ``mean_score``, ``mean_steps``, ``invalid_action_rate``, ``mean_return``,
     ``episodes``, per-type ``success_rate/<type>`` and ``mean_score/<type>`` (types: ``task_types``, default
     :func:`default_task_types`; unlisted types are pooled as ``other``), and ``episodes_list`` (the
-    :class:`Episode` objects) when ``return_episodes``.
+    :class:`Episode` objects) when ``return_episodes``. ``episode_mode``: as ``rollout.episode_mode`` (``auto``:
+    each row keeps its KV cache across turns when the chat template allows; the actions are the same either way).
     """
     task_ids = list(task_ids)
     seeds = list(range(len(task_ids))) if seeds is None else [int(s) for s in seeds]
     if len(seeds) != len(task_ids):
         raise ValueError(f"evaluate_policy: {len(task_ids)} task ids but {len(seeds)} seeds")
     engine = RolloutEngine(env_id, protocol, tokenizer, RolloutConfig(max_new_tokens=max_new_tokens,
-                                                                       max_steps=max_steps), env_kwargs)
+                                                                       max_steps=max_steps,
+                                                                       episode_mode=episode_mode), env_kwargs)
     if task_types is None:
         task_types = default_task_types(env_id, env_kwargs or {})
     metric = EpisodeMetrics(task_types)

@@ -1,19 +1,34 @@
-"""Batched autoregressive sampling with a KV cache that records each sampled token's log-probability.
+"""Token generation for rollouts: a backend seam, and the HF model with a KV cache kept per row across turns.
 
-Written out (rather than ``model.generate``) so that the log-probabilities are exactly the rollout policy's:
-``log_softmax(logits / temperature)`` in fp32 from the same forward that picked the token, with top-p only
-restricting *which* tokens may be drawn (as verl and TRL do). A fresh forward over ``prompt + action`` gives the
-same numbers (tested), so the PPO ratio is 1 at the first update.
+:class:`GenerationBackend` is the interface between the rollout engine and whatever produces tokens and their
+log-probs: the engine hands it, for the live rows of a batch of episodes, each row's *whole* prompt (token ids)
+and gets back each reply's token ids and log-probs; a backend may keep per-row state between calls (a KV cache, a
+prefix cache) and is told when a row is done. :class:`KVCacheBackend` is the one this project ships: the policy's
+own forward (so the log-probs are exactly the trained policy's), batched, with a KV cache.
 
-Prompts are left-padded; position ids count real tokens only, so padding changes nothing. A row stops at an
-end-of-turn token (kept: the policy learns to stop), when its decoded text contains a stop string, or at
-``max_new_tokens``.
+Log-probs are ``log_softmax(logits / temperature)`` in fp32 from the same forward that picked the token, with
+top-p only restricting *which* tokens may be drawn (as verl and TRL do). A fresh forward over ``prompt + action``
+gives the same numbers (tested), so the PPO ratio is 1 at the first update.
+
+KV reuse (``reuse_cache``): each row keeps its cache between calls; a new prompt is compared with the tokens
+already in the row's cache and only the tokens after their longest common prefix are prefilled (a full-history
+episode: only the new observation). A row whose prompt diverges earlier (a bounded history whose window slid, a
+reply that re-tokenises differently) has its cached columns after the divergence masked out, so its context is
+exactly the new prompt: results equal a fresh prefill up to floating-point rounding. Masked columns are holes in
+the batch's cache; it is compacted when they exceed a quarter of it, and rows that are done are dropped. The
+cache grows into preallocated room instead of being concatenated at every token.
+
+Prompts are left-padded; position ids count real tokens only, so padding and holes change nothing. A row stops
+at a stop token (kept: the policy learns to stop), when its decoded text contains a stop string, or at
+``max_new_tokens``. The per-token step is tensor work only: stop strings are checked (by decoding the reply) only
+for rows whose new token could complete one (its text holds a stop string's last character).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
@@ -81,6 +96,320 @@ def sample_tokens(
     return tokens, logp.gather(-1, tokens[:, None]).squeeze(-1)
 
 
+@dataclass
+class SamplingParams:
+    """How one batch of replies is generated."""
+
+    max_new_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    greedy: bool = False
+    stop_token_ids: Sequence[int] = ()
+    stop_strings: Sequence[str] = ()
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+
+
+class GenerationBackend(Protocol):
+    """What produces tokens and log-probs for :class:`~prism_lit.rl.rollout.RolloutEngine` (see the module
+    docstring). ``keys`` name the rows (episodes) of one rollout; a key's prompts grow turn by turn."""
+
+    prefill_tokens: int  # prompt tokens actually run through the model (for the stats)
+
+    def generate(self, keys: Sequence[int], prompts: Sequence[Sequence[int]], params: SamplingParams,
+                 generator: torch.Generator | None = None) -> list[Generation]:
+        """One reply per prompt, in order."""
+        ...
+
+    def release(self, keys: Sequence[int]) -> None:
+        """These rows are done: their state may be dropped."""
+        ...
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """Length of the longest common prefix of two token lists."""
+    n = min(len(a), len(b))
+    if a[:n] == b[:n]:
+        return n
+    lo, hi = 0, n  # a[:lo] == b[:lo], a[:hi] != b[:hi]
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+_STOP_CANDIDATES: dict[tuple[int, tuple[str, ...]], tuple[object, torch.Tensor]] = {}
+
+
+def stop_string_candidates(tokenizer, stop_strings: Sequence[str]) -> torch.Tensor:
+    """``[vocab]`` bool: tokens that may complete one of ``stop_strings`` (their text holds a stop string's last
+    character, or an incomplete UTF-8 sequence; with SentencePiece also a word-initial token if a stop string ends
+    in a space, whose leading space only shows in context). Cached per tokenizer and stop strings."""
+    key = (id(tokenizer), tuple(stop_strings))
+    if key not in _STOP_CANDIDATES or _STOP_CANDIDATES[key][0] is not tokenizer:
+        last = {s[-1] for s in stop_strings if s}
+        n = max(len(tokenizer), max(tokenizer.get_vocab().values(), default=0) + 1)
+        flags = torch.zeros(n, dtype=torch.bool)
+        tokens = tokenizer.convert_ids_to_tokens(list(range(n)))
+        for i in range(n):
+            text = tokenizer.decode([i], skip_special_tokens=True)
+            spm_space = " " in last and isinstance(tokens[i], str) and tokens[i].startswith("\u2581")
+            flags[i] = any(c in text for c in last) or "\ufffd" in text or spm_space
+        _STOP_CANDIDATES[key] = (tokenizer, flags)
+    return _STOP_CANDIDATES[key][1]
+
+
+def _cache_tensors(cache) -> list[torch.Tensor]:
+    """Every key and value tensor of a ``DynamicCache``, in :func:`_map_cache`'s order."""
+    found: list[torch.Tensor] = []
+
+    def keep(x):
+        found.append(x)
+        return x
+
+    _map_cache(cache, keep)
+    return found
+
+
+def _map_cache(cache, fn) -> None:
+    """Apply ``fn`` to every key and value tensor of a ``DynamicCache`` (``[batch, heads, length, dim]``)."""
+    if hasattr(cache, "layers"):
+        for layer in cache.layers:
+            if getattr(layer, "keys", None) is not None and layer.keys.numel():
+                layer.keys, layer.values = fn(layer.keys), fn(layer.values)
+    else:  # transformers 4.x
+        cache.key_cache = [fn(k) if k.numel() else k for k in cache.key_cache]
+        cache.value_cache = [fn(v) if v.numel() else v for v in cache.value_cache]
+
+
+def _cache_argument(model) -> str:
+    """The forward's name for the KV cache: ``cache`` (transformers >= 5.2x) or ``past_key_values``."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    try:
+        params = inspect.signature(base.forward).parameters
+    except (TypeError, ValueError):
+        return "past_key_values"
+    return "cache" if "cache" in params and "past_key_values" not in params else "past_key_values"
+
+
+def _growable_cache():
+    """A ``DynamicCache`` whose layers grow into preallocated room (doubling) instead of concatenating at every
+    token, which copies the whole cache each step (transformers >= 5; a plain ``DynamicCache`` before)."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    try:
+        from transformers.cache_utils import DynamicLayer
+    except ImportError:
+        return cache
+    if not hasattr(cache, "layer_class_to_replicate"):
+        return cache
+
+    class GrowableLayer(DynamicLayer):
+        _k = _v = None
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            n = self.get_seq_length()
+            add = key_states.shape[-2]
+            backed = (self._k is not None and n > 0 and self.keys.data_ptr() == self._k.data_ptr()
+                      and self._k.shape[0] == key_states.shape[0] and self.keys.stride() == self._k.stride())
+            if not backed or self._k.shape[-2] < n + add:
+                shape = (*key_states.shape[:2], max(2 * (n + add), 64), key_states.shape[-1])
+                k, v = key_states.new_empty(shape), value_states.new_empty(shape)
+                if n:
+                    k[:, :, :n], v[:, :, :n] = self.keys, self.values
+                self._k, self._v = k, v
+            self._k[:, :, n:n + add] = key_states
+            self._v[:, :, n:n + add] = value_states
+            self.keys, self.values = self._k[:, :, :n + add], self._v[:, :, :n + add]
+            return self.keys, self.values
+
+    cache.layer_class_to_replicate = GrowableLayer
+    return cache
+
+
+class KVCacheBackend:
+    """The HF model as a :class:`GenerationBackend`: batched sampling with a KV cache, optionally kept per row
+    across calls (``reuse_cache``; see the module docstring).
+
+    Args:
+        model: a causal LM (HF, peft-wrapped or not).
+        pad_token_id: fills padding and holes.
+        tokenizer: decodes replies for stop strings (needed only with stop strings).
+        reuse_cache: keep each row's cache between calls and prefill only what changed.
+        compact_at: compact the cache when this share of its columns are holes.
+    """
+
+    def __init__(self, model, pad_token_id: int, tokenizer=None, reuse_cache: bool = True,
+                 compact_at: float = 0.25) -> None:
+        self.model = model
+        self.pad_token_id = pad_token_id
+        self.tokenizer = tokenizer
+        self.reuse_cache = reuse_cache
+        self.compact_at = compact_at
+        self.device = next(model.parameters()).device
+        self.prefill_tokens = 0
+        self._keys: list[int] = []
+        self._tokens: list[list[int]] = []  # per cache row: the real tokens whose keys/values are cached
+        self._cache = None
+        self._mask: torch.Tensor | None = None  # [rows, columns] 1 = a real cached token
+
+    def release(self, keys: Sequence[int]) -> None:
+        done = set(keys)
+        keep = [i for i, k in enumerate(self._keys) if k not in done]
+        if len(keep) < len(self._keys):
+            self._select(keep)
+
+    def _select(self, rows: list[int]) -> None:
+        if self._cache is not None and rows != list(range(len(self._keys))):
+            index = torch.tensor(rows, dtype=torch.long, device=self.device)
+            _map_cache(self._cache, lambda t: t.index_select(0, index))
+            self._mask = self._mask.index_select(0, index)
+        self._keys = [self._keys[i] for i in rows]
+        self._tokens = [self._tokens[i] for i in rows]
+
+    def _compact(self) -> None:
+        """Move each row's real columns to the right end and drop the columns no row uses."""
+        mask = self._mask
+        width = int(mask.sum(-1).max())
+        order = torch.sort(mask, dim=1, stable=True).indices[:, mask.shape[1] - width:]  # holes first, in order
+        self._mask = mask.gather(1, order)
+        _map_cache(self._cache, lambda t: t.gather(2, order[:, None, :, None].expand(
+            t.shape[0], t.shape[1], width, t.shape[3])))
+
+    def _prepare(self, keys: Sequence[int], prompts: Sequence[Sequence[int]]) -> list[list[int]]:
+        """Align the cache with ``keys`` and return the tokens each row still has to prefill."""
+        keys = list(keys)
+        reusable = (self.reuse_cache and self._cache is not None and len(set(keys)) == len(keys)
+                    and set(keys) <= set(self._keys))
+        if not reusable:
+            self._keys, self._tokens, self._cache = keys, [[] for _ in keys], None
+            self._mask = torch.zeros((len(keys), 0), dtype=torch.long, device=self.device)
+            return [list(p) for p in prompts]
+        where = {k: i for i, k in enumerate(self._keys)}
+        self._select([where[k] for k in keys])
+        new = []
+        for row, prompt in enumerate(prompts):
+            cached = self._tokens[row]
+            keep = min(common_prefix(prompt, cached), len(prompt) - 1)  # at least one token to run
+            if keep < len(cached):  # the context diverged: mask out the columns after the common prefix
+                cols = self._mask[row].nonzero().squeeze(-1)
+                self._mask[row, cols[keep:]] = 0
+                self._tokens[row] = cached[:keep]
+            new.append(list(prompt[keep:]))
+        return new
+
+    @torch.no_grad()
+    def generate(self, keys: Sequence[int], prompts: Sequence[Sequence[int]], params: SamplingParams,
+                 generator: torch.Generator | None = None) -> list[Generation]:
+        if not prompts:
+            return []
+        if len(keys) != len(prompts):
+            raise ValueError(f"generate: {len(keys)} keys but {len(prompts)} prompts")
+        if any(len(p) == 0 for p in prompts):
+            raise ValueError("generate: an empty prompt")
+        if params.stop_strings and self.tokenizer is None:
+            raise ValueError("generate: stop_strings need the tokenizer to decode")
+        device, batch, pad = self.device, len(prompts), self.pad_token_id
+        new = self._prepare(keys, prompts)
+        self.prefill_tokens += sum(len(n) for n in new)
+        new_ids, new_mask = left_pad(new, pad, device)
+        mask = torch.cat([self._mask, new_mask], dim=1)
+        position_ids = position_ids_from_mask(mask)[:, -new_ids.shape[1]:]
+        cache = self._cache if self._cache is not None else _growable_cache()
+        cache_arg = _cache_argument(self.model)
+        out = self.model(input_ids=new_ids, attention_mask=mask, position_ids=position_ids, use_cache=True,
+                         logits_to_keep=1, **{cache_arg: cache})  # the cache object is updated in place
+        stop_ids = torch.as_tensor(sorted(set(params.stop_token_ids)), dtype=torch.long, device=device)
+        may_stop = None
+        if params.stop_strings:
+            may_stop = stop_string_candidates(self.tokenizer, params.stop_strings).to(device)
+            extra = out.logits.shape[-1] - may_stop.numel()
+            if extra > 0:  # ids past the tokenizer's vocabulary: always checked
+                may_stop = torch.cat([may_stop, torch.ones(extra, dtype=torch.bool, device=device)])
+        out_tokens = torch.full((batch, params.max_new_tokens), pad, dtype=torch.long, device=device)
+        out_logprobs = torch.zeros((batch, params.max_new_tokens), dtype=torch.float32, device=device)
+        lengths = torch.zeros(batch, dtype=torch.long, device=device)
+        finished = torch.zeros(batch, dtype=torch.bool, device=device)
+        stopped = torch.zeros(batch, dtype=torch.bool, device=device)
+        last_active = torch.zeros(batch, dtype=torch.bool, device=device)
+        # the decode batch shrinks to the rows still running once half of it is done; ``levels`` keeps the enclosing
+        # batches' caches so the rows that stopped keep theirs for the next turn
+        rows = torch.arange(batch, device=device)
+        logits = out.logits[:, -1, :]
+        levels: list[tuple[list, torch.Tensor, torch.Tensor]] = []
+        for t in range(params.max_new_tokens):
+            tokens, logprobs = sample_tokens(logits, params.temperature, params.top_p, params.greedy, generator)
+            active = ~finished[rows]
+            tokens = torch.where(active, tokens, torch.full_like(tokens, pad))
+            out_tokens[rows, t] = tokens
+            out_logprobs[rows, t] = logprobs
+            lengths[rows] += active.long()
+            hit = torch.isin(tokens, stop_ids) & active
+            if may_stop is not None:
+                check = may_stop[tokens] & active & ~hit
+                if bool(check.any()):
+                    for i in check.nonzero().squeeze(-1).tolist():
+                        row = int(rows[i])
+                        text = self.tokenizer.decode(out_tokens[row, :t + 1].tolist(), skip_special_tokens=True)
+                        if any(s in text for s in params.stop_strings):
+                            hit[i] = True
+            stopped[rows] |= hit
+            finished[rows] |= hit
+            if t == params.max_new_tokens - 1 or bool(finished.all()):
+                last_active[rows] = active
+                break
+            # feed this step's token of every row that was still running (rows done before feed a hole)
+            position_ids = mask.sum(-1, keepdim=True)
+            mask = torch.cat([mask, active[:, None].long()], dim=1)
+            out = self.model(input_ids=tokens[:, None], attention_mask=mask, position_ids=position_ids,
+                             use_cache=True, logits_to_keep=1, **{cache_arg: cache})
+            logits = out.logits[:, -1, :]
+            running = ~finished[rows]
+            if 2 * int(running.sum()) <= rows.numel():
+                keep = running.nonzero().squeeze(-1)
+                if self.reuse_cache:
+                    levels.append((_cache_tensors(cache), mask, keep))
+                _map_cache(cache, lambda x, keep=keep: x.index_select(0, keep))
+                mask, rows, logits = mask[keep], rows[keep], logits[keep]
+        while levels:  # put the rows that ran longer back into the enclosing batches' caches
+            outer, outer_mask, keep = levels.pop()
+            extra = mask.shape[1] - outer_mask.shape[1]
+            merged_mask = torch.cat([outer_mask, outer_mask.new_zeros((outer_mask.shape[0], extra))], dim=1)
+            merged_mask[keep] = mask
+            inner = iter(_cache_tensors(cache))
+
+            def merge(x, outer=iter(outer), inner=inner, keep=keep, extra=extra):
+                tensor = next(outer)
+                tensor = torch.cat([tensor, tensor.new_zeros((*tensor.shape[:2], extra, tensor.shape[3]))], dim=2)
+                tensor[keep] = next(inner)
+                return tensor
+
+            _map_cache(cache, merge)
+            mask = merged_mask
+        tok_rows, lp_rows = out_tokens.tolist(), out_logprobs.tolist()
+        lens, stop_list, last_list = lengths.tolist(), stopped.tolist(), last_active.tolist()
+        results = [Generation(tok_rows[i][:lens[i]], lp_rows[i][:lens[i]], stop_list[i]) for i in range(batch)]
+        if self.reuse_cache:
+            # cached now: each prompt and its reply, less the last token of rows still running at the last step
+            for i, prompt in enumerate(prompts):
+                fed = lens[i] - (1 if last_list[i] else 0)
+                self._tokens[i] = list(prompt) + tok_rows[i][:fed]
+            self._cache, self._mask = cache, mask
+            if 1.0 - float(mask.sum()) / max(mask.numel(), 1) > self.compact_at:
+                self._compact()
+        return results
+
+
 @torch.no_grad()
 def generate(
     model,
@@ -96,48 +425,10 @@ def generate(
     tokenizer=None,
     stop_strings: Sequence[str] = (),
 ) -> list[Generation]:
-    """Generate a reply for every prompt in one batch with a KV cache (see the module docstring)."""
-    from transformers import DynamicCache
-
+    """Generate a reply for every prompt in one batch with a fresh KV cache (see the module docstring)."""
     if not prompts:
         return []
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    if stop_strings and tokenizer is None:
-        raise ValueError("generate: stop_strings need the tokenizer to decode")
-    device = next(model.parameters()).device
-    input_ids, mask = left_pad(prompts, pad_token_id, device)
-    position_ids = position_ids_from_mask(mask)
-    batch = len(prompts)
-    stop_ids = torch.as_tensor(sorted(set(stop_token_ids)), dtype=torch.long, device=device)
-    out_tokens: list[list[int]] = [[] for _ in range(batch)]
-    out_logprobs: list[list[float]] = [[] for _ in range(batch)]
-    finished = torch.zeros(batch, dtype=torch.bool, device=device)
-    stopped = [False] * batch
-    cache = DynamicCache()
-    out = model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, past_key_values=cache,
-                use_cache=True, logits_to_keep=1)
-    for _ in range(max_new_tokens):
-        tokens, logprobs = sample_tokens(out.logits[:, -1, :], temperature, top_p, greedy, generator)
-        tokens = torch.where(finished, torch.full_like(tokens, pad_token_id), tokens)
-        tok_list, lp_list = tokens.tolist(), logprobs.tolist()
-        hit_stop = torch.isin(tokens, stop_ids) & ~finished
-        for row in range(batch):
-            if finished[row]:
-                continue
-            out_tokens[row].append(tok_list[row])
-            out_logprobs[row].append(lp_list[row])
-            if hit_stop[row]:
-                stopped[row] = True
-            elif stop_strings:
-                text = tokenizer.decode(out_tokens[row], skip_special_tokens=True)
-                if any(s in text for s in stop_strings):
-                    stopped[row] = True
-        finished = finished | torch.as_tensor(stopped, device=device)
-        if bool(finished.all()):
-            break
-        mask = torch.cat([mask, torch.ones((batch, 1), dtype=mask.dtype, device=device)], dim=1)
-        position_ids = position_ids[:, -1:] + 1
-        out = model(input_ids=tokens[:, None], attention_mask=mask, position_ids=position_ids,
-                    past_key_values=out.past_key_values, use_cache=True, logits_to_keep=1)
-    return [Generation(t, lp, s) for t, lp, s in zip(out_tokens, out_logprobs, stopped)]
+    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, greedy=greedy,
+                            stop_token_ids=list(stop_token_ids), stop_strings=list(stop_strings))
+    backend = KVCacheBackend(model, pad_token_id, tokenizer, reuse_cache=False)
+    return backend.generate(list(range(len(prompts))), prompts, params, generator)

@@ -31,7 +31,7 @@ from prism_lit.rl.base import RLModuleBase
 from prism_lit.rl.config import UpdateConfig
 from prism_lit.rl.losses import Minibatch, clipped_surrogate, clipped_value_loss, gae
 from prism_lit.rl.rollout import Episode
-from prism_lit.rl.scoring import PolicyOutput, StepSample, TokenBatch, collate_steps, policy_forward
+from prism_lit.rl.scoring import PolicyOutput, StepSample, TokenBatch
 
 PPO_UPDATE = UpdateConfig(epochs=4, num_minibatches=4)  # the default: 4 passes x 4 minibatches
 
@@ -98,14 +98,12 @@ class PPOModule(RLModuleBase):
 
     def build_samples(self, episodes: list[Episode]) -> list[StepSample]:
         samples = [StepSample(s.prompt_ids, s.action_ids, s.logprobs) for ep in episodes for s in ep.steps]
-        # values of every recorded state, without gradients
-        old_values: list[float] = []
-        size = self.update_config.micro_batch_size
+        # values of every recorded state (each reply's last prompt token), without gradients
         with torch.no_grad():
-            for lo in range(0, len(samples), size):
-                micro = collate_steps(samples[lo:lo + size], self.tokenizer.pad_token_id).to(self.device)
-                out = policy_forward(self.model, micro, self.rollout_config.temperature, with_hidden=True)
-                old_values.extend(self.values(out.state_hidden).tolist())
+            for replies, _, out in self.scored_micro_batches(samples, with_hidden=True):
+                for sample, value in zip(replies, self.values(out.state_hidden).tolist()):
+                    sample.old_value = value
+        old_values = [s.old_value for s in samples]
         # GAE over each episode's steps; returns = advantages + values
         k = 0
         for ep in episodes:

@@ -2,8 +2,10 @@
 
 Per step, for every live episode: the prompt is built by the shared :class:`AgentProtocol` (system prompt, the
 task's first observation, the last ``history_turns`` turns, the current observation with its admissible actions)
-and rendered with the tokenizer's chat template; all prompts are generated in one left-padded batch with a KV
-cache (:func:`prism_lit.rl.generation.generate`); each reply is parsed by the protocol and the env is stepped.
+and rendered with the tokenizer's chat template; all prompts are generated in one left-padded batch by a
+generation backend (:class:`~prism_lit.rl.generation.KVCacheBackend`: the policy with a KV cache, kept per row
+across turns in ``sequence`` mode so only the new tokens are prefilled); each reply is parsed by the protocol and
+the env is stepped.
 A malformed reply (``parse_action`` returns ``None``) gets ``invalid_action_penalty`` subtracted from its reward
 and the reply text is still sent to the env (envs answer garbage with a normal observation), so the episode goes on.
 
@@ -19,14 +21,18 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import gymnasium as gym
 import torch
 
 from prism_lit.envs.protocol import AgentProtocol, Turn
 from prism_lit.envs.vector import EnvPool
-from prism_lit.rl.generation import generate
+from prism_lit.policy.chat import stop_token_ids
+from prism_lit.rl.generation import GenerationBackend, KVCacheBackend, SamplingParams
+
+EpisodeMode = Literal["auto", "sequence", "per_step"]
+EPISODE_MODES = ("auto", "sequence", "per_step")
 
 
 @dataclass
@@ -44,6 +50,13 @@ class RolloutConfig:
         generation_batch_size: at most this many prompts per generation call (``None``: all live episodes).
         env_threads: step the envs in a thread pool of this size (:class:`~prism_lit.envs.vector.EnvPool`; 0 = in
             turn, the default; threads help only envs that release the GIL).
+        episode_mode: ``sequence``: each row keeps its KV cache between turns and prefills only the tokens its
+            new prompt adds (the new observation with a full history; from the first changed turn when a bounded
+            window slides), and the update scores each run of steps whose prompts extend each other (a whole
+            full-history episode) in one forward. ``per_step``: every prompt is prefilled whole and every step is
+            scored on its own (the reference path). ``auto`` (default): ``sequence`` when the tokenizer's chat
+            template renders conversation prefixes stably, else ``per_step``. Prompts, actions and log-probs are
+            the same in both modes (up to floating-point rounding).
     """
 
     temperature: float = 1.0
@@ -54,6 +67,11 @@ class RolloutConfig:
     max_prompt_tokens: int | None = None
     generation_batch_size: int | None = None
     env_threads: int = 0
+    episode_mode: EpisodeMode = "auto"
+
+    def __post_init__(self) -> None:
+        if self.episode_mode not in EPISODE_MODES:
+            raise ValueError(f"rollout.episode_mode {self.episode_mode!r} is unknown; choose one of {EPISODE_MODES}")
 
 
 @dataclass
@@ -104,7 +122,8 @@ class RolloutStats:
     prompt_s: float = 0.0  # prompt building (chat template, tokenising) plus decoding and parsing replies
     env_steps: int = 0
     generated_tokens: int = 0
-    prompt_tokens: int = 0
+    prompt_tokens: int = 0  # tokens of every step's whole prompt
+    prefill_tokens: int = 0  # prompt tokens actually run through the model (fewer when the KV cache is kept)
     generation_calls: int = 0
 
 
@@ -145,6 +164,32 @@ def chat_prompt_ids(tokenizer, messages: list[dict[str, str]]) -> list[int]:
     return list(out)
 
 
+def renders_prefixes_stably(tokenizer, protocol: AgentProtocol) -> bool:
+    """Whether the prompt of a turn, followed by its reply's tokens, starts the next turn's prompt (so a
+    full-history episode is one token sequence). Checked on a two-turn conversation of the protocol's format."""
+    reply = protocol.format_reply("click[item 1]")
+    first = chat_prompt_ids(tokenizer, protocol.build_messages([], "Observation one: a page with items."))
+    second = chat_prompt_ids(tokenizer, protocol.build_messages(
+        [Turn("Observation one: a page with items.", reply)], "Observation two: another page."))
+    reply_ids = list(tokenizer.encode(reply, add_special_tokens=False))
+    n = len(first)
+    return second[:n] == first and second[n:n + len(reply_ids)] == reply_ids
+
+
+def resolve_episode_mode(mode: str, tokenizer, protocol: AgentProtocol) -> bool:
+    """``rollout.episode_mode`` as a bool: True = sequence mode (see :class:`RolloutConfig`)."""
+    if mode not in EPISODE_MODES:
+        raise ValueError(f"rollout.episode_mode {mode!r} is unknown; choose one of {EPISODE_MODES}")
+    if mode == "per_step":
+        return False
+    stable = renders_prefixes_stably(tokenizer, protocol)
+    if mode == "sequence" and not stable:
+        raise ValueError("rollout.episode_mode='sequence' needs a chat template that renders a conversation's "
+                         "prefixes stably (a turn's prompt + reply starting the next prompt); this tokenizer's does "
+                         "not: use episode_mode 'auto' or 'per_step'")
+    return stable
+
+
 class RolloutEngine:
     """Plays batches of episodes of one env with a policy. Env instances are created once and reused."""
 
@@ -163,11 +208,18 @@ class RolloutEngine:
         self.config = config or RolloutConfig()
         self._pools: dict[int, EnvPool] = {}
         self.stats = RolloutStats()
-        stop_ids = {tokenizer.eos_token_id}
-        im_end = tokenizer.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in tokenizer.get_vocab() else None
-        if im_end is not None:
-            stop_ids.add(im_end)
-        self.stop_token_ids = sorted(i for i in stop_ids if i is not None)
+        self.stop_token_ids = stop_token_ids(tokenizer)  # EOS, the template's end-of-turn, generation_config EOS ids
+        self.sequence_mode = resolve_episode_mode(self.config.episode_mode, tokenizer, protocol)
+
+    def make_backend(self, model) -> GenerationBackend:
+        """The generation backend of one rollout (one per generation chunk); override to plug in another."""
+        return KVCacheBackend(model, self.tokenizer.pad_token_id, self.tokenizer, reuse_cache=self.sequence_mode)
+
+    def sampling_params(self, greedy: bool) -> SamplingParams:
+        cfg = self.config
+        return SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                              greedy=greedy, stop_token_ids=self.stop_token_ids,
+                              stop_strings=self.protocol.stop_strings)
 
     def pool(self, n: int) -> EnvPool:
         """The pool of ``n`` envs (created on first use and kept: env construction can be costly)."""
@@ -228,22 +280,20 @@ class RolloutEngine:
         for episode, info in zip(episodes, infos):
             episode.task_type = str(info.get("task_type", ""))
         live = list(range(len(tasks)))
+        params = self.sampling_params(greedy)
+        chunk = cfg.generation_batch_size or len(tasks)
+        backends = [self.make_backend(model) for _ in range(0, len(tasks), chunk)]
         try:
             while live:
                 t0 = time.perf_counter()
                 prompts = [self._prompt(turns[i], current[i], limit) for i in live]
+                live_pos = {i: k for k, i in enumerate(live)}
                 t1 = time.perf_counter()
-                gens = []
-                chunk = cfg.generation_batch_size or len(prompts)
-                for lo in range(0, len(prompts), chunk):
-                    gens.extend(
-                        generate(
-                            model, prompts[lo:lo + chunk], pad_token_id=self.tokenizer.pad_token_id,
-                            stop_token_ids=self.stop_token_ids, max_new_tokens=cfg.max_new_tokens,
-                            temperature=cfg.temperature, top_p=cfg.top_p, greedy=greedy, generator=generator,
-                            tokenizer=self.tokenizer, stop_strings=self.protocol.stop_strings,
-                        )
-                    )
+                gens = [None] * len(live)
+                for backend, rows in self._chunks(backends, live, chunk):
+                    out = backend.generate(rows, [prompts[live_pos[i]] for i in rows], params, generator)
+                    for i, g in zip(rows, out):
+                        gens[live_pos[i]] = g
                     self.stats.generation_calls += 1
                 t2 = time.perf_counter()
                 replies = [self.tokenizer.decode(g.token_ids, skip_special_tokens=True).strip() for g in gens]
@@ -283,10 +333,21 @@ class RolloutEngine:
                         episode.task_type = str(info.get("task_type", episode.task_type))
                     else:
                         still_live.append(i)
+                for backend, rows in self._chunks(backends, [i for i in live if episodes[i].steps[-1].done], chunk):
+                    backend.release(rows)
                 live = still_live
         finally:
             model.train(was_training)
+            self.stats.prefill_tokens = sum(b.prefill_tokens for b in backends)
         return episodes
+
+    @staticmethod
+    def _chunks(backends: list[GenerationBackend], rows: list[int], chunk: int):
+        """``(backend, rows)`` for each generation chunk (row ``i`` always goes to backend ``i // chunk``)."""
+        for c, backend in enumerate(backends):
+            mine = [i for i in rows if i // chunk == c]
+            if mine:
+                yield backend, mine
 
 
 def episode_table(episodes: Sequence[Episode], max_episodes: int = 4, max_chars: int = 300) -> str:

@@ -25,8 +25,10 @@ from prism_lit.distributed import (
     apply_fsdp2,
     clean_param_name,
     export_sharded_policy,
+    fsdp2_options,
     is_fsdp2_sharded,
     is_sharded,
+    load_sharded_fsdp2,
 )
 from prism_lit.errors import ConfigError
 from prism_lit.policy import (
@@ -39,6 +41,7 @@ from prism_lit.policy import (
     load_tokenizer,
 )
 from prism_lit.policy.loading import check_policy_files
+from prism_lit.sft.loss import causal_lm_loss
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +87,36 @@ def check_optimizer_settings(lr: float, weight_decay: float, betas, warmup_steps
 torch.serialization.add_safe_globals([PolicySpec, LoraSpec, EmbeddedModelSpec])
 
 
+def build_model_skeleton(spec: PolicySpec) -> torch.nn.Module:
+    """``spec``'s model as :func:`~prism_lit.policy.load_model` builds it (architecture, dtype, attention, activation
+    checkpointing, LoRA or the saved adapter's config), without reading any weight: the ranks that receive their
+    shards from rank 0 (:func:`~prism_lit.distributed.load_sharded_fsdp2`) build it under ``torch.device("meta")``."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from prism_lit.policy.loading import DTYPES
+
+    config = AutoConfig.from_pretrained(spec.path, local_files_only=True, trust_remote_code=spec.trust_remote_code)
+    model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, DTYPES[spec.dtype]),
+                                             attn_implementation=spec.attn_implementation,
+                                             trust_remote_code=spec.trust_remote_code)
+    if spec.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    peft_config = spec.lora.to_peft() if spec.lora is not None else None
+    if spec.adapter_path is not None:
+        from peft import PeftConfig
+
+        peft_config = PeftConfig.from_pretrained(spec.adapter_path, local_files_only=True)
+        peft_config.inference_mode = False  # trained further, as load_model's is_trainable=True
+    if peft_config is not None:
+        from peft import get_peft_model
+
+        model = get_peft_model(model, peft_config)
+    if spec.gradient_checkpointing and hasattr(model, "enable_input_require_grads"):
+        model.enable_input_require_grads()
+    return model
+
+
 class SFTModule(L.LightningModule):
     """Supervised fine-tuning.
 
@@ -98,6 +131,9 @@ class SFTModule(L.LightningModule):
         min_lr_ratio: floor of the decayed learning rate as a share of ``lr``.
         export_dir: where the trained adapter/model is exported at the end of fit; ``None`` = the log dir's
             ``export/``.
+        logits_chunk_tokens: trained positions projected onto the vocabulary at a time by the loss
+            (:func:`prism_lit.sft.loss.causal_lm_loss`; no ``[B, T, V]`` logits); ``None`` = the model's own full
+            logits (Hugging Face's ``labels=`` loss), kept as a reference.
     """
 
     def __init__(
@@ -110,6 +146,7 @@ class SFTModule(L.LightningModule):
         schedule: Literal["constant", "linear", "cosine"] = "constant",
         min_lr_ratio: float = 0.1,
         export_dir: str | None = None,
+        logits_chunk_tokens: int | None = 1024,
     ) -> None:
         super().__init__()
         check_optimizer_settings(lr, weight_decay, betas, warmup_steps, schedule, min_lr_ratio)
@@ -118,6 +155,9 @@ class SFTModule(L.LightningModule):
         self.lr, self.weight_decay, self.betas = lr, weight_decay, tuple(betas)
         self.warmup_steps, self.schedule, self.min_lr_ratio = warmup_steps, schedule, min_lr_ratio
         self.export_dir = export_dir
+        if logits_chunk_tokens is not None and logits_chunk_tokens < 1:
+            raise ValueError(f"SFTModule.logits_chunk_tokens must be >= 1 or None, got {logits_chunk_tokens!r}")
+        self.logits_chunk_tokens = logits_chunk_tokens
         self.model: torch.nn.Module | None = None
         self._tokenizer = None
         self.probing = False
@@ -139,12 +179,18 @@ class SFTModule(L.LightningModule):
         return self._tokenizer
 
     def configure_model(self) -> None:
+        options = fsdp2_options(self._trainer.strategy) if self._trainer is not None else {}
+        if self.model is None and self.device_mesh is not None:
+            # ModelParallelStrategy: FSDP2, one fully_shard unit per decoder layer, then the root; the full model
+            # is read on rank 0 only and broadcast shard by shard (docs/scaling.md)
+            ensure_policy_files(self.policy)
+            self.model = load_sharded_fsdp2(lambda: load_model(self.policy), lambda: build_model_skeleton(self.policy),
+                                            self.device_mesh, **options)
         if self.model is None:
             self.model = load_model(self.policy)
-            self.model.train()  # from_pretrained returns eval mode
+        self.model.train()  # from_pretrained returns eval mode
         if self.device_mesh is not None and not is_fsdp2_sharded(self.model):
-            # ModelParallelStrategy: FSDP2, one fully_shard unit per decoder layer, then the root
-            apply_fsdp2(self.model, self.device_mesh)
+            apply_fsdp2(self.model, self.device_mesh, **options)
 
     @property
     def is_adapter(self) -> bool:
@@ -158,10 +204,7 @@ class SFTModule(L.LightningModule):
         if self.probing:
             return None
         now = time.perf_counter()
-        if "loss_weights" in batch:
-            loss = self.weighted_loss(batch)
-        else:
-            loss = self(batch["input_ids"], batch["attention_mask"], batch["labels"]).loss
+        loss = self.loss(batch)
         tokens = int(batch["attention_mask"].sum())
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["input_ids"]))
         self.log("train/tokens", float(tokens), reduce_fx="sum", batch_size=1)
@@ -173,8 +216,18 @@ class SFTModule(L.LightningModule):
         self.log("train/lr", self.optimizers().param_groups[0]["lr"], batch_size=1)
         return loss
 
+    def loss(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Mean next-token cross-entropy over the trained tokens, ``Σ w·CE / Σ w`` when the batch carries
+        ``loss_weights``; in chunks of ``logits_chunk_tokens`` positions (module docstring)."""
+        if self.logits_chunk_tokens is None:
+            if "loss_weights" in batch:
+                return self.weighted_loss(batch)
+            return self(batch["input_ids"], batch["attention_mask"], batch["labels"]).loss
+        return causal_lm_loss(self.model, batch["input_ids"], batch["attention_mask"], batch["labels"],
+                              batch.get("loss_weights"), self.logits_chunk_tokens)
+
     def weighted_loss(self, batch: dict[str, Any]) -> torch.Tensor:
-        """Next-token cross-entropy, sum(weight × CE) / sum(weight) over the trained tokens."""
+        """Next-token cross-entropy, sum(weight × CE) / sum(weight) over the trained tokens, from full logits."""
         logits = self(batch["input_ids"], batch["attention_mask"]).logits[:, :-1].float()
         targets, weights = batch["labels"][:, 1:], batch["loss_weights"][:, 1:]
         ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, ignore_index=-100, reduction="none")
@@ -182,10 +235,10 @@ class SFTModule(L.LightningModule):
         return (ce * weights).sum() / weights.sum().clamp_min(1e-8)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int):
-        out = self(batch["input_ids"], batch["attention_mask"], batch["labels"])
+        loss = self.loss({k: batch[k] for k in ("input_ids", "attention_mask", "labels")})  # unweighted
         n_trained = int((batch["labels"][:, 1:] != -100).sum())
-        self.log("val/loss", out.loss, prog_bar=True, batch_size=max(n_trained, 1), sync_dist=True)
-        return out.loss
+        self.log("val/loss", loss, prog_bar=True, batch_size=max(n_trained, 1), sync_dist=True)
+        return loss
 
     test_step = validation_step
 

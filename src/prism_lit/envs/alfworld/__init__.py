@@ -14,7 +14,6 @@ from typing import Any
 
 from prism_lit.envs.alfworld.cache import GENERATOR_VERSION
 from prism_lit.envs.alfworld.layouts import TASK_TYPES
-
 from prism_lit.envs.spec import EnvSpec, register_env
 
 SPLITS = ("train", "valid_seen", "valid_unseen")
