@@ -42,7 +42,8 @@ def generate(
     env_id = resolve_env_id(env)
     from prism_lit.envs import ENV_SPECS
 
-    protocol = protocol or AgentProtocol(env=env.lower() if env.lower() in ENV_SPECS else "generic")
+    spec = ENV_SPECS.get(env.lower())
+    protocol = protocol or (spec.default_protocol() if spec is not None else AgentProtocol())
     stats = write_expert_dataset(
         env_id, n_tasks, out, protocol, split=split, seed=seed, env_kwargs=env_kwargs or {}
     )

@@ -57,3 +57,21 @@ def test_compact_webshop_prompts_list_only_numbered_actions_and_state_the_task_o
     item = p.render_observation("Instruction: [SEP] i need red soap [SEP] color [SEP] red", ["click[red]"])
     assert item == "color [SEP] red"  # nothing numbered here: no list, the option is written out
     assert p.parse_action("Action: click[red]", ["click[red]"]) == "click[red]"
+
+
+def test_text_replies_are_the_whole_response():
+    """Free-text envs (instruction following): every line of the response is the action, thinking dropped."""
+    p = AgentProtocol(reply_format="text")
+    response = "Title: <<Tea>>\n\n* one\n* two [x]\nP.S. done"
+    assert p.format_reply(response) == response
+    assert p.parse_action(response) == response
+    assert p.parse_action("<think>plan</think>\n" + response) == response
+    assert p.parse_action("   ") is None and p.stop_strings == []
+
+
+def test_an_env_spec_sets_its_commands_default_protocol():
+    from prism_lit.envs import env_spec
+
+    protocol = env_spec("instruction_following").default_protocol()
+    assert (protocol.reply_format, protocol.history_turns, protocol.env) == ("text", 0, "instruction_following")
+    assert env_spec("webshop").default_protocol().reply_format == "action"

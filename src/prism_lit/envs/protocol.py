@@ -37,7 +37,8 @@ DEFAULT_SYSTEM_PROMPTS = {
 }
 GENERIC_SYSTEM_PROMPT = "You are an agent acting in a text environment. Each turn, answer with one action."
 
-ReplyFormat = Literal["action", "thought_action", "think_tags", "bare"]
+ReplyFormat = Literal["action", "thought_action", "think_tags", "bare", "text"]
+REPLY_FORMATS = ("action", "thought_action", "think_tags", "bare", "text")
 
 
 @dataclass
@@ -57,7 +58,9 @@ class AgentProtocol:
         system_prompt: overrides the default system prompt.
         reply_format: ``action`` (``Action: ...``), ``thought_action`` (ETO/AgentGym ``Thought: ...\\nAction: ...``)
             or ``think_tags`` (verl-agent ``<think>...</think><action>...</action>``), or ``bare`` (the reply's
-            first non-empty line is the action; for tiny test envs and models that must not learn a format).
+            first non-empty line is the action; for tiny test envs and models that must not learn a format), or
+            ``text`` (the whole reply, after any ``<think>`` block, is the action: free-text envs such as
+            instruction following, where the response is the action).
         history_turns: how many past (observation, reply) pairs are shown besides the first observation.
         show_admissible: append the admissible actions to each observation (AgentGym / verl-agent style).
         numbered_actions: number the admissible actions and accept the number as an answer.
@@ -97,10 +100,10 @@ class AgentProtocol:
     system_in_user: bool = False
 
     def __post_init__(self) -> None:
-        if self.reply_format not in ("action", "thought_action", "think_tags", "bare"):
+        if self.reply_format not in REPLY_FORMATS:
             raise ValueError(
                 f"AgentProtocol.reply_format: unknown value {self.reply_format!r}; "
-                "choose 'action', 'thought_action', 'think_tags' or 'bare'"
+                f"choose {', '.join(map(repr, REPLY_FORMATS))}"
             )
         if self.history_turns < 0:
             raise ValueError(f"AgentProtocol.history_turns must be >= 0, got {self.history_turns}")
@@ -165,7 +168,7 @@ class AgentProtocol:
             listed = self.listed_actions(admissible)
             if action in listed and (self.number_pattern is None or re.search(self.number_pattern, action)):
                 shown = str(listed.index(action) + 1)
-        if self.reply_format == "bare":
+        if self.reply_format in ("bare", "text"):
             return shown
         if self.reply_format == "action":
             return f"Action: {shown}"
@@ -193,6 +196,8 @@ class AgentProtocol:
             if not found:
                 return None
             action = found[-1].strip()
+        elif self.reply_format == "text":
+            return reply.strip() or None  # the whole response, newlines and brackets as written
         elif self.reply_format == "bare":
             lines = [line.strip() for line in reply.splitlines() if line.strip()]
             action = lines[0] if lines else ""

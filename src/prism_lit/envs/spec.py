@@ -9,7 +9,7 @@ report's env name then all work. Entry points are strings, so registering import
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from gymnasium.envs.registration import register, registry
@@ -32,6 +32,8 @@ class EnvSpec:
             attribute, else pool everything).
         splits: the env's task splits (train first).
         score: what ``info["score"]`` means, for the docs and reports.
+        protocol: the :class:`~prism_lit.envs.protocol.AgentProtocol` settings this env's commands default to
+            (e.g. ``{"reply_format": "text"}`` where the whole response is the action).
     """
 
     name: str
@@ -42,6 +44,12 @@ class EnvSpec:
     task_types: tuple[str, ...] = ()
     splits: tuple[str, ...] = ("train", "test")
     score: str = "the episode's final reward in [0, 1]"
+    protocol: dict[str, Any] = field(default_factory=dict)
+
+    def default_protocol(self):
+        from prism_lit.envs.protocol import AgentProtocol
+
+        return AgentProtocol(env=self.name, **self.protocol)
 
     def expert_class(self) -> type:
         if self.expert is None:

@@ -21,6 +21,8 @@ SPEC = register_env(
         # one step ends every episode; a limit of 2 only guards a step after the end, never truncates one
         max_episode_steps=2,
         expert="prism_lit.envs.instruction_following.expert:InstructionFollowingExpert",
+        # the response is the action: the whole reply, one turn, nothing to list
+        protocol={"reply_format": "text", "history_turns": 0, "show_admissible": False},
         splits=SPLITS,
         score="the fraction of the prompt's constraints satisfied (hard: IFEval strict; soft: the judge); "
         "won = all satisfied",
