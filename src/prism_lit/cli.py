@@ -46,6 +46,13 @@ def _cli_class():
             # defaults, not fixed callbacks: a config can replace any of them
             parser.set_defaults({f"trainer.{k}": v for k, v in _trainer_defaults().items()})
 
+        def parse_arguments(self, parser, args) -> None:
+            super().parse_arguments(parser, args)
+            # LightningCLI loads --ckpt_path right after parsing (for its hyper-parameters): check it first
+            subcommand = self.config.get("subcommand")
+            if subcommand:
+                _check_ckpt_path(self.config[subcommand].get("ckpt_path"))
+
         def before_instantiate_classes(self) -> None:
             # `enable_progress_bar: false` must win over the default RichProgressBar rather than be an error
             config = self.config[self.subcommand] if self.subcommand else self.config
@@ -57,6 +64,16 @@ def _cli_class():
     return PrismCLI
 
 
+def _check_ckpt_path(ckpt_path: str | None) -> None:
+    """A damaged ``--ckpt_path`` is an error naming it and the way to discard it, before any model is built."""
+    if not ckpt_path or ckpt_path in ("last", "best", "hpc") or str(ckpt_path).startswith("registry"):
+        return
+    from prism_lit.io import check_checkpoint
+
+    check_checkpoint(ckpt_path, after_discard="then run the command again without --ckpt_path to start from "
+                                              "scratch, or pass another checkpoint")
+
+
 def _cli_kwargs() -> dict[str, Any]:
     return {
         "model_class": None,
@@ -64,7 +81,7 @@ def _cli_kwargs() -> dict[str, Any]:
         "subclass_mode_model": True,
         "subclass_mode_data": True,
         "save_config_kwargs": {"overwrite": True},
-        "parser_kwargs": {"description": DESCRIPTION, "formatter_class": _raw_formatter()},
+        "parser_kwargs": {"description": DESCRIPTION, "formatter_class": _raw_formatter(), "exit_on_error": False},
     }
 
 
@@ -105,11 +122,67 @@ def _load(target: str) -> Callable:
     return getattr(importlib.import_module(module), name)
 
 
-def main(argv: list[str] | None = None) -> None:
-    from_shell = argv is None
-    argv = list(sys.argv[1:] if argv is None else argv)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is downloaded at run time
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+DEBUG_FLAG = "--debug"
+DEBUG_ENV = "PRISM_LIT_DEBUG"
+
+
+def _pop_debug(argv: list[str]) -> tuple[bool, list[str]]:
+    """``--debug`` is ours, not LightningCLI's or jsonargparse's: take it out before they parse argv."""
+    rest = [a for a in argv if a != DEBUG_FLAG]
+    env = os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
+    return len(rest) != len(argv) or env, rest
+
+
+def _named_yaml_files(argv: list[str]):
+    """The values of ``--config`` / ``-c`` and of every option whose value is a ``.yaml`` / ``.yml`` path."""
+    for i, arg in enumerate(argv):
+        if not arg.startswith("-"):
+            continue
+        key, eq, value = arg.partition("=")
+        if not eq:
+            value = argv[i + 1] if i + 1 < len(argv) else ""
+        if key in ("--config", "-c") or value.endswith((".yaml", ".yml")):
+            yield value
+
+
+def _check_yaml_files(argv: list[str]) -> None:
+    """Parse every YAML file the command line names (``--config X``, ``--sft X.yaml``) and the ``.yaml`` files they
+    name in turn, so a malformed one is reported with its path, line and column; jsonargparse says only
+    ``"<unicode string>", line 2``."""
+    import yaml
+
+    from prism_lit.errors import UsageError
+
+    pending = list(_named_yaml_files(argv))
+    seen: set[str] = set()
+    while pending:
+        path = pending.pop()
+        if path in seen or not os.path.isfile(path):
+            continue  # a missing file is the parser's error, with its name
+        seen.add(path)
+        try:
+            with open(path, encoding="utf-8") as fh:
+                data = yaml.safe_load(fh)
+        except UnicodeDecodeError as err:
+            raise UsageError(f"{path}: not valid UTF-8 ({err.reason} at byte {err.start}); save it as UTF-8.") from None
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(err, "problem", None) or str(err)
+            raise UsageError(f"{path}{where}: malformed YAML ({problem}).") from None
+        stack = [data]
+        while stack:
+            item = stack.pop()
+            if isinstance(item, dict):
+                stack.extend(item.values())
+            elif isinstance(item, list):
+                stack.extend(item)
+            elif isinstance(item, str) and item.endswith((".yaml", ".yml")):
+                pending.append(os.path.join(os.path.dirname(path), item))
+
+
+def _run(argv: list[str], from_shell: bool) -> None:
     if argv and argv[0] in EXTRA_COMMANDS:
         from jsonargparse import CLI
 
@@ -118,9 +191,39 @@ def main(argv: list[str] | None = None) -> None:
         if getattr(command, "parses_own_arguments", False):  # e.g. `memory --config X`: X is its input, not its args
             command(argv[1:])
             return
-        CLI(command, args=argv[1:], prog=f"prism-lit {argv[0]}", description=help_)
+        _check_yaml_files(argv)
+        CLI(command, args=argv[1:], prog=f"prism-lit {argv[0]}", description=help_, exit_on_error=False)
         return
+    _check_yaml_files(argv)
+    if from_shell:
+        sys.argv[1:] = argv  # without --debug; LightningCLI reads sys.argv itself
     _lightning_cli(None if from_shell else argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The ``prism-lit`` entry point. Bad input ends in one paragraph on stderr and exit status 1 (2 for a
+    command line jsonargparse rejects, 130 for Ctrl-C); ``--debug`` or ``PRISM_LIT_DEBUG=1`` adds the traceback."""
+    from_shell = argv is None
+    debug, argv = _pop_debug(list(sys.argv[1:] if argv is None else argv))
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is downloaded at run time
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    command = argv[0] if argv and argv[0] in (*LIGHTNING_COMMANDS, *EXTRA_COMMANDS) else None
+    try:
+        _run(argv, from_shell)
+    except KeyboardInterrupt:
+        from prism_lit.errors import report_interrupt
+
+        sys.exit(report_interrupt(command))
+    except Exception as err:
+        from jsonargparse import ArgumentError
+
+        from prism_lit.errors import is_user_error, report_error, report_usage_error
+
+        if isinstance(err, ArgumentError):
+            sys.exit(report_usage_error(err, command, debug, tuple(EXTRA_COMMANDS)))
+        if not is_user_error(err):
+            raise  # a bug: the whole traceback, as Python prints it
+        sys.exit(report_error(err, command, argv, debug))
 
 
 if __name__ == "__main__":

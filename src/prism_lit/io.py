@@ -66,3 +66,94 @@ def save_figure(fig, path: str | os.PathLike, dpi: int = 110) -> Path:
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+# ---------------------------------------------------------------------------------------------- integrity checks
+def _discard_hint(path: Path, what: str) -> str:
+    import shlex
+
+    quoted = shlex.quote(str(path))
+    return f"Discard it with: mv {quoted} {shlex.quote(str(path) + '.corrupt')} — {what}."
+
+
+def zip_problem(path: str | os.PathLike, full: bool = True) -> str | None:
+    """Why ``path`` is not a complete zip archive (torch's checkpoint and ``.bin`` format), or ``None``.
+
+    A file cut off by a kill loses the central directory at its end, which opening it detects at once; ``full``
+    also checks every member's CRC (reads the whole file, as loading it would).
+    """
+    import zipfile
+
+    path = Path(path)
+    size = path.stat().st_size
+    if size == 0:
+        return "the file is empty"
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+            if not members:
+                return "the archive holds no data"
+            for info in members:
+                if info.header_offset + info.compress_size > size:
+                    return f"member {info.filename!r} runs past the end of the file (cut off)"
+            if not any(m.filename.endswith("data.pkl") for m in members):
+                return "no data.pkl in the archive (not a torch checkpoint)"
+            if full:
+                bad = archive.testzip()
+                if bad is not None:
+                    return f"member {bad!r} fails its CRC check"
+    except zipfile.BadZipFile as err:
+        return f"not a complete zip archive ({err}; the file was probably cut off while it was written)"
+    except (OSError, EOFError, ValueError) as err:
+        return f"unreadable ({err})"
+    return None
+
+
+def check_checkpoint(path: str | os.PathLike, full: bool = True,
+                     after_discard: str = "the stage then starts again from its beginning; nothing else in the "
+                                          "run directory needs to change") -> Path:
+    """Raise :class:`~prism_lit.errors.CheckpointError` naming ``path`` and the command that discards it, unless
+    ``path`` is a complete torch checkpoint. Call it before ``Trainer.fit(ckpt_path=path)``: a checkpoint cut off by
+    a kill otherwise fails deep in ``torch.load`` with no path, on every resume. ``after_discard`` says what happens
+    once it is gone."""
+    from prism_lit.errors import CheckpointError, MissingFileError
+
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"checkpoint {path} does not exist" + (" (it is a directory)" if path.is_dir() else ""),
+                               hint="Pass the path of a .ckpt file, or no ckpt_path to start from scratch.")
+    problem = zip_problem(path, full=full)
+    if problem is not None:
+        raise CheckpointError(f"checkpoint {path} is damaged: {problem}; training cannot resume from it.",
+                              hint=_discard_hint(path, after_discard))
+    return path
+
+
+def safetensors_problem(path: str | os.PathLike) -> str | None:
+    """Why ``path`` is not a complete safetensors file (header, and data exactly covering the rest), or ``None``."""
+    import json
+    import struct
+
+    path = Path(path)
+    size = path.stat().st_size
+    if size < 8:
+        return f"the file has {size} bytes, less than its 8-byte header length"
+    with open(path, "rb") as fh:
+        (header_len,) = struct.unpack("<Q", fh.read(8))
+        if header_len > size - 8:
+            return f"the header claims {header_len} bytes but the file has {size} (cut off)"
+        try:
+            header = json.loads(fh.read(header_len).decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            return f"the header is not valid JSON ({err})"
+    if not isinstance(header, dict):
+        return "the header is not a JSON object"
+    ends = [entry["data_offsets"][1] for key, entry in header.items()
+            if key != "__metadata__" and isinstance(entry, dict) and len(entry.get("data_offsets", ())) == 2]
+    expected = max(ends, default=0)
+    actual = size - 8 - header_len
+    if actual < expected:
+        return f"the tensors need {expected} bytes of data but the file holds {actual} (cut off)"
+    if actual > expected:
+        return f"{actual - expected} bytes of data follow the last tensor (not a safetensors file written whole)"
+    return None

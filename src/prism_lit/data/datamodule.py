@@ -17,10 +17,16 @@ import lightning as L
 from torch.utils.data import DataLoader
 
 from prism_lit.data.batching import BatchDataset, bucketed_batches, bucketed_groups, padding_overhead
-from prism_lit.data.formats import load_trajectories
+from prism_lit.data.formats import FORMATS, load_trajectories
 from prism_lit.data.schema import Trajectory, TrajectoryFormatError
-from prism_lit.data.tokenize import SampleTooLongError, Truncation, tokenize_trajectory_samples
+from prism_lit.data.tokenize import (
+    TRUNCATION_POLICIES,
+    SampleTooLongError,
+    Truncation,
+    tokenize_trajectory_samples,
+)
 from prism_lit.envs.protocol import AgentProtocol
+from prism_lit.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +64,12 @@ def _line_of(path: str, trajectory_id: str) -> int | None:
             if isinstance(obj, dict) and str(obj.get("id", obj.get("item_id"))) == trajectory_id:
                 return number
     return None
+
+
+def _some(ids: list[str], n: int = 10) -> str:
+    """``'a', 'b', 'c' and 7 more``: a few ids for a message."""
+    shown = ", ".join(repr(i) for i in ids[:n])
+    return shown + (f" and {len(ids) - n} more" if len(ids) > n else "")
 
 
 class TrajectoryDataModule(L.LightningDataModule):
@@ -109,14 +121,23 @@ class TrajectoryDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         if not train_files:
-            raise ValueError("data.train_files: give at least one trajectory file")
+            raise ConfigError("data.train_files: give at least one trajectory file")
         if not 0.0 <= val_fraction < 1.0:
-            raise ValueError(f"data.val_fraction must be in [0, 1), got {val_fraction}")
+            raise ConfigError(f"data.val_fraction must be in [0, 1), got {val_fraction}")
+        if format not in FORMATS:
+            raise ConfigError(f"data.format: unknown trajectory format {format!r}; choose one of {', '.join(FORMATS)}")
+        if truncation not in TRUNCATION_POLICIES:
+            raise ConfigError(f"data.truncation: unknown policy {truncation!r}; choose one of "
+                              f"{', '.join(TRUNCATION_POLICIES)}")
+        for name, value, low in (("batch_size", batch_size, 1), ("max_length", max_length, 2),
+                                 ("max_tokens", max_tokens, 1), ("num_workers", num_workers, 0)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+                raise ConfigError(f"data.{name} must be an integer >= {low}, got {value!r}")
         self.train_files, self.val_files = list(train_files), list(val_files or [])
         self.format, self.env = format, env
         self.max_length, self.truncation = max_length, truncation
         if not 0.0 <= context_weight <= 1.0:
-            raise ValueError(f"data.context_weight must be in [0, 1], got {context_weight!r}")
+            raise ConfigError(f"data.context_weight must be in [0, 1], got {context_weight!r}")
         self.context_weight = context_weight
         self.batch_size, self.max_tokens, self.bucket = batch_size, max_tokens, bucket
         self.val_fraction, self.seed = val_fraction, seed
@@ -128,6 +149,27 @@ class TrajectoryDataModule(L.LightningDataModule):
         self.val_rows = None
         self.stats: dict[str, int] = {}
         self._epoch_offset = 0
+        self._file_of: dict[str, str] = {}  # id -> the training file it was read from (every id read)
+        self._truncated: list[str] = []
+        self._skipped: list[str] = []
+        self._longest = 0
+        self._parsed: dict[str, list[Trajectory]] = {}
+        self._check_files()
+
+    def _check_files(self) -> None:
+        """Read every file that exists now (and the partition's ids), so bad data fails before a Trainer, a logger
+        or a model exists; ``setup`` reuses what was read. Missing files are checked in ``prepare_data`` (the first
+        training file may be generated there)."""
+        for path in self.train_files + self.val_files:
+            if path not in self._parsed and os.path.isfile(path):
+                self._parsed[path] = load_trajectories(path, self.format, self.env)
+                if path in self.train_files:
+                    self._record_ids(path, self._parsed[path])
+        if (self.partition_path and os.path.isfile(self.partition_path)
+                and all(p in self._parsed for p in self.train_files)):
+            from prism_lit.probe.partition import load_partition
+
+            self._check_partition(load_partition(self.partition_path).sft_ids, None)
 
     # ------------------------------------------------------------------ preparation
     def prepare_data(self) -> None:
@@ -144,6 +186,12 @@ class TrajectoryDataModule(L.LightningDataModule):
         for path in self.train_files + self.val_files:
             if not Path(path).is_file():
                 raise FileNotFoundError(f"data: trajectory file not found: {path}")
+        self._check_files()
+        if self.train_rows is None and (self.tokenizer_path is not None or self.trainer is not None):
+            # tokenise here, before the Trainer's setup creates log directories: a trajectory over max_length with
+            # truncation: fail (or a corpus with nothing trainable) stops the run before anything is written.
+            # Only this rank runs prepare_data; it keeps the rows, the other ranks tokenise in setup.
+            self._build_rows()
 
     def _get_tokenizer(self):
         if self.tokenizer is not None:
@@ -159,11 +207,13 @@ class TrajectoryDataModule(L.LightningDataModule):
             raise ValueError("data.tokenizer_path is not set and the LightningModule has no `tokenizer`")
         return self.tokenizer
 
-    def _tokenize_files(self, paths: list[str]) -> list[dict[str, Any]]:
+    def _tokenize_files(self, paths: list[str], record: bool = False) -> list[dict[str, Any]]:
         tokenizer = self._get_tokenizer()
         rows: list[dict[str, Any]] = []
         for path in paths:
-            trajectories: list[Trajectory] = load_trajectories(path, self.format, self.env)
+            trajectories = self._parsed.pop(path, None) or load_trajectories(path, self.format, self.env)
+            if record:
+                self._record_ids(path, trajectories)
             for t in trajectories:
                 try:
                     samples = tokenize_trajectory_samples(t, tokenizer, self.max_length, self.truncation,
@@ -172,6 +222,7 @@ class TrajectoryDataModule(L.LightningDataModule):
                     raise TrajectoryFormatError(path, _line_of(path, t.id), "messages", str(err)) from None
                 if not samples:
                     self.stats["skipped"] = self.stats.get("skipped", 0) + 1
+                    self._skipped.append(t.id)
                     continue
                 for part, sample in enumerate(samples):
                     self.stats["truncated"] = self.stats.get("truncated", 0) + int(sample.truncated)
@@ -180,16 +231,34 @@ class TrajectoryDataModule(L.LightningDataModule):
                          "input_ids": sample.input_ids, "labels": sample.labels, "length": len(sample.input_ids),
                          **({"weights": sample.weights} if sample.weights is not None else {})}
                     )
+                cut = [s.full_length for s in samples if s.truncated]
+                if cut:
+                    self._truncated.append(t.id)
+                    self._longest = max(self._longest, *cut)
             self.stats["read"] = self.stats.get("read", 0) + len(trajectories)
         return rows
 
+    def _record_ids(self, path: str, trajectories: list[Trajectory]) -> None:
+        """Remember which file each training id came from; an id in two files is an error naming both lines."""
+        for t in trajectories:
+            other = self._file_of.get(t.id)
+            if other is not None and other != path:  # within one file the reader names both lines
+                raise TrajectoryFormatError(
+                    path, _line_of(path, t.id), "id",
+                    f"duplicate id {t.id!r}, also in {other} line {_line_of(other, t.id)}; ids must be unique "
+                    "across data.train_files (the partition names trajectories by id)")
+            self._file_of[t.id] = path
+
     def setup(self, stage: str | None = None) -> None:
-        if self.train_rows is not None:
-            return
+        if self.train_rows is None:
+            self._build_rows()
+
+    def _build_rows(self) -> None:
         import datasets
 
         self.stats = {"read": 0, "skipped": 0, "truncated": 0}
-        train = self._tokenize_files(self.train_files)
+        self._file_of, self._truncated, self._skipped, self._longest = {}, [], [], 0
+        train = self._tokenize_files(self.train_files, record=True)
         val = self._tokenize_files(self.val_files) if self.val_files else []
         if not val and self.val_fraction > 0:
             import random
@@ -200,7 +269,10 @@ class TrajectoryDataModule(L.LightningDataModule):
             val = [r for r in train if r["id"] in held]
             train = [r for r in train if r["id"] not in held]
         if not train:
-            raise ValueError(f"data: no trainable trajectory left in {self.train_files} ({self.stats})")
+            raise DataError(
+                f"data: no trainable trajectory left in {self.train_files} (read {self.stats['read']}, skipped "
+                f"{self.stats['skipped']} as too long or with nothing to train, {len(val)} held out for validation)",
+                hint="Raise data.max_length, set data.truncation: right, or lower data.val_fraction.")
         self.train_rows = datasets.Dataset.from_list(train)
         self.val_rows = datasets.Dataset.from_list(val) if val else None
         kept = len({r["id"] for r in train} | {r["id"] for r in val})
@@ -213,6 +285,17 @@ class TrajectoryDataModule(L.LightningDataModule):
             message += (f"; {len(train) + len(val)} sequences (several per trajectory, kept in one batch; the "
                         "probe measures them as one sample)")
         (log.warning if self.stats["skipped"] else log.info)(message)
+        if self._skipped:
+            log.warning("data: skipped %d trajectories (over max_length=%d with truncation=%s, or no trained token "
+                        "left): %s", len(self._skipped), self.max_length, self.truncation, _some(self._skipped))
+        if self._truncated:
+            cut = "final turns" if self.truncation == "right" else "first turns"
+            log.warning(
+                "data: truncated %d of %d trajectories to max_length=%d tokens (truncation=%s: their %s are not "
+                "trained; the longest has %d tokens): %s. Raise max_length above %d to train them whole, or set "
+                "truncation: skip (leave them out) or fail (stop).",
+                len(self._truncated), self.stats["read"], self.max_length, self.truncation, cut, self._longest,
+                _some(self._truncated), self._longest)
 
     # ------------------------------------------------------------------ loaders
     def _current_train_indices(self) -> list[int]:
@@ -220,9 +303,35 @@ class TrajectoryDataModule(L.LightningDataModule):
         if self.partition_path and os.path.isfile(self.partition_path):
             from prism_lit.probe.partition import load_partition
 
-            keep = set(load_partition(self.partition_path).sft_ids)
-            return [i for i, tid in enumerate(self.train_rows["id"]) if tid in keep]
+            wanted = load_partition(self.partition_path).sft_ids
+            keep = set(wanted)
+            ids = self.train_rows["id"]
+            indices = [i for i, tid in enumerate(ids) if tid in keep]
+            self._check_partition(wanted, {ids[i] for i in indices})
+            return indices
         return list(range(len(self.train_rows)))
+
+    def _check_partition(self, wanted: list[str], trained: set[str] | None) -> None:
+        """A partition of another corpus would silently train on a subset (or nothing): refuse it, naming ids."""
+        files = ", ".join(self.train_files)
+        missing = [i for i in wanted if i not in self._file_of]
+        if missing:
+            raise DataError(
+                f"data.partition_path: {self.partition_path}: {len(missing)} of its {len(wanted)} sft_ids are not in "
+                f"the training files ({files}): {_some(missing, 5)}. The partition was made from another corpus.",
+                hint="Re-run the probe on these files (pipeline: --rerun '[probe]'), or point partition_path at "
+                     "the partition of this corpus.")
+        if trained is None:  # ids only (before tokenising)
+            return
+        if not trained:
+            reason = ("the router sent no trajectory to SFT" if not wanted else
+                      f"all {len(wanted)} of its sft_ids were skipped (too long) or held out for validation")
+            raise DataError(f"data.partition_path: {self.partition_path}: nothing to train: {reason}.",
+                            hint="Route some trajectories to SFT (the router's rl_fraction), or raise "
+                                 "data.max_length / lower data.val_fraction.")
+        if len(trained) < len(wanted):
+            log.warning("data: %d of the partition's %d SFT trajectories are not trained (skipped as too long or "
+                        "held out for validation)", len(wanted) - len(trained), len(wanted))
 
     def _loader(self, rows, indices: list[int], shuffle: bool, seed: int) -> DataLoader:
         lengths_all = rows["length"]

@@ -19,6 +19,8 @@ from prism_lit.data.schema import (
     Message,
     Trajectory,
     TrajectoryFormatError,
+    check_unique_ids,
+    decode_utf8,
     iter_jsonl,
     read_trajectories,
 )
@@ -75,23 +77,29 @@ def _conversation_record(
 
 
 def read_eto(path: str | os.PathLike, env: str = "unknown") -> list[Trajectory]:
-    return [_conversation_record(o, path, n, id_key="id", env=env, fmt="eto") for n, o in iter_jsonl_or_json(path)]
+    return _unique(path, [(n, _conversation_record(o, path, n, id_key="id", env=env, fmt="eto"))
+                          for n, o in iter_jsonl_or_json(path)])
 
 
 def read_agentgym(path: str | os.PathLike, env: str = "unknown") -> list[Trajectory]:
-    return [
-        _conversation_record(o, path, n, id_key="item_id", env=env, fmt="agentgym") for n, o in iter_jsonl_or_json(path)
-    ]
+    return _unique(path, [(n, _conversation_record(o, path, n, id_key="item_id", env=env, fmt="agentgym"))
+                          for n, o in iter_jsonl_or_json(path)])
+
+
+def _unique(path, numbered: list[tuple[int, Trajectory]]) -> list[Trajectory]:
+    check_unique_ids(path, numbered)
+    return [t for _, t in numbered]
 
 
 def iter_jsonl_or_json(path: str | os.PathLike) -> Iterable[tuple[int, Any]]:
     """JSONL, or a single JSON array (as ETO and AgentGym ship their data); array items get line = index + 1."""
-    with open(path, encoding="utf-8") as fh:
-        head = fh.read(1024).lstrip()
-    if head.startswith("["):
-        with open(path, encoding="utf-8") as fh:
+    with open(path, "rb") as fh:
+        head = fh.read(1024).lstrip(b"\xef\xbb\xbf \t\r\n")
+    if head.startswith(b"["):
+        with open(path, "rb") as fh:
+            text = decode_utf8(path, fh.read()).removeprefix("\ufeff")
             try:
-                items = json.load(fh)
+                items = json.loads(text)
             except json.JSONDecodeError as err:
                 raise TrajectoryFormatError(path, err.lineno, None, f"malformed JSON ({err.msg})") from None
         return list(enumerate(items, start=1))

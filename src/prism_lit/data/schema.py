@@ -23,12 +23,13 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from prism_lit.errors import DataError
 from prism_lit.io import atomic_write_text
 
 ROLES = ("system", "user", "assistant")
 
 
-class TrajectoryFormatError(ValueError):
+class TrajectoryFormatError(DataError):
     """Bad trajectory input. The message names the file, the line and the field."""
 
     def __init__(self, path: str | os.PathLike | None, line: int | None, field: str | None, problem: str):
@@ -40,7 +41,7 @@ class TrajectoryFormatError(ValueError):
             where.append(f"line {line}")
         if field is not None:
             where.append(f"field '{field}'")
-        super().__init__(f"{': '.join([', '.join(where)] if where else [])}{': ' if where else ''}{problem}")
+        DataError.__init__(self, f"{': '.join([', '.join(where)] if where else [])}{': ' if where else ''}{problem}")
 
 
 @dataclass
@@ -132,27 +133,52 @@ class Trajectory:
         )
 
 
+def decode_utf8(path: str | os.PathLike, data: bytes, first_line: int = 1) -> str:
+    """``data`` (the bytes of ``path`` from line ``first_line`` on) as text; bad UTF-8 raises naming the line."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = first_line + data.count(b"\n", 0, err.start)
+        column = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
+        raise TrajectoryFormatError(
+            path, line, None,
+            f"not valid UTF-8 (byte 0x{data[err.start]:02x} at column {column}): save the file as UTF-8 "
+            "(e.g. iconv -f latin1 -t utf-8 IN > OUT)") from None
+
+
 def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
     """Yield ``(line_number, parsed_object)`` for each non-blank line; a bad line raises with its number."""
-    with open(path, encoding="utf-8") as fh:
-        for number, text in enumerate(fh, start=1):
+    with open(path, "rb") as fh:
+        for number, raw in enumerate(fh, start=1):
+            text = decode_utf8(path, raw, number)
+            if number == 1:
+                text = text.removeprefix("\ufeff")  # a UTF-8 byte-order mark
             if not text.strip():
                 continue
             try:
                 yield number, json.loads(text)
             except json.JSONDecodeError as err:
-                raise TrajectoryFormatError(path, number, None, f"malformed JSON ({err.msg} at column {err.colno})") from None
+                raise TrajectoryFormatError(
+                    path, number, None, f"malformed JSON ({err.msg} at column {err.colno})") from None
+
+
+def check_unique_ids(path: str | os.PathLike, numbered: Iterable[tuple[int | None, Trajectory]]) -> None:
+    """Raise naming both lines when two trajectories of ``path`` share an id (ids key the partition)."""
+    seen: dict[str, int | None] = {}
+    for line, t in numbered:
+        if t.id in seen:
+            first = seen[t.id]
+            raise TrajectoryFormatError(
+                path, line, "id",
+                f"duplicate id {t.id!r} (first on line {first}); every trajectory needs its own id")
+        seen[t.id] = line
 
 
 def read_trajectories(path: str | os.PathLike) -> list[Trajectory]:
     """Read a prism_lit JSONL file; fails on the first bad record, naming file, line and field."""
-    trajectories = [Trajectory.from_dict(obj, path, line) for line, obj in iter_jsonl(path)]
-    seen: dict[str, int] = {}
-    for t in trajectories:
-        if t.id in seen:
-            raise TrajectoryFormatError(path, None, "id", f"duplicate id {t.id!r}")
-        seen[t.id] = 1
-    return trajectories
+    numbered = [(line, Trajectory.from_dict(obj, path, line)) for line, obj in iter_jsonl(path)]
+    check_unique_ids(path, numbered)
+    return [t for _, t in numbered]
 
 
 def write_trajectories(path: str | os.PathLike, trajectories: Iterable[Trajectory]) -> None:

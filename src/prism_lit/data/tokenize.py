@@ -63,6 +63,7 @@ class TokenizedSample:
     labels: list[int]
     truncated: bool
     weights: list[float] | None = None  # per-token loss weights; None: every trained token weighs 1
+    full_length: int = 0  # tokens before truncation
 
 
 def _encode(tokenizer, text: str, offsets: bool = False):
@@ -232,7 +233,7 @@ def _finish(
     if context_weight > 0:
         weights = [1.0 if label != IGNORE_INDEX else context_weight for label in labels]
         labels = list(input_ids)
-    truncated = False
+    truncated, full_length = False, len(input_ids)
     if max_length is not None and len(input_ids) > max_length:
         if truncation == "fail":
             raise SampleTooLongError(
@@ -246,7 +247,7 @@ def _finish(
         weights = weights[keep] if weights is not None else None
     if all(label == IGNORE_INDEX for label in labels[1:]):
         return None
-    return TokenizedSample(input_ids, labels, truncated, weights)
+    return TokenizedSample(input_ids, labels, truncated, weights, full_length)
 
 
 def _check_options(truncation: str, context_weight: float) -> None:

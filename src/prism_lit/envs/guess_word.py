@@ -101,9 +101,10 @@ class GuessWordEnv(gym.Env):
             raise ValueError(f"GuessWordEnv: task_id {task_id!r} is out of range (split has {len(self.words)} tasks)")
         return index
 
-    def _info(self) -> dict[str, Any]:
+    def _info(self, valid: bool = True) -> dict[str, Any]:
         category = self.words[self._index][2]
         return {
+            "valid_action": valid,
             "admissible_actions": list(self._candidates),
             "won": self._won,
             "task_id": f"guess_word/{self.split}/{self._index}",
@@ -133,8 +134,8 @@ class GuessWordEnv(gym.Env):
 
     def step(self, action: str) -> tuple[str, float, bool, bool, dict[str, Any]]:
         if self._done:
-            return "The game is over .", 0.0, True, False, self._info()
-        guess = _first_word(action)
+            return "The game is over .", 0.0, True, False, self._info(valid=False)
+        guess = _first_word(action) if len(str(action)) <= self.action_space.max_length else ""
         target = self.words[self._index][0]
         self._attempts += 1
         reward = 0.0
@@ -150,8 +151,7 @@ class GuessWordEnv(gym.Env):
         if not self._done and self._attempts >= self.max_attempts:
             self._done = True
             observation = f"Out of guesses . The word was {target} ."
-        info = self._info()
-        info["valid_action"] = guess in self._candidates
+        info = self._info(valid=guess in self._candidates)
         return observation, reward, self._done, False, info
 
 

@@ -103,11 +103,79 @@ def _check_dir(path: str, what: str) -> None:
         raise FileNotFoundError(f"policy.{what}: {path!r} is not a directory (nothing is downloaded at run time)")
 
 
+_WEIGHTS = {"model": ("model.safetensors", "pytorch_model.bin"),
+            "adapter": ("adapter_model.safetensors", "adapter_model.bin")}
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model")
+
+
+def check_model_files(path: str, what: str, kind: str = "model") -> None:
+    """Fail naming ``path`` when its config, weights (complete files, every shard) are not there: a half-copied
+    or cut-off model directory otherwise gives a library error that names no path, or a misleading one."""
+    import json
+
+    from prism_lit.errors import ModelError
+    from prism_lit.io import safetensors_problem, zip_problem
+
+    folder = Path(path)
+    config = folder / ("adapter_config.json" if kind == "adapter" else "config.json")
+    fix = "Copy the whole directory again (save_pretrained's output), or point policy." + what + " elsewhere."
+    if not config.is_file():
+        raise ModelError(f"policy.{what}: {path!r} has no {config.name}; it is not a saved Hugging Face "
+                         f"{kind} directory.", hint=fix)
+    try:
+        json.loads(config.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ModelError(f"policy.{what}: {config} is not valid JSON ({err}).", hint=fix) from None
+    single, legacy = _WEIGHTS[kind]
+    files = [folder / name for name in (single, legacy) if (folder / name).is_file()]
+    for index in (folder / f"{single}.index.json", folder / f"{legacy}.index.json"):
+        if index.is_file():
+            try:
+                shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+            except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
+                raise ModelError(f"policy.{what}: {index} is not a valid shard index ({err}).", hint=fix) from None
+            missing = [s for s in shards if not (folder / s).is_file()]
+            if missing:
+                raise ModelError(f"policy.{what}: {path!r} lacks the weight shards {missing[:5]} that {index.name} "
+                                 "lists.", hint=fix)
+            files += [folder / s for s in shards]
+    if not files:
+        raise ModelError(f"policy.{what}: {path!r} has {config.name} but no weights ({single} or {legacy}).",
+                         hint=fix)
+    for file in files:
+        problem = safetensors_problem(file) if file.suffix == ".safetensors" else zip_problem(file)
+        if problem is not None:
+            raise ModelError(f"policy.{what}: weights file {file} is damaged: {problem}.", hint=fix)
+
+
+def check_policy_files(spec: PolicySpec) -> None:
+    """Every file ``spec`` loads is there and whole (no loading; cheap): model, adapter, tokenizer."""
+    _check_dir(spec.path, "path")
+    check_model_files(spec.path, "path")
+    if spec.adapter_path is not None:
+        _check_dir(spec.adapter_path, "adapter_path")
+        check_model_files(spec.adapter_path, "adapter_path", kind="adapter")
+    tokenizer_path = spec.tokenizer_path or spec.path
+    what = "tokenizer_path" if spec.tokenizer_path else "path"
+    _check_dir(tokenizer_path, what)
+    check_tokenizer_files(tokenizer_path, what)
+
+
+def check_tokenizer_files(path: str, what: str) -> None:
+    from prism_lit.errors import ModelError
+
+    if not any((Path(path) / name).is_file() for name in _TOKENIZER_FILES):
+        raise ModelError(
+            f"policy.{what}: {path!r} holds no tokenizer (none of {', '.join(_TOKENIZER_FILES)}).",
+            hint="Save the tokenizer there too (tokenizer.save_pretrained), or set policy.tokenizer_path.")
+
+
 def load_tokenizer(spec: PolicySpec):
     from transformers import AutoTokenizer
 
     path = spec.tokenizer_path or spec.path
     _check_dir(path, "tokenizer_path" if spec.tokenizer_path else "path")
+    check_tokenizer_files(path, "tokenizer_path" if spec.tokenizer_path else "path")
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=spec.trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -140,6 +208,7 @@ def load_model(spec: PolicySpec):
 
     ensure_policy_files(spec)
     _check_dir(spec.path, "path")
+    check_model_files(spec.path, "path")
     model = AutoModelForCausalLM.from_pretrained(
         spec.path,
         local_files_only=True,
@@ -154,6 +223,7 @@ def load_model(spec: PolicySpec):
         from peft import PeftModel
 
         _check_dir(spec.adapter_path, "adapter_path")
+        check_model_files(spec.adapter_path, "adapter_path", kind="adapter")
         model = PeftModel.from_pretrained(model, spec.adapter_path, is_trainable=True, local_files_only=True)
     elif spec.lora is not None:
         from peft import get_peft_model

@@ -12,12 +12,14 @@ format to ``export_dir``, loadable with ``PeftModel.from_pretrained`` / ``AutoMo
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from typing import Any, Literal
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from prism_lit.distributed import (
     apply_fsdp2,
@@ -28,6 +30,7 @@ from prism_lit.distributed import (
     is_sharded,
     load_sharded_fsdp2,
 )
+from prism_lit.errors import ConfigError
 from prism_lit.policy import (
     EmbeddedModelSpec,
     LoraSpec,
@@ -37,7 +40,48 @@ from prism_lit.policy import (
     load_model,
     load_tokenizer,
 )
+from prism_lit.policy.loading import check_policy_files
 from prism_lit.sft.loss import causal_lm_loss
+
+log = logging.getLogger(__name__)
+
+SCHEDULES = ("constant", "linear", "cosine")
+
+
+@rank_zero_only
+def _warn(message: str) -> None:
+    log.warning(message)
+
+
+def check_optimizer_settings(lr: float, weight_decay: float, betas, warmup_steps: int, schedule: str,
+                             min_lr_ratio: float, prefix: str | None = None) -> None:
+    """Refuse settings that cannot train and warn about the one that trains nothing (``lr: 0``).
+
+    ``prefix`` is how the caller's user names these settings (``sft.`` in a pipeline); by default the message names
+    the SFTModule argument and its ``prism-lit fit`` option, ``model.init_args.<name>``.
+    """
+    def name_of(name: str) -> str:
+        return f"{prefix}{name}" if prefix is not None else f"SFTModule {name} (model.init_args.{name})"
+
+    def bad(name: str, need: str, value: Any) -> ConfigError:
+        return ConfigError(f"{name_of(name)} must be {need}, got {value!r}")
+
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr < 0:
+        raise bad("lr", "a finite number >= 0", lr)
+    if not math.isfinite(weight_decay) or weight_decay < 0:
+        raise bad("weight_decay", "a finite number >= 0", weight_decay)
+    if len(tuple(betas)) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+        raise bad("betas", "two numbers in [0, 1)", betas)
+    if warmup_steps < 0:
+        raise bad("warmup_steps", ">= 0", warmup_steps)
+    if schedule not in SCHEDULES:
+        raise bad("schedule", f"one of {', '.join(SCHEDULES)}", schedule)
+    if not 0.0 <= min_lr_ratio <= 1.0:
+        raise bad("min_lr_ratio", "in [0, 1]", min_lr_ratio)
+    if lr == 0:
+        _warn(f"{name_of('lr')} is 0: every optimizer step leaves the weights unchanged, so training exports the "
+              "starting weights. Set lr > 0 to train.")
+
 
 # the saved hyper-parameters hold these dataclasses; resuming loads checkpoints with torch.load(weights_only=True)
 torch.serialization.add_safe_globals([PolicySpec, LoraSpec, EmbeddedModelSpec])
@@ -105,6 +149,7 @@ class SFTModule(L.LightningModule):
         logits_chunk_tokens: int | None = 1024,
     ) -> None:
         super().__init__()
+        check_optimizer_settings(lr, weight_decay, betas, warmup_steps, schedule, min_lr_ratio)
         self.save_hyperparameters()
         self.policy = policy
         self.lr, self.weight_decay, self.betas = lr, weight_decay, tuple(betas)
@@ -121,12 +166,15 @@ class SFTModule(L.LightningModule):
 
     # ------------------------------------------------------------------ model
     def prepare_data(self) -> None:
-        ensure_policy_files(self.policy)
+        # the model's files and its tokenizer (chat template included) are checked here, before the Trainer's
+        # setup creates log directories: a bad model directory fails before anything is written
+        _ = self.tokenizer
 
     @property
     def tokenizer(self):
         if self._tokenizer is None:
             ensure_policy_files(self.policy)
+            check_policy_files(self.policy)  # a damaged model dir is named before a library error hides it
             self._tokenizer = load_tokenizer(self.policy)
         return self._tokenizer
 
@@ -197,6 +245,9 @@ class SFTModule(L.LightningModule):
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self):
         params = [p for p in self.model.parameters() if p.requires_grad]
+        if not params:
+            raise ConfigError(f"policy {self.policy.path!r}: no parameter requires a gradient, so SFT has nothing "
+                              "to train.", hint="Train the full model (policy.lora: null) or a LoRA adapter.")
         decay = [p for p in params if p.ndim >= 2]
         no_decay = [p for p in params if p.ndim < 2]
         optimizer = torch.optim.AdamW(
@@ -206,6 +257,9 @@ class SFTModule(L.LightningModule):
         if self.schedule == "constant" and self.warmup_steps == 0:
             return optimizer
         total = max(int(self.trainer.estimated_stepping_batches), 1)
+        if self.warmup_steps >= total:
+            _warn(f"SFTModule warmup_steps={self.warmup_steps} is not below the {total} optimizer steps of "
+                  f"this run: the learning rate never reaches lr={self.lr}. Lower warmup_steps.")
         warmup, floor, kind = self.warmup_steps, self.min_lr_ratio, self.schedule
 
         def factor(step: int) -> float:
@@ -227,6 +281,9 @@ class SFTModule(L.LightningModule):
             trainable = {f"model.{clean_param_name(n)}" for n, p in self.model.named_parameters() if p.requires_grad}
             checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
 
+    def _probe_only(self) -> bool:
+        return any(type(c).__name__ == "GradientConcentrationProbe" for c in self.trainer.callbacks)
+
     def resolved_export_dir(self) -> str:
         if self.export_dir is not None:
             return self.export_dir
@@ -234,6 +291,9 @@ class SFTModule(L.LightningModule):
         return f"{root}/export"
 
     def on_fit_end(self) -> None:
+        if self.trainer.global_step == 0 and not self._probe_only():
+            _warn("SFT ran 0 optimizer steps (no training batch, or max_steps/max_epochs 0): nothing was trained and "
+                  "nothing is exported.")
         if self.trainer.global_step > 0:  # a probe-only run has nothing to export
             out_dir = self.resolved_export_dir()  # every rank: trainer.log_dir is a broadcast
             if is_sharded(self.model):  # FSDP: every rank joins the gather, rank 0 writes

@@ -5,9 +5,11 @@ Observation: the engine's feedback text ("You arrive at fridge 1. The fridge 1 i
 apple in countertop."); the "-= Welcome to TextWorld, ALFRED! =-" banner is dropped as ReAct / ETO / verl-agent
 do, unless ``keep_banner``. Action: a command string ("go to fridge 1", "take apple 1 from fridge 1", "move apple 1
 to countertop 1", ...); anything that is not an admissible command (garbage included) answers "Nothing happens."
-with reward 0 and no state change, exactly like the engine. Reward: 1.0 on the step that completes the task, else
-0; the episode terminates then. ``info``: ``admissible_actions`` (sorted list of str), ``won``, ``task_id``,
-``task_type``, ``goal``, ``game_file``; ``reset`` adds the game's planner ``walkthrough``.
+with reward 0 and no state change, exactly like the engine; ``info["valid_action"]`` tells which (an action is valid
+when, stripped, it is one of the admissible commands; one over the action space's 256 characters is answered at
+once, without the engine). Reward: 1.0 on the step that completes the task, else 0; the episode terminates then.
+``info``: ``admissible_actions`` (sorted list of str), ``valid_action``, ``won``, ``task_id``, ``task_type``,
+``goal``, ``game_file``; ``reset`` adds the game's planner ``walkthrough``.
 
 Games: generated on first use into the user cache (see :func:`~prism_lit.envs.alfworld.generator.generate_games`),
 or a json_2.1.1 tree given by ``data_dir`` (real ALFWorld data), or explicit ``game_files``.
@@ -30,6 +32,7 @@ PRINTABLE = string.printable
 MAX_OBSERVATION_CHARS = 20_000
 MAX_ACTION_CHARS = 256
 _BANNER = "-= Welcome to TextWorld, ALFRED! =-"
+_NOTHING_HAPPENS = "Nothing happens."
 
 
 class ALFWorldEnv(gym.Env[str, str]):
@@ -106,6 +109,7 @@ class ALFWorldEnv(gym.Env[str, str]):
         self._goal = ""
         self._last_obs = ""
         self._walkthrough: list[str] = []
+        self._state: Any = None  # the engine's last state
 
     # ------------------------------------------------------------------ Gymnasium API
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[str, dict]:
@@ -133,7 +137,8 @@ class ALFWorldEnv(gym.Env[str, str]):
         if not self.keep_banner and feedback.lstrip().startswith(_BANNER):
             feedback = feedback.lstrip()[len(_BANNER):].lstrip("\n")
         obs = self._observation(feedback)
-        info = self._info(state)
+        self._state = state
+        info = self._info(state, valid=True)
         info["walkthrough"] = list(self._walkthrough)
         return obs, info
 
@@ -142,12 +147,17 @@ class ALFWorldEnv(gym.Env[str, str]):
         if self._entry is None:
             raise RuntimeError("ALFWorldEnv.step called before reset()")
         command = action if isinstance(action, str) else str(action)
+        if len(command) > MAX_ACTION_CHARS:  # outside the action space: what the engine would answer, at once
+            obs = self._observation(_NOTHING_HAPPENS)
+            return obs, 0.0, self._won, False, self._info(self._state, valid=False)
+        valid = command.strip() in self._state["admissible_commands"]
         state = self._game.step(command)
+        self._state = state
         won = bool(state["won"])
         reward = 1.0 if won and not self._won else 0.0
         self._won = self._won or won
         obs = self._observation(str(state["feedback"]))
-        return obs, reward, won, False, self._info(state)
+        return obs, reward, won, False, self._info(state, valid=valid)
 
     def render(self) -> str | None:
         if self.render_mode == "ansi":
@@ -182,10 +192,11 @@ class ALFWorldEnv(gym.Env[str, str]):
         self._last_obs = text
         return text
 
-    def _info(self, state: Any) -> dict[str, Any]:
+    def _info(self, state: Any, valid: bool) -> dict[str, Any]:
         assert self._entry is not None
         return {
             "admissible_actions": [str(c) for c in state["admissible_commands"]],
+            "valid_action": bool(valid),
             "won": bool(self._won),
             "task_id": self._entry.task_id,
             "task_type": self._entry.task_type,
