@@ -242,9 +242,6 @@ def test_every_env_reports_valid_action_on_reset_and_step():
         assert env.step("certainly not an action")[4]["valid_action"] is False
 
 
-@pytest.mark.xfail(strict=False, reason="envs/instruction_following (not this slice): a response of 20,000 '[' on a "
-                                        "json_format task raises RecursionError in the verifier, and responses over "
-                                        "the action space's max_length are accepted as valid")
 def test_instruction_following_takes_pathological_responses():
     from prism_lit.envs import INSTRUCTION_FOLLOWING_ID
 

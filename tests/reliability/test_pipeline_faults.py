@@ -19,7 +19,6 @@ PAUSING_CLI = Path(__file__).parent / "pausing_cli.py"
 
 
 # ---------------------------------------------------------------------------------------------- checked up front
-LATE = "not checked before the first stage yet (pipeline/run.py check_before_run)"
 
 # Each must fail before the first stage runs: non-zero exit, the option named, no run directory written.
 EARLY = [
@@ -31,10 +30,9 @@ EARLY = [
     (["--rl.module.init_args.group_sise", "4"], "group_sise"),
     (["--eval.max_new_tokens", "0"], "eval.max_new_tokens"),
     (["--eval.batch_size", "0"], "eval.batch_size"),
-    pytest.param(["--env.eval_splits", "{nosuch: 3}"], "nosuch", marks=pytest.mark.xfail(strict=False, reason=LATE)),
+    (["--env.eval_splits", "{nosuch: 3}"], "nosuch"),
     (["--env.train_split", "test"], "train_split"),  # the corpus and RL would come from an evaluation split
-    pytest.param(["--base.path", "/nonexistent/model"], "base.path",
-                 marks=pytest.mark.xfail(strict=False, reason=LATE)),
+    (["--base.path", "/nonexistent/model"], "base.path"),
     (["--rl.data", "{tasks_per_batch: 0}"], "tasks_per_batch"),
 ]
 
@@ -62,9 +60,7 @@ def test_stage_errors_print_one_paragraph_without_traceback(tmp_path, monkeypatc
     from prism_lit.errors import is_user_error
     from prism_lit.pipeline.stages import StageError
 
-    if not is_user_error(StageError("x")):
-        pytest.xfail("pipeline/stages.py's StageError is a RuntimeError, not a prism_lit.errors.PrismLitError: the CLI "
-                     "prints its traceback as for a bug")
+    assert is_user_error(StageError("x"))
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr("prism_lit.pipeline.run.check_before_run", _raise_stage_error)
     result = run_cli(tiny_pipeline_args(tmp_path / "run"))
@@ -160,9 +156,6 @@ def test_cut_off_stage_record_is_an_error_not_a_silent_rerun(finished_run, tmp_p
 
 # ---------------------------------------------------------------------------------------------- mid-stage resume
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="pipeline/stages.py's ModelCheckpoint(save_top_k=0, save_last=True) writes "
-                                        "last.ckpt only at the end of fit in Lightning 2.6 (save_last follows a "
-                                        "top-k save), so a killed SFT or base stage restarts from its beginning")
 def test_killed_sft_stage_resumes_from_its_last_epoch(finished_run, tmp_path):
     run = _back_to_probe(finished_run, tmp_path / "run")
     flag = tmp_path / "paused"

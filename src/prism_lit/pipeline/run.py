@@ -28,7 +28,7 @@ from prism_lit.pipeline.config import (
     settings_json,
 )
 from prism_lit.pipeline.context import STAGE_ORDER, Artifacts, PipelineContext, read_stage_marker
-from prism_lit.pipeline.stages import STAGE_FUNCTIONS, base_policy, build_rl_module
+from prism_lit.pipeline.stages import STAGE_FUNCTIONS, base_policy, build_rl_module, policy_spec
 
 __all__ = ["STAGE_ORDER", "pipeline", "read_stage_marker", "stage_settings"]
 
@@ -146,6 +146,21 @@ def check_before_run(ctx: PipelineContext, kept: tuple[str, ...]) -> None:
     except gym.error.Error:
         raise ValueError(f"env.id: {ctx.env.id!r} is not a registered environment (try webshop or alfworld, or a "
                          f"gymnasium id registered by an imported package)") from None
+    try:
+        splits = prism_lit.envs.env_spec(ctx.env_id).splits
+    except ValueError:  # an env registered outside prism_lit: its splits are not known here
+        splits = None
+    for option, split in [("env.train_split", ctx.env.train_split)] + [("env.eval_splits", s)
+                                                                        for s in ctx.env.eval_splits]:
+        if splits is not None and split not in splits:
+            raise ValueError(f"{option}: {ctx.env.id!r} has no split {split!r}; its splits are {', '.join(splits)}")
+    if ctx.base.path is not None:
+        from prism_lit.policy.loading import check_policy_files
+
+        try:
+            check_policy_files(policy_spec(ctx, ctx.base.path))
+        except (ValueError, FileNotFoundError) as err:
+            raise type(err)(f"base.path: {err}") from None
     if ctx.rl.enabled:
         try:
             build_rl_module(ctx, base_policy(ctx))

@@ -14,18 +14,18 @@ import logging
 import math
 import time
 import warnings
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from prism_lit.errors import PrismLitError
 from prism_lit.pipeline.context import STAGE_ORDER, PipelineContext
 from prism_lit.policy import PolicySpec
 
 log = logging.getLogger(__name__)
 
 
-class StageError(RuntimeError):
+class StageError(PrismLitError, RuntimeError):
     """A stage cannot do what its record would say it did; the message names the setting or file to change."""
 
 
@@ -70,8 +70,11 @@ def _trainer(ctx: PipelineContext, stage: str, checkpoint_every_n_steps: int | N
         # RL optimises manually; its checkpoint holds the state after the iteration's update, which is what resume
         # wants, so Lightning's warning about pre-optimisation state does not apply
         warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
-        callbacks.append(ModelCheckpoint(dirpath=stage_dir / "checkpoints", save_last=True, save_top_k=0,
-                                         every_n_train_steps=checkpoint_every_n_steps or None))
+        # save_top_k=1 with no monitor keeps the newest checkpoint and last.ckpt links to it: written every epoch
+        # (or every n steps), so a killed stage resumes there (save_top_k=0 writes last.ckpt only at the end)
+        callbacks.append(ModelCheckpoint(dirpath=stage_dir / "checkpoints", save_last="link", save_top_k=1,
+                                         every_n_train_steps=checkpoint_every_n_steps or None,
+                                         every_n_epochs=None if checkpoint_every_n_steps else 1))
     return L.Trainer(
         default_root_dir=stage_dir, logger=TensorBoardLogger(stage_dir, name="tb", version=""), callbacks=callbacks,
         **settings,
@@ -80,16 +83,13 @@ def _trainer(ctx: PipelineContext, stage: str, checkpoint_every_n_steps: int | N
 
 def resume_checkpoint(ctx: PipelineContext, stage: str) -> str | None:
     """The stage's ``last.ckpt`` to resume from, after checking it is a whole file."""
+    from prism_lit.io import check_checkpoint
+
     path = ctx.artifacts.last_checkpoint(stage)
     if not path.is_file():
         return None
-    try:
-        with zipfile.ZipFile(path) as archive:  # torch.save writes a zip; a cut-off file has no central directory
-            archive.namelist()
-    except (zipfile.BadZipFile, OSError) as err:
-        raise StageError(
-            f"{path}: the {stage!r} stage's checkpoint is damaged ({err}), so the stage cannot resume. Discard it "
-            f"with `rm {path}` to restart the stage from its beginning, or pass --rerun '[{stage}]'.") from None
+    check_checkpoint(path, after_discard=f"the {stage!r} stage then starts again from its beginning (or pass "
+                                         f"--rerun '[{stage}]')")
     return str(path)
 
 

@@ -223,8 +223,14 @@ class InstructionFollowingEnv(gym.Env):
         return self.task.prompt, self._base_info()
 
     def evaluate(self, task: IFTask, response: str) -> dict[str, Any]:
-        """Verdicts, scores and reward of ``response`` on ``task`` (what ``step`` reports)."""
-        response = "" if response is None else str(response)[: self.max_response_chars]
+        """Verdicts, scores and reward of ``response`` on ``task`` (what ``step`` reports).
+
+        A response longer than the action space (``max_response_chars``) is an invalid action, judged as empty
+        without running a verifier: it scores 0 in constant time."""
+        response = "" if response is None else str(response)
+        too_long = len(response) > self.max_response_chars
+        if too_long:
+            response = ""
         hard = verify_response(task.instruction_id_list, task.kwargs, response, task.prompt)
         verdicts = [v.as_dict() for v in hard]
         soft = []
@@ -274,7 +280,7 @@ class InstructionFollowingEnv(gym.Env):
             "hard_score": strict_ok / len(hard) if hard else 1.0,
             "soft_score": soft_ok / len(soft) if soft else None,
             "reward": float(reward),
-            "valid_action": bool(response.strip()),
+            "valid_action": bool(response.strip()) and not too_long,
         }
 
     def step(self, action: str) -> tuple[str, float, bool, bool, dict[str, Any]]:

@@ -217,7 +217,7 @@ def _json_format(r: str, kw: Mapping[str, Any]) -> bool:
     text = text.removesuffix("```")
     try:
         json.loads(text.strip())
-    except ValueError:
+    except (ValueError, RecursionError):  # deeply nested brackets exhaust the decoder's recursion
         return False
     return True
 
