@@ -484,3 +484,30 @@ def test_the_run_seed_reaches_the_random_router_and_the_rl_module(tmp_path):
         assert s["probe"].router.seed is None  # the settings object is not changed (its record stays the same)
         assert build_rl_module(ctx, PolicySpec(path="unused")).seed == seed
     assert partitions[0] != partitions[1]
+
+
+def test_a_corpus_file_replaces_the_generated_corpus_and_must_come_from_the_train_split(tmp_path):
+    from prism_lit.data.schema import read_trajectories
+    from prism_lit.envs.experts import write_expert_dataset
+    from prism_lit.pipeline.stages import StageError
+
+    settings = _settings(tmp_path)
+    env = settings["env"]
+    own = tmp_path / "own.jsonl"
+    write_expert_dataset("webshop", 6, own, env.protocol, split="train", seed=5, env_kwargs=env.kwargs,
+                         expert_kwargs=env.expert_kwargs)
+    settings["probe"].corpus_file = str(own)
+    pipeline(**settings, stop_after="probe")
+    run = tmp_path / "run"
+    assert read_trajectories(run / "tasks" / "corpus.jsonl") == read_trajectories(own)
+    partition = json.loads((run / "probe" / "partition.json").read_text())
+    assert len(partition["sft_ids"]) + len(partition["rl_ids"]) == 6
+
+    foreign = tmp_path / "test_split.jsonl"
+    write_expert_dataset("webshop", 2, foreign, env.protocol, split="test", env_kwargs=env.kwargs,
+                         expert_kwargs=env.expert_kwargs)
+    settings["probe"].corpus_file = str(foreign)
+    with pytest.raises(StageError, match=r"test_split.jsonl: 2 of 2 trajectories have task ids that are not tasks"):
+        pipeline(**{**settings, "run_dir": str(tmp_path / "other")}, stop_after="tasks")
+    with pytest.raises(FileNotFoundError, match="probe.corpus_file: 'nope.jsonl' is not a file"):
+        ProbeSettings(corpus_file="nope.jsonl")

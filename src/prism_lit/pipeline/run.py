@@ -118,6 +118,7 @@ def stage_settings(ctx: PipelineContext, name: str) -> dict[str, Any] | None:
     """The settings a stage's artifacts depend on, as JSON values (recorded in its marker)."""
     sections = {
         "tasks": lambda: {"env": settings_json(ctx.env), "probe.corpus_tasks": ctx.probe.corpus_tasks,
+                          **({"probe.corpus_file": ctx.probe.corpus_file} if ctx.probe.corpus_file else {}),
                           "base.familiar_task_types": ctx.base.familiar_task_types,
                           "base.pretrain_tasks": ctx.base.pretrain_tasks},
         "base": lambda: {"base": settings_json(ctx.base)},

@@ -117,10 +117,23 @@ def make_tasks(ctx: PipelineContext) -> dict[str, Any]:
 
     art = ctx.artifacts
     info: dict[str, Any] = {}
-    info["corpus"] = write_expert_dataset(
-        ctx.env_id, ctx.probe.corpus_tasks, art.corpus, ctx.env.protocol,
-        split=ctx.env.train_split, seed=ctx.seed, env_kwargs=ctx.env.kwargs, expert_kwargs=ctx.env.expert_kwargs,
-    )
+    if ctx.probe.corpus_file is not None:
+        corpus = read_trajectories(ctx.probe.corpus_file)  # strict: a bad line names the file, line and field
+        train = set(split_task_ids(ctx, ctx.env.train_split))
+        foreign = [t.task_id for t in corpus if t.task_id not in train]
+        if foreign:
+            raise StageError(f"probe.corpus_file {ctx.probe.corpus_file}: {len(foreign)} of {len(corpus)} trajectories "
+                             f"have task ids that are not tasks of env.train_split {ctx.env.train_split!r} (e.g. "
+                             f"{foreign[:3]}), so RL could not replay them; import the corpus with `prism-lit import "
+                             f"... --env {ctx.env.id}` against the same env settings")
+        write_trajectories(art.corpus, corpus)
+        info["corpus"] = {"path": str(art.corpus), "count": len(corpus), "source": ctx.probe.corpus_file}
+    else:
+        info["corpus"] = write_expert_dataset(
+            ctx.env_id, ctx.probe.corpus_tasks, art.corpus, ctx.env.protocol,
+            split=ctx.env.train_split, seed=ctx.seed, env_kwargs=ctx.env.kwargs,
+            expert_kwargs=ctx.env.expert_kwargs,
+        )
     if ctx.base.path is None:
         kwargs = dict(ctx.env.kwargs)
         if ctx.base.familiar_task_types:
