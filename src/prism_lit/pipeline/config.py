@@ -45,17 +45,24 @@ def _check_init_args(cls: type, init_args: dict[str, Any], option: str, given: t
                          f"it accepts {', '.join(accepted)}")
 
 
-def build_plugin(spec: Any, base: type, option: str) -> Any:
-    """An object from ``{"class_path": ..., "init_args": {...}}`` (or the object itself), checked to be a ``base``."""
-    if isinstance(spec, base):
-        return spec
+def _plugin_class(spec: Any, base: type, option: str, given: tuple[str, ...] = ()) -> tuple[type, dict[str, Any]]:
+    """The class and init args of ``{"class_path": ..., "init_args": {...}}``, checked against ``base`` and the
+    class's signature (``given``: the arguments the caller adds later)."""
     if not isinstance(spec, dict) or "class_path" not in spec:
         raise ValueError(f"{option}: expected {{class_path: ..., init_args: {{...}}}}, got {spec!r}")
     cls = _import_class(spec["class_path"], option)
     if not (isinstance(cls, type) and issubclass(cls, base)):
-        raise ValueError(f"{option}.class_path: {spec['class_path']!r} is not a {base.__name__}")
+        raise ValueError(f"{option}.class_path: {spec['class_path']!r} is not a {base.__name__} subclass")
     init_args = dict(spec.get("init_args") or {})
-    _check_init_args(cls, init_args, option)
+    _check_init_args(cls, init_args, option, given)
+    return cls, init_args
+
+
+def build_plugin(spec: Any, base: type, option: str) -> Any:
+    """An object from ``{"class_path": ..., "init_args": {...}}`` (or the object itself), checked to be a ``base``."""
+    if isinstance(spec, base):
+        return spec
+    cls, init_args = _plugin_class(spec, base, option)
     try:
         return cls(**init_args)
     except (TypeError, ValueError) as err:
@@ -66,13 +73,7 @@ def rl_module_factory(spec: Any, option: str = "rl.module") -> RLModuleFactory:
     """A factory of the RL module from a class_path dict (jsonargparse gives one already built)."""
     if callable(spec) and not isinstance(spec, dict):
         return spec
-    if not isinstance(spec, dict) or "class_path" not in spec:
-        raise ValueError(f"{option}: expected {{class_path: ..., init_args: {{...}}}}, got {spec!r}")
-    cls = _import_class(spec["class_path"], option)
-    if not (isinstance(cls, type) and issubclass(cls, RLModuleBase)):
-        raise ValueError(f"{option}.class_path: {spec['class_path']!r} is not an RLModuleBase subclass")
-    init_args = dict(spec.get("init_args") or {})
-    _check_init_args(cls, init_args, option, given=("policy", "protocol", "env_id", "env_kwargs"))
+    cls, init_args = _plugin_class(spec, RLModuleBase, option, given=("policy", "protocol", "env_id", "env_kwargs"))
     return functools.partial(cls, **init_args)
 
 
