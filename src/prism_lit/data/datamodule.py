@@ -148,7 +148,6 @@ class TrajectoryDataModule(L.LightningDataModule):
         self.train_rows = None
         self.val_rows = None
         self.stats: dict[str, int] = {}
-        self._epoch_offset = 0
         self._file_of: dict[str, str] = {}  # id -> the training file it was read from (every id read)
         self._truncated: list[str] = []
         self._skipped: list[str] = []

@@ -53,6 +53,21 @@ def _progress_callback(stage: str, every_seconds: float = 15.0):
     return StageProgress()
 
 
+def _progress_lines(stage: str, what: str, every_seconds: float = 15.0) -> Callable[[int, int, float], None]:
+    """``on_step(step, total, loss)`` that logs a line every ``every_seconds`` (for loops outside a Trainer)."""
+    start = last = time.perf_counter()
+
+    def on_step(step: int, total: int, loss: float) -> None:
+        nonlocal last
+        now = time.perf_counter()
+        if now - last >= every_seconds or step == total:
+            last = now
+            log.warning("pipeline: stage %-6s %s step %d/%d, %.0f s, loss %.4f", stage, what, step, total,
+                        now - start, loss)
+
+    return on_step
+
+
 def _trainer(ctx: PipelineContext, stage: str, checkpoint_every_n_steps: int | None = None, **kwargs: Any):
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
@@ -201,7 +216,7 @@ def _copy_warmup(ctx: PipelineContext, init: Path, out: Path) -> Path:
     model, tokenizer = load_policy(PolicySpec(path=str(init)))
     half = ctx.base.copy_warmup_steps // 2
     losses = train_copy(model, tokenizer, words, bare_steps=half, chat_steps=ctx.base.copy_warmup_steps - half,
-                        seed=ctx.seed)
+                        seed=ctx.seed, on_step=_progress_lines("base", "copy warm-up"))
     with atomic_directory(out) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
@@ -443,6 +458,8 @@ def evaluate(ctx: PipelineContext) -> dict[str, Any]:
                                      "steps": len(ep.steps), "invalid": ep.num_invalid})
                          for ep in metrics.pop("episodes_list")]
             results[name][split] = report_metrics(metrics)
+            log.warning("pipeline: stage eval   %s on %d %s tasks: success %.3f, score %.3f", name, n, split,
+                        results[name][split]["success_rate"], results[name][split]["score"])
         del model
     # per-episode outcomes: what paired differences between policies, methods and seeds are computed from
     atomic_write_text(ctx.artifacts.eval_episodes, "".join(line + "\n" for line in episodes))

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 CHAT_PROMPT = "Type this search: [SEP] {text}"
@@ -73,8 +73,11 @@ def train_copy(
     batch_size: int = 16,
     lr: float = 1e-3,
     seed: int = 0,
+    on_step: Callable[[int, int, float], None] | None = None,
 ) -> list[float]:
-    """Train ``model`` in place on ``bare_steps`` bare then ``chat_steps`` chat copy batches; the losses."""
+    """Train ``model`` in place on ``bare_steps`` bare then ``chat_steps`` chat copy batches; the losses.
+
+    ``on_step(step, total, loss)`` is called after every step (progress reporting)."""
     import torch
 
     if len(words) < 2:
@@ -92,4 +95,6 @@ def train_copy(
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
+        if on_step is not None:
+            on_step(step + 1, bare_steps + chat_steps, losses[-1])
     return losses

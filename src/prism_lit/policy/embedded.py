@@ -112,10 +112,6 @@ def corpus_from_files(paths: Iterable[str | os.PathLike]) -> list[str]:
     return texts
 
 
-def is_embedded_model_dir(path: str | os.PathLike) -> bool:
-    return (Path(path) / MARKER_FILE).is_file() and (Path(path) / "config.json").is_file()
-
-
 def build_embedded_default(
     out_dir: str | os.PathLike, texts: Iterable[str], spec: EmbeddedModelSpec | None = None
 ) -> Path:

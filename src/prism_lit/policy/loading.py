@@ -7,7 +7,6 @@ error that says so. ``trust_remote_code`` stays off unless the config asks for i
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -246,8 +245,3 @@ def export_policy(model, tokenizer, out_dir: str | os.PathLike) -> Path:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
     return Path(out_dir)
-
-
-def trainable_parameter_count(model) -> tuple[int, int]:
-    params: Iterable = list(model.parameters())
-    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)

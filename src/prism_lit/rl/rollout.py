@@ -137,9 +137,8 @@ def group_tasks(task_ids: Sequence[str], seeds: Sequence[int], group_size: int) 
 
 
 def make_env(env_id: str, env_kwargs: dict[str, Any] | None = None) -> gym.Env:
-    """``gym.make`` with the prism_lit ids registered (the guess-word test env included)."""
-    import prism_lit.envs
-    import prism_lit.envs.guess_word  # noqa: F401  registers the test env
+    """``gym.make`` with the prism_lit ids registered (every EnvSpec, the guess-word smoke env included)."""
+    import prism_lit.envs  # noqa: F401
 
     return gym.make(env_id, **dict(env_kwargs or {}))
 
