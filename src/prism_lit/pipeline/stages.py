@@ -435,35 +435,60 @@ POLICIES: dict[str, Callable[[PipelineContext], PolicySpec]] = {
     "base": base_policy, "sft": sft_policy, "final": final_policy}
 
 
+def _ranks() -> tuple[int, int]:
+    """``(rank, world size)`` of an initialised process group (a ``torchrun`` launch), else ``(0, 1)``."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 def evaluate(ctx: PipelineContext) -> dict[str, Any]:
+    """Greedy episodes of every policy on the fixed panels. Under several ranks each plays a share of every panel
+    (task i of the panel on rank i mod world size, with its own env seed i); the metrics are summed over ranks
+    (torchmetrics) and the episodes gathered, so the results are those of one process, written by rank 0."""
+    import torch.distributed as dist
+
     from prism_lit.io import atomic_write_json, atomic_write_text
     from prism_lit.policy import load_policy
     from prism_lit.rl.evaluation import evaluate_policy
 
+    rank, world = _ranks()
     device = eval_device(ctx)
     results: dict[str, Any] = {}
-    episodes: list[str] = []
+    episodes: list[dict[str, Any]] = []
     for name in ctx.eval.policies:
         model, tokenizer = load_policy(POLICIES[name](ctx))
         model.to(device).eval()
         results[name] = {}
         for split, n in ctx.env.eval_splits.items():
+            panel = panel_task_ids(ctx, split, n)
             metrics = evaluate_policy(
                 model, tokenizer, ctx.env.protocol, ctx.env_id, {**ctx.env.kwargs, "split": split},
-                panel_task_ids(ctx, split, n), max_steps=ctx.eval.max_steps, batch_size=ctx.eval.batch_size,
-                max_new_tokens=ctx.eval.max_new_tokens, return_episodes=True,
+                panel[rank::world], seeds=list(range(len(panel)))[rank::world], max_steps=ctx.eval.max_steps,
+                batch_size=ctx.eval.batch_size, max_new_tokens=ctx.eval.max_new_tokens, return_episodes=True,
             )
-            episodes += [json.dumps({"policy": name, "split": split, "task_id": ep.task_id, "env_seed": ep.seed,
-                                     "task_type": ep.task_type, "won": bool(ep.won), "score": float(ep.score),
-                                     "steps": len(ep.steps), "invalid": ep.num_invalid})
+            episodes += [{"policy": name, "split": split, "task_id": ep.task_id, "env_seed": ep.seed,
+                          "task_type": ep.task_type, "won": bool(ep.won), "score": float(ep.score),
+                          "steps": len(ep.steps), "invalid": ep.num_invalid}
                          for ep in metrics.pop("episodes_list")]
             results[name][split] = report_metrics(metrics)
             log.warning("pipeline: stage eval   %s on %d %s tasks: success %.3f, score %.3f", name, n, split,
                         results[name][split]["success_rate"], results[name][split]["score"])
         del model
-    # per-episode outcomes: what paired differences between policies, methods and seeds are computed from
-    atomic_write_text(ctx.artifacts.eval_episodes, "".join(line + "\n" for line in episodes))
-    atomic_write_json(ctx.artifacts.eval_results, results)
+    if world > 1:
+        shares: list[Any] = [None] * world
+        dist.all_gather_object(shares, episodes)
+        order = {(p, s): i for i, (p, s) in enumerate((p, s) for p in ctx.eval.policies for s in ctx.env.eval_splits)}
+        episodes = sorted((e for share in shares for e in share),
+                          key=lambda e: (order[e["policy"], e["split"]], e["env_seed"]))
+    if rank == 0:
+        # per-episode outcomes: what paired differences between policies, methods and seeds are computed from
+        atomic_write_text(ctx.artifacts.eval_episodes, "".join(json.dumps(e) + "\n" for e in episodes))
+        atomic_write_json(ctx.artifacts.eval_results, results)
+    if world > 1:
+        dist.barrier()
     return {name: {split: {k: v for k, v in m.items() if k in ("success_rate", "score")}
                    for split, m in splits.items()} for name, splits in results.items()}
 
