@@ -131,3 +131,23 @@ def test_long_prompts_drop_old_history_and_fail_clearly_when_nothing_fits(gw_pol
     assert cut[-12:] == full[-12:]  # the current observation is kept
     with pytest.raises(ValueError, match="max_prompt_tokens=5"):
         engine._prompt(turns, "Guess the word .", limit=5)
+
+
+def test_won_reward_pays_ten_on_the_winning_step_only_and_leaves_the_episodes_unchanged(gw_policy):
+    model, tok = gw_policy
+    protocol = guess_word_protocol(show_admissible=True)
+    rows = group_tasks(TASKS, list(range(8)), 2)
+    played = {}
+    for source in ("env", "won"):
+        engine = RolloutEngine(GUESS_WORD_ID, protocol, tok, RolloutConfig(max_new_tokens=2, reward=source))
+        played[source] = engine.run(model, rows, generator=torch.Generator().manual_seed(3))
+    assert {ep.won for ep in played["won"]} == {True, False}, "the sample should hold won and lost episodes"
+    for env_ep, won_ep in zip(played["env"], played["won"]):
+        assert [s.action_ids for s in env_ep.steps] == [s.action_ids for s in won_ep.steps]
+        penalties = [0.0 if s.valid else 0.1 for s in won_ep.steps]
+        expected = [0.0] * (len(won_ep.steps) - 1) + [10.0 * won_ep.won]
+        assert [s.reward for s in won_ep.steps] == pytest.approx([e - p for e, p in zip(expected, penalties)])
+        assert [s.reward for s in env_ep.steps] == pytest.approx([s.env_reward - p for s, p in
+                                                                  zip(env_ep.steps, penalties)])
+    with pytest.raises(ValueError, match="rollout.reward 'score' is unknown"):
+        RolloutConfig(reward="score")

@@ -33,6 +33,9 @@ from prism_lit.rl.generation import GenerationBackend, KVCacheBackend, SamplingP
 
 EpisodeMode = Literal["auto", "sequence", "per_step"]
 EPISODE_MODES = ("auto", "sequence", "per_step")
+RewardSource = Literal["env", "won"]
+REWARD_SOURCES = ("env", "won")
+WON_REWARD = 10.0  # verl-agent's success reward; keeps the 0.1 invalid-action penalty small beside it
 
 
 @dataclass
@@ -45,6 +48,10 @@ class RolloutConfig:
         max_new_tokens: reply length cap per step.
         max_steps: cap on env steps per episode (``None``: the env's own time limit only).
         invalid_action_penalty: subtracted from the step's reward when the reply cannot be parsed (verl-agent: 0.1).
+        reward: what a step earns before the penalty. ``env`` (default): the env's own reward (WebShop: the
+            purchase score in [0, 1], partial credit for a near-miss; ALFWorld: 1 when won). ``won``: 10 on the
+            step that ends a won episode, 0 otherwise, as verl-agent rewards WebShop and ALFWorld, so a near-miss
+            earns nothing.
         max_prompt_tokens: drop the oldest history turns until a prompt fits (``None``: the model's
             ``max_position_embeddings - max_new_tokens``).
         generation_batch_size: at most this many prompts per generation call (``None``: all live episodes).
@@ -64,12 +71,15 @@ class RolloutConfig:
     max_new_tokens: int = 48
     max_steps: int | None = None
     invalid_action_penalty: float = 0.1
+    reward: RewardSource = "env"
     max_prompt_tokens: int | None = None
     generation_batch_size: int | None = None
     env_threads: int = 0
     episode_mode: EpisodeMode = "auto"
 
     def __post_init__(self) -> None:
+        if self.reward not in REWARD_SOURCES:
+            raise ValueError(f"rollout.reward {self.reward!r} is unknown; choose one of {REWARD_SOURCES}")
         if self.episode_mode not in EPISODE_MODES:
             raise ValueError(f"rollout.episode_mode {self.episode_mode!r} is unknown; choose one of {EPISODE_MODES}")
 
@@ -84,7 +94,7 @@ class Step:
     observation: str  # the rendered user message shown for this step
     reply: str
     action: str | None  # parsed action; None = malformed
-    reward: float  # env reward minus the penalty when malformed
+    reward: float  # what the step earned (RolloutConfig.reward) minus the penalty when malformed
     env_reward: float
     done: bool
     valid: bool
@@ -310,10 +320,11 @@ class RolloutEngine:
                 for i, prompt, gen, reply, action in zip(live, prompts, gens, replies, actions):
                     valid = action is not None
                     env_reward, info = float(rewards[i]), infos[i]
-                    reward = env_reward - (0.0 if valid else cfg.invalid_action_penalty)
                     episode = episodes[i]
                     hit_cap = cfg.max_steps is not None and len(episode.steps) + 1 >= cfg.max_steps
                     done = bool(terminated[i] or truncated[i] or hit_cap)
+                    earned = env_reward if cfg.reward == "env" else WON_REWARD * float(done and bool(info.get("won")))
+                    reward = earned - (0.0 if valid else cfg.invalid_action_penalty)
                     episode.steps.append(
                         Step(prompt_ids=prompt, action_ids=list(gen.token_ids), logprobs=list(gen.logprobs),
                              observation=current[i], reply=reply, action=action, reward=reward,
