@@ -78,11 +78,13 @@ def main(argv: list[str] | None = None) -> None:
     protocol = AgentProtocol(env="guess_word", reply_format="bare", system_prompt="Guess the word .",
                              show_admissible=False)
     regularised = not args.lora
-    kwargs = {"advantage": "grpo", "skip_zero_advantage": not regularised} if args.algo == "grpo" else {}
+    # PPO: advantages not normalised over the buffer (a per-rank statistic under any strategy)
+    kwargs = {"advantage": "grpo", "skip_zero_advantage": not regularised} if args.algo == "grpo" else \
+        {"norm_adv": False}
     module = TaskSeeded(
         policy=PolicySpec(path=args.policy, lora=LoraSpec(r=4, alpha=8) if args.lora else None),
         protocol=protocol, env_id=GUESS_WORD_ID, env_kwargs={"max_attempts": 1},
-        rollout=RolloutConfig(max_new_tokens=3), group_size=args.group_size if args.algo == "grpo" else 1,
+        rollout=RolloutConfig(max_new_tokens=3), group_size=args.group_size,
         optim={"lr": 1e-3, "max_grad_norm": 1.0},
         update={"micro_batch_size": 3, "loss_agg": "seq-mean-token-mean", "epochs": 1, "num_minibatches": 1},
         kl={"coef": 0.1 if regularised else 0.0}, entropy_coef=0.01 if regularised else 0.0,
