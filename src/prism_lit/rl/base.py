@@ -49,8 +49,8 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 
-from prism_lit.envs.protocol import AgentProtocol
 from prism_lit.distributed import export_sharded_policy, fsdp2_options, is_sharded
+from prism_lit.envs.protocol import AgentProtocol
 from prism_lit.policy import PolicySpec, export_policy, load_policy, load_tokenizer
 from prism_lit.rl.config import EvalConfig, KLConfig, OptimConfig, UpdateConfig
 from prism_lit.rl.evaluation import EpisodeMetrics, default_task_types
