@@ -355,7 +355,7 @@ class RLModuleBase(pl.LightningModule):
             p.grad.div_(world)
 
     def agreed_count(self, count: int) -> int:
-        """The largest ``count`` over the DDP ranks.
+        """The largest ``count`` over the ranks (DDP or FSDP2).
 
         Every optimizer update all-reduces gradients, so all ranks must take the same number of updates even when
         their rollout buffers differ in size; a rank with fewer samples runs empty minibatches.
@@ -365,7 +365,8 @@ class RLModuleBase(pl.LightningModule):
         return max_over_ranks(count, self.device)
 
     def optimizer_update(self, optimizer) -> float:
-        """Sync, clip (through Lightning, so precision plugins and FSDP are respected) and apply the gradients.
+        """Sync, clip (through Lightning, so precision plugins are respected; under FSDP2 sharded and replicated
+        gradients together) and apply the gradients.
 
         Returns the gradient norm before clipping (for logging).
         """
@@ -482,17 +483,14 @@ class RLModuleBase(pl.LightningModule):
         mb = Minibatch(num_tokens=sum(len(s.action_ids) for s in minibatch), num_seqs=len(minibatch),
                        run_tokens=sum(len(s.action_ids) for s in run), run_seqs=len(run),
                        norm_length=self.rollout_config.max_new_tokens, agg=self.update_config.loss_agg)
-        micro_batches = self.micro_batches(run)
-        real = len(micro_batches)
-        if self._fsdp is not None:
-            real = self._fsdp.pad(micro_batches, [[self._filler]], self.device)
+        plan = [(units, True) for units in self.micro_batches(run)]
+        if self._fsdp is not None:  # padded to the ranks' largest count; only the last backward reduce-scatters
+            plan = self._fsdp.padded(plan, [[self._filler]], self.device)
         logs: dict[str, float] = {}
         with self.no_grad_sync():
-            for k, units in enumerate(micro_batches):
-                if self._fsdp is not None:  # one reduce-scatter per optimizer step, in its last backward
-                    self._fsdp.sync_gradients(k == len(micro_batches) - 1)
+            for units, real in plan:
                 micro, out = self.score(units, with_entropy=True, with_hidden=self.needs_state_hidden)
-                if k >= real:  # FSDP2 padding: a micro-batch's collectives (the reference's too), zero gradient
+                if not real:  # FSDP2 padding: a micro-batch's collectives (the reference's too), zero gradient
                     if self.kl.coef > 0:
                         self.reference_logprobs(micro, temperature)
                     self.manual_backward(out.logprobs.sum() * 0.0)

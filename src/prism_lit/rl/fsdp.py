@@ -7,10 +7,10 @@ twice, and :class:`FSDP2Sync` mends both:
 - the rollout (and PPO's value pass, and greedy evaluation) runs a different number of forwards per rank (episodes
   end at different turns, replies at different tokens): :meth:`FSDP2Sync.gathered` all-gathers every unit of the
   policy once, keeps the weights gathered for the whole rollout, and reshards after;
-- the update runs each rank's own number of micro-batches: :meth:`FSDP2Sync.pad` adds zero-weight micro-batches
-  until every rank has the largest count, and :meth:`FSDP2Sync.sync_gradients` turns FSDP2's reduce-scatter off for
-  all but the last micro-batch of a minibatch, so each optimizer step has exactly one synchronising backward per
-  rank (the strategy's own reducer: FSDP2's reduce-scatter, averaged over ranks).
+- the update runs each rank's own number of micro-batches: :meth:`FSDP2Sync.padded` adds zero-weight micro-batches
+  until every rank has the largest count, and turns FSDP2's reduce-scatter off for all but the last micro-batch of
+  a minibatch, so each optimizer step has exactly one synchronising backward per rank (the strategy's own reducer:
+  FSDP2's reduce-scatter, averaged over ranks).
 
 Parameters outside the sharded policy (PPO's value head) are plain, replicated tensors: the module averages their
 gradients itself. :meth:`FSDP2Sync.clip_grad_norm_` clips sharded and replicated gradients together.
@@ -87,15 +87,13 @@ class FSDP2Sync:
                 unit.set_reshard_after_forward(unit is not self.policy, recurse=False)  # as apply_fsdp2 set them
                 unit.reshard()
 
-    def pad(self, micro_batches: list, filler: Any, device: torch.device) -> int:
-        """Append ``filler`` micro-batches until every rank has as many; returns how many are real."""
-        real = len(micro_batches)
-        micro_batches.extend([filler] * (max_over_ranks(real, device) - real))
-        return real
-
-    def sync_gradients(self, enabled: bool) -> None:
-        """Reduce-scatter the gradients in the next backward (``False``: accumulate them unsharded, locally)."""
-        self.policy.set_requires_gradient_sync(enabled)
+    def padded(self, plan: list[tuple[Any, bool]], filler: Any, device: torch.device):
+        """Yield ``plan``'s ``(micro_batch, real)`` pairs, then ``(filler, False)`` until every rank has as many as the
+        rank with the most; FSDP2 reduce-scatters in the last backward only (the others accumulate unsharded)."""
+        total = max_over_ranks(len(plan), device)
+        for k in range(total):
+            self.policy.set_requires_gradient_sync(k == total - 1)
+            yield plan[k] if k < len(plan) else (filler, False)
 
     @staticmethod
     def replicated(params: Iterable[nn.Parameter]) -> list[nn.Parameter]:
