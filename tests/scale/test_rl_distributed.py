@@ -127,7 +127,7 @@ def test_fsdp2_update_matches_one_process(gw_policy, tmp_path, mode, args):
 
 def test_shipped_fsdp2_config_runs_through_the_cli(gw_policy, tmp_path):
     """configs/scale/rl_grpo_fsdp2_cpu.yaml through ``prism-lit fit`` (2 processes), with the tiny policy swapped in:
-    training, evaluation between iterations, a checkpoint and the export."""
+    training, evaluation between iterations, a checkpoint, the export, and a resume from the checkpoint."""
     import yaml
 
     override = {
@@ -139,10 +139,13 @@ def test_shipped_fsdp2_config_runs_through_the_cli(gw_policy, tmp_path):
     }
     (tmp_path / "override.yaml").write_text(yaml.safe_dump(override))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "-m", "prism_lit.cli", "fit", "--config",
-                             str(ROOT / "configs" / "scale" / "rl_grpo_fsdp2_cpu.yaml"),
-                             "--config", str(tmp_path / "override.yaml")],
-                            check=False, capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
+    fit = [sys.executable, "-m", "prism_lit.cli", "fit", "--config",
+           str(ROOT / "configs" / "scale" / "rl_grpo_fsdp2_cpu.yaml"), "--config", str(tmp_path / "override.yaml")]
+    result = subprocess.run(fit, check=False, capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stderr[-6000:]
-    assert (tmp_path / "runs" / "cli" / "version_0" / "checkpoints" / "last.ckpt").is_file()
+    last = tmp_path / "runs" / "cli" / "version_0" / "checkpoints" / "last.ckpt"
     assert (tmp_path / "export" / "model.safetensors").is_file()
+    resumed = subprocess.run([*fit, "--trainer.max_steps", "3", "--ckpt_path", str(last)], check=False,
+                             capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
+    assert resumed.returncode == 0, resumed.stderr[-6000:]
+    assert "Restored all states" in resumed.stdout + resumed.stderr
