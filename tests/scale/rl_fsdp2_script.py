@@ -33,10 +33,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--algo", choices=["grpo", "ppo"], default="grpo")
     parser.add_argument("--group-size", type=int, default=4)
     parser.add_argument("--salt", type=int, default=0, help="added to the per-task sampling seeds")
+    parser.add_argument("--max-steps", type=int, default=1)
+    parser.add_argument("--checkpoint", action="store_true",
+                        help="FSDP2: a sharded (DCP) checkpoint directory <root>/ckpt/last.ckpt after each step")
+    parser.add_argument("--resume", default=None, help="a checkpoint to resume from")
     args = parser.parse_args(argv)
 
     import lightning as L
     import torch
+    from lightning.pytorch.callbacks import ModelCheckpoint
 
     from prism_lit.distributed import FSDP2Strategy
     from prism_lit.envs.guess_word import GUESS_WORD_ID
@@ -92,14 +97,18 @@ def main(argv: list[str] | None = None) -> None:
     )
     data = RLTaskDataModule(env_id=GUESS_WORD_ID, env_kwargs={"max_attempts": 1},
                             tasks_per_batch=args.tasks_per_batch, seed=0)
-    strategy = FSDP2Strategy(process_group_backend="gloo") if args.devices > 1 else "auto"
-    trainer = L.Trainer(accelerator="cpu", devices=args.devices, strategy=strategy, max_steps=1, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        num_sanity_val_steps=0, limit_val_batches=0, default_root_dir=args.root)
-    trainer.fit(module, data)
+    strategy = FSDP2Strategy(process_group_backend="gloo", save_distributed_checkpoint=True) \
+        if args.devices > 1 else "auto"
+    callbacks = [ModelCheckpoint(os.path.join(args.root, "ckpt"), save_last=True)] if args.checkpoint else []
+    trainer = L.Trainer(accelerator="cpu", devices=args.devices, strategy=strategy, max_steps=args.max_steps,
+                        logger=False, enable_checkpointing=args.checkpoint, callbacks=callbacks,
+                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                        limit_val_batches=0, default_root_dir=args.root)
+    trainer.fit(module, data, ckpt_path=args.resume)
     with open(os.path.join(args.root, f"rank{trainer.global_rank}.json"), "w") as fh:
         json.dump({"world_size": trainer.world_size, "tasks": module.played, "signal": module.signal, "micro_batches": module.micro_counts,
-                   "sharded": module._fsdp is not None, "global_step": trainer.global_step}, fh)
+                   "sharded": module._fsdp is not None, "global_step": trainer.global_step,
+                   "iteration": module.iteration}, fh)
 
 
 if __name__ == "__main__":

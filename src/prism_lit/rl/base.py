@@ -54,7 +54,7 @@ from prism_lit.envs.protocol import AgentProtocol
 from prism_lit.policy import PolicySpec, export_policy, load_policy, load_tokenizer
 from prism_lit.rl.config import EvalConfig, KLConfig, OptimConfig, UpdateConfig
 from prism_lit.rl.evaluation import EpisodeMetrics, default_task_types
-from prism_lit.rl.fsdp import FSDP2Sync, load_sharded_policy, max_over_ranks
+from prism_lit.rl.fsdp import FSDP2Sync, is_dtensor, load_sharded_policy, max_over_ranks
 from prism_lit.rl.losses import Minibatch, kl_penalty
 from prism_lit.rl.rollout import Episode, RolloutConfig, RolloutEngine, episode_table, group_tasks
 from prism_lit.rl.scoring import (
@@ -576,8 +576,9 @@ class RLModuleBase(pl.LightningModule):
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         trainable = {name for name, p in self.named_parameters() if p.requires_grad}
-        if _is_peft(self.model) or self.ref_model is not None:
-            state = checkpoint["state_dict"]
+        state = checkpoint["state_dict"]
+        # a sharded (DCP) checkpoint keeps every entry: Lightning loads it by the module's whole state dict
+        if (_is_peft(self.model) or self.ref_model is not None) and not any(map(is_dtensor, state.values())):
             for key in list(state):
                 if key.startswith("ref_model.") or (key not in trainable and key.startswith("model.")):
                     del state[key]
