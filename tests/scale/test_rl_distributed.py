@@ -110,6 +110,8 @@ def test_fsdp2_update_matches_one_process(gw_policy, tmp_path, mode, args):
     assert all(r["sharded"] and r["world_size"] == 2 and r["global_step"] == 1 for r in ranks)
     assert sorted(ranks[0]["tasks"] + ranks[1]["tasks"]) == sorted(one["tasks"])
     assert sorted(ranks[0]["signal"] + ranks[1]["signal"]) == sorted(one["signal"])  # the same episodes
+    for r in ranks:  # one norm over the sharded (and PPO's replicated) gradients, that of the single process
+        assert r["grad_norm"] == pytest.approx(one["grad_norm"], rel=1e-5)
     file = "adapter_model.safetensors" if mode == "lora" else "model.safetensors"
     trained, sharded = load_file(single / "export" / file), load_file(fsdp / "export" / file)
     assert max_difference(trained, sharded) < 1e-5

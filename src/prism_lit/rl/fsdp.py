@@ -102,26 +102,19 @@ class FSDP2Sync:
 
     @staticmethod
     def clip_grad_norm_(params: Sequence[nn.Parameter], max_norm: float | None) -> float:
-        """The total gradient 2-norm of sharded and replicated parameters (one all-reduce of the shards' squared
-        sums), and ``torch.nn.utils.clip_grad_norm_``'s scaling when ``max_norm`` is set."""
+        """The total gradient 2-norm of sharded and replicated parameters (the shards' squared norms summed over ranks
+        in one all-reduce), then ``torch.nn.utils.clip_grad_norm_``'s scaling when ``max_norm`` is set."""
         grads = [p.grad for p in params if p.grad is not None]
         sharded = [g for g in grads if is_dtensor(g)]
-        square = torch.zeros((), dtype=torch.float64)
-        for g in sharded:
-            square += g.to_local().detach().double().pow(2).sum().cpu()
-        if sharded:
-            mesh = sharded[0].device_mesh
-            device = sharded[0].to_local().device
-            reduced = square.to(device)
-            torch.distributed.all_reduce(reduced, group=mesh.get_group())
-            square = reduced.cpu()
-        for g in grads:
-            if not is_dtensor(g):
-                square += g.detach().double().pow(2).sum().cpu()
-        norm = float(square.sqrt())
-        if max_norm is not None:
-            scale = max_norm / (norm + 1e-6)
-            if scale < 1.0:
-                for g in grads:
-                    g.mul_(scale)
+        square = 0.0
+        if sharded:  # every rank has gradients or none has (the update's plan is the same on every rank)
+            local = torch.stack([torch.linalg.vector_norm(g.to_local(), dtype=torch.float32) for g in sharded])
+            local = local.pow(2).sum()
+            torch.distributed.all_reduce(local, group=sharded[0].device_mesh.get_group())
+            square += float(local)
+        square += sum(float(torch.linalg.vector_norm(g, dtype=torch.float32)) ** 2 for g in grads if not is_dtensor(g))
+        norm = square ** 0.5
+        if max_norm is not None and max_norm / (norm + 1e-6) < 1.0:
+            for g in grads:
+                g.mul_(max_norm / (norm + 1e-6))
         return norm
