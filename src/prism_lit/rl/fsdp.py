@@ -51,8 +51,7 @@ def load_sharded_policy(spec, device_mesh, frozen: bool = False, **fsdp_kwargs: 
     (:func:`~prism_lit.distributed.load_sharded_fsdp2`). ``frozen``: no parameter requires a gradient and every unit
     reshards after its forward (the KL reference has no backward that would reshard the root)."""
     from prism_lit.distributed import load_sharded_fsdp2
-    from prism_lit.policy import ensure_policy_files, load_model
-    from prism_lit.sft.module import build_model_skeleton
+    from prism_lit.policy import build_model_skeleton, ensure_policy_files, load_model
 
     def prepare(model: nn.Module) -> nn.Module:
         return model.requires_grad_(False) if frozen else model
