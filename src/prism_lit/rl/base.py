@@ -595,8 +595,8 @@ class RLModuleBase(pl.LightningModule):
         state = checkpoint.get(CHECKPOINT_KEY)
         if state is None:
             return
-        saved = checkpoint.get("state_dict")  # FSDP2Strategy loads (and removes) it before this hook
-        missing = [n for n, p in self.named_parameters() if p.requires_grad and n not in saved] if saved else []
+        saved = checkpoint.get("state_dict")  # None under FSDP2Strategy: it loads (and removes) it before this hook
+        missing = [] if saved is None else [n for n, p in self.named_parameters() if p.requires_grad and n not in saved]
         if missing:
             raise KeyError(f"resume: the checkpoint lacks trainable weights {missing[:5]} (different LoRA settings?)")
         self.iteration = int(state["iteration"])
