@@ -137,6 +137,7 @@ def run_memory(*args: str) -> subprocess.CompletedProcess:
     ("sft_llama3_1_8b_full_fsdp2_2nodes.yaml", "llama3_1_8b.json"),
     ("probe_sft_qwen3_8b_lora_1node.yaml", "qwen3_8b.json"),
     ("probe_sft_ddp_multinode_gpu.yaml", "llama3_1_8b.json"),
+    ("rl_grpo_qwen3_8b_full_fsdp2_1node.yaml", "qwen3_8b.json"),
 ])
 def test_shipped_8b_configs_fit_80_gb(config, model):
     result = run_memory("--config", f"configs/scale/{config}", "--model_config", f"configs/scale/models/{model}")
@@ -156,6 +157,21 @@ def test_a_config_that_cannot_fit_exits_1_naming_the_setting(tmp_path):
     smaller = run_memory("--config", "configs/scale/pipeline_qwen3_8b_lora_1node.yaml", "--model_config",
                          str(MODELS / "qwen3_8b.json"), "--gpu_memory_gb", "40")
     assert smaller.returncode == 1 and "eval.batch_size" in smaller.stdout  # the KV cache of 32 × 8k tokens
+
+
+def test_rl_fit_config_under_fsdp2_counts_the_gathered_rollout_and_unsharded_gradients():
+    """An RL fit config gives the rollout and update stages; under FSDP the rollout holds the whole policy in the
+    compute dtype besides its shards, and the update accumulates unsharded gradients between reduce-scatters."""
+    from prism_lit.memory import ModelShape, estimate_stage, load_config, stages_from_config
+
+    shape = ModelShape.from_file(MODELS / "qwen3_8b.json")
+    stages = {s.stage: s for s in stages_from_config(load_config(ROOT / "configs/scale/rl_grpo_qwen3_8b_full_fsdp2_1node.yaml"))}
+    assert sorted(stages) == ["rl_rollout", "rl_update"] and stages["rl_update"].shard == 8
+    rollout, update = estimate_stage(shape, stages["rl_rollout"]), estimate_stage(shape, stages["rl_update"])
+    params = shape.params()
+    assert rollout.parts["weights"] == pytest.approx(params * 4 / 8 + params * 2)  # fp32 shards + bf16 gathered
+    assert rollout.parts["reference"] == pytest.approx(params * 4 / 8)
+    assert update.parts["gradients"] == pytest.approx(params * 4)
 
 
 def test_embedded_pipeline_config_is_read_with_its_parts():

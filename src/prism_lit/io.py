@@ -119,9 +119,12 @@ def check_checkpoint(path: str | os.PathLike, full: bool = True,
     from prism_lit.errors import CheckpointError, MissingFileError
 
     path = Path(path)
+    if path.is_dir() and (path / ".metadata").is_file():
+        return path  # a sharded (Distributed Checkpoint) directory, written by FSDP2Strategy; DCP checks its shards
     if not path.is_file():
         raise MissingFileError(f"checkpoint {path} does not exist" + (" (it is a directory)" if path.is_dir() else ""),
-                               hint="Pass the path of a .ckpt file, or no ckpt_path to start from scratch.")
+                               hint="Pass the path of a .ckpt file or of a sharded checkpoint directory, or no "
+                                    "ckpt_path to start from scratch.")
     problem = zip_problem(path, full=full)
     if problem is not None:
         raise CheckpointError(f"checkpoint {path} is damaged: {problem}; training cannot resume from it.",

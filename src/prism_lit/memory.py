@@ -267,19 +267,23 @@ def estimate_stage(shape: ModelShape, s: StageSettings) -> StageMemory:
     n = max(1, s.shard)
     params = shape.params()
     weights = params * pb / n
+    # FSDP RL rollouts: the whole policy is gathered (ranks run different numbers of forwards), and the update's
+    # optimizer and reference shards stay resident
+    fsdp_rollout = s.stage == "rl_rollout" and n > 1
     if n > 1:  # FSDP: two decoder layers in flight and the root stay gathered in the compute dtype
-        weights += (2 * shape.layer_params() + shape.root_params()) * b
+        weights += (params if fsdp_rollout else 2 * shape.layer_params() + shape.root_params()) * b
     parts: dict[str, float] = {"weights": weights}
     advice: list[str] = []
     training = s.stage in ("sft", "rl_update")
     grads = 0.0
-    if training:
+    if training or fsdp_rollout:
         if s.lora_rank:
             trainable, tb = shape.lora_params(s.lora_rank), 4
             parts["weights"] += trainable * tb / n
         else:
             trainable, tb = params, pb
-        grads = trainable * tb / n
+        # RL under FSDP accumulates its micro-batches' gradients unsharded, reduce-scattered once per step
+        grads = trainable * tb / (1 if s.stage == "rl_update" else n)
         if s.ddp:
             parts["ddp buckets"] = trainable * tb
         parts["optimizer"] = 2 * trainable * tb / n
@@ -401,26 +405,11 @@ def _pipeline_stages(cfg: Mapping[str, Any]) -> list[StageSettings]:
     ]
     rl = cfg.get("rl") or {}
     if rl.get("enabled", True):
-        module = _init_args(rl.get("module"))
-        rollout = module.get("rollout") or {}
-        update = module.get("update") or {}
-        group = int(module.get("group_size", 8))
         tasks = int(_get(rl, "data", "tasks_per_batch", default=1))
-        gen = int(rollout.get("generation_batch_size") or tasks * group)
-        prompt = rollout.get("max_prompt_tokens")
-        context = int(prompt or sft.get("max_length") or 2048) + int(rollout.get("max_new_tokens", 48))
-        ctx_src = "rl.module.init_args.rollout.max_prompt_tokens" + ("" if prompt else " (unset: sft.max_length)")
-        micro = int(update.get("micro_batch_size", 8))
-        kl = float(_get(module, "kl", "coef", default=0.0) or 0.0)
-        rl_src = {**common, "generation_batch": "rl.module.init_args.rollout.generation_batch_size",
-                  "context": ctx_src, "tokens": "rl.module.init_args.update.micro_batch_size × context",
-                  "lora_rank": "sft.lora"}
-        stages += [
-            StageSettings("rl_rollout", dtype, compute, lora, shard, generation_batch=gen, context=context,
-                          sources=rl_src),
-            StageSettings("rl_update", dtype, compute, lora, shard, micro * context, ckpt,
-                          reference_copy=kl > 0 and lora is None, ddp=ddp, sources=rl_src),
-        ]
+        sources = {**common, "lora_rank": "sft.lora"}
+        stages += _rl_stages(_init_args(rl.get("module")), tasks, StageSettings("rl", dtype, compute, lora, shard,
+                             checkpointing=ckpt, ddp=ddp, sources=sources), "rl.module.init_args.",
+                             (sft.get("max_length"), "sft.max_length"))
     ev = cfg.get("eval") or {}
     ev_context = int(sft.get("max_length") or 2048) + int(ev.get("max_new_tokens", 32))
     stages.append(StageSettings("eval", dtype, compute, None, 1, generation_batch=int(ev.get("batch_size", 25)),
@@ -428,6 +417,24 @@ def _pipeline_stages(cfg: Mapping[str, Any]) -> list[StageSettings]:
                                 sources={"dtype": "base.dtype", "generation_batch": "eval.batch_size",
                                          "context": "sft.max_length + eval.max_new_tokens"}))
     return stages
+
+
+def _rl_stages(module: Mapping[str, Any], tasks: int, base: StageSettings, prefix: str,
+               default_prompt: tuple[Any, str]) -> list[StageSettings]:
+    """The rollout and update stages of an RL module's init args (``base``: the policy's settings)."""
+    rollout = module.get("rollout") or {}
+    gen = int(rollout.get("generation_batch_size") or tasks * int(module.get("group_size", 8)))
+    prompt = rollout.get("max_prompt_tokens")
+    context = int(prompt or default_prompt[0] or 2048) + int(rollout.get("max_new_tokens", 48))
+    sources = {**base.sources, "generation_batch": f"{prefix}rollout.generation_batch_size",
+               "context": f"{prefix}rollout.max_prompt_tokens" + ("" if prompt else f" (unset: {default_prompt[1]})"),
+               "tokens": f"{prefix}update.micro_batch_size × context"}
+    micro = int(_get(module, "update", "micro_batch_size", default=8))
+    kl = float(_get(module, "kl", "coef", default=0.0) or 0.0)
+    reference = kl > 0 and base.lora_rank is None
+    return [replace(base, stage="rl_rollout", checkpointing=False, ddp=False, generation_batch=gen, context=context,
+                    reference_copy=reference, sources=sources),
+            replace(base, stage="rl_update", tokens=micro * context, reference_copy=reference, sources=sources)]
 
 
 def _fit_stages(cfg: Mapping[str, Any]) -> list[StageSettings]:
@@ -445,6 +452,10 @@ def _fit_stages(cfg: Mapping[str, Any]) -> list[StageSettings]:
     sources = {"dtype": "model.init_args.policy.dtype", "compute_dtype": "trainer.precision",
                "checkpointing": "model.init_args.policy.gradient_checkpointing", "tokens": src,
                "lora_rank": "model.init_args.policy.lora"}
+    if ".rl." in str(_get(cfg, "model", "class_path", default="")):  # an RL module (prism_lit.rl.GRPOModule ...)
+        base = StageSettings("rl", dtype, compute, lora, world if fsdp else 1, checkpointing=ckpt,
+                             ddp=world > 1 and not fsdp, sources=sources)
+        return _rl_stages(model, int(data.get("tasks_per_batch") or 1), base, "model.init_args.", (None, "2048"))
     chunk = int(model.get("logits_chunk_tokens") or 1024)
     stages = [StageSettings("sft", dtype, compute, lora, world if fsdp else 1, tokens, ckpt, chunk,
                             ddp=world > 1 and not fsdp, sources=sources)]

@@ -192,3 +192,17 @@ def test_ppo_trains_a_value_head_resumes_and_exports(tmp_path, gw_policy_dir, gw
     _trainer(tmp_path / "r", max_steps=8).fit(
         resumed, RLTaskDataModule(GUESS_WORD_ID, env_kwargs=ONE_TRY, tasks_per_batch=4), ckpt_path=path)
     assert resumed.iteration == 2
+
+
+def test_fsdp1_strategy_is_refused_with_the_supported_alternatives(gw_policy_dir, gw_protocol):
+    """FSDPStrategy (FSDP1) would all-gather inside rollouts whose forward counts differ per rank (a hang): the RL
+    modules refuse it when they build the model and name FSDP2Strategy."""
+    from types import SimpleNamespace
+
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    module = _grpo(gw_policy_dir, gw_protocol)
+    module._trainer = SimpleNamespace(strategy=FSDPStrategy())
+    with pytest.raises(ValueError, match="FSDP2Strategy"):
+        module.configure_model()
+    assert module.model is None

@@ -113,3 +113,16 @@ def test_world_info_reads_torchrun_then_slurm(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "8")
     assert world_info() == (3, 8)
 
+
+
+def test_check_checkpoint_accepts_a_sharded_checkpoint_directory(tmp_path):
+    """``--ckpt_path`` may name a Distributed Checkpoint directory (FSDP2Strategy's default); other directories fail."""
+    from prism_lit.errors import MissingFileError
+    from prism_lit.io import check_checkpoint
+
+    sharded = tmp_path / "last.ckpt"
+    sharded.mkdir()
+    with pytest.raises(MissingFileError, match="is a directory"):
+        check_checkpoint(sharded)
+    (sharded / ".metadata").write_bytes(b"")
+    assert check_checkpoint(sharded) == sharded

@@ -5,6 +5,7 @@ from prism_lit.policy.embedded import EmbeddedModelSpec, build_embedded_default,
 from prism_lit.policy.loading import (
     LoraSpec,
     PolicySpec,
+    build_model_skeleton,
     ensure_policy_files,
     export_policy,
     load_model,
@@ -13,7 +14,8 @@ from prism_lit.policy.loading import (
 )
 
 __all__ = [
-    "EmbeddedModelSpec", "LoraSpec", "PolicySpec", "build_embedded_default", "build_model", "ensure_policy_files",
+    "EmbeddedModelSpec", "LoraSpec", "PolicySpec", "build_embedded_default", "build_model", "build_model_skeleton",
+    "ensure_policy_files",
     "export_policy", "load_model", "load_policy", "load_tokenizer", "stop_token_ids", "template_name",
     "train_tokenizer",
 ]

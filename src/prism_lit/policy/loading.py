@@ -233,6 +233,35 @@ def load_model(spec: PolicySpec):
     return model
 
 
+def build_model_skeleton(spec: PolicySpec):
+    """``spec``'s model as :func:`~prism_lit.policy.load_model` builds it (architecture, dtype, attention, activation
+    checkpointing, LoRA or the saved adapter's config), without reading any weight: the ranks that receive their
+    shards from rank 0 (:func:`~prism_lit.distributed.load_sharded_fsdp2`) build it under ``torch.device("meta")``."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(spec.path, local_files_only=True, trust_remote_code=spec.trust_remote_code)
+    model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, DTYPES[spec.dtype]),
+                                             attn_implementation=spec.attn_implementation,
+                                             trust_remote_code=spec.trust_remote_code)
+    if spec.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    peft_config = spec.lora.to_peft() if spec.lora is not None else None
+    if spec.adapter_path is not None:
+        from peft import PeftConfig
+
+        peft_config = PeftConfig.from_pretrained(spec.adapter_path, local_files_only=True)
+        peft_config.inference_mode = False  # trained further, as load_model's is_trainable=True
+    if peft_config is not None:
+        from peft import get_peft_model
+
+        model = get_peft_model(model, peft_config)
+    if spec.gradient_checkpointing and hasattr(model, "enable_input_require_grads"):
+        model.enable_input_require_grads()
+    return model
+
+
 def load_policy(spec: PolicySpec) -> tuple[Any, Any]:
     """``(model, tokenizer)`` for ``spec``."""
     ensure_policy_files(spec)

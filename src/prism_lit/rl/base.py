@@ -28,7 +28,10 @@ What else the base owns:
   episodes to TensorBoard),
 - checkpoints: only trainable weights are stored (adapter-only with LoRA), plus Python/NumPy/torch RNG states
   and the sampling generator; the task-stream position is stored by Lightning (the stream is stateful),
-- gradient averaging under DDP for several backward passes per step, and the export at the end of ``fit``.
+- gradient averaging under DDP for several backward passes per step, and the export at the end of ``fit``;
+- FSDP2 (``ModelParallelStrategy``): the policy (and the KL reference of full fine-tuning) is sharded in
+  ``configure_model``; :class:`~prism_lit.rl.fsdp.FSDP2Sync` keeps its weights gathered through the rollout and
+  evaluation and gives every rank the same number of micro-batches and one synchronising backward per optimizer step.
 """
 
 from __future__ import annotations
@@ -39,17 +42,19 @@ import inspect
 import json
 import random
 from collections.abc import Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from typing import Any, ClassVar
 
 import lightning.pytorch as pl
 import numpy as np
 import torch
 
+from prism_lit.distributed import export_sharded_policy, fsdp2_options, is_sharded
 from prism_lit.envs.protocol import AgentProtocol
-from prism_lit.policy import PolicySpec, export_policy, load_policy
+from prism_lit.policy import PolicySpec, export_policy, load_policy, load_tokenizer
 from prism_lit.rl.config import EvalConfig, KLConfig, OptimConfig, UpdateConfig
 from prism_lit.rl.evaluation import EpisodeMetrics, default_task_types
+from prism_lit.rl.fsdp import FSDP2Sync, is_dtensor, load_sharded_policy, max_over_ranks
 from prism_lit.rl.losses import Minibatch, kl_penalty
 from prism_lit.rl.rollout import Episode, RolloutConfig, RolloutEngine, episode_table, group_tasks
 from prism_lit.rl.scoring import (
@@ -164,6 +169,9 @@ class RLModuleBase(pl.LightningModule):
         self._pending_generator_state: torch.Tensor | None = None
         self._metrics: dict[str, EpisodeMetrics] = {}
         self._samples: dict[str, list[Episode]] = {}
+        self._fsdp: FSDP2Sync | None = None  # set in configure_model under ModelParallelStrategy
+        self._eval_gather: ExitStack | None = None
+        self._filler: StepSample | None = None  # FSDP2: the sample of zero-weight micro-batches
         self.iteration = 0  # RL iterations (rollout + update) done
         self._save_hparams()
 
@@ -213,15 +221,33 @@ class RLModuleBase(pl.LightningModule):
     def configure_model(self) -> None:
         if self.model is not None:
             return
-        model, tokenizer = load_policy(self.policy_spec)
+        self._refuse_fsdp1()
+        mesh = self.device_mesh
+        if mesh is None:
+            model, tokenizer = load_policy(self.policy_spec)
+        else:  # FSDP2: one fully_shard unit per decoder layer, then the root; read on rank 0 only
+            options = fsdp2_options(self._trainer.strategy) if self._trainer is not None else {}
+            model, tokenizer = load_sharded_policy(self.policy_spec, mesh, **options), load_tokenizer(self.policy_spec)
+            self._fsdp = FSDP2Sync(model)
         model.train()  # from_pretrained leaves eval mode; rollouts switch to eval themselves
         self.model = model
         self.tokenizer = tokenizer
         if self.kl.coef > 0 and not _is_peft(model):
-            self.ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+            self.ref_model = (copy.deepcopy(model) if mesh is None else
+                              load_sharded_policy(self.policy_spec, mesh, frozen=True, **options))
+            self.ref_model.eval().requires_grad_(False)
         self.configure_extra_modules()
         if _is_peft(model) or self.ref_model is not None:
             self.strict_loading = False  # frozen weights are not in our checkpoints; they come from policy.path
+
+    def _refuse_fsdp1(self) -> None:
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        if self._trainer is not None and isinstance(self._trainer.strategy, FSDPStrategy):
+            raise ValueError(
+                f"{type(self).__name__}: FSDPStrategy (FSDP1) is not supported by the RL modules. Use "
+                "prism_lit.distributed.FSDP2Strategy (FSDP2, also on CPU) or DDP; see docs/rl.md, 'Limits and notes'."
+            )
 
     def configure_extra_modules(self) -> None:
         """Hook for algorithm-specific modules built once the policy exists (PPO's value head)."""
@@ -288,7 +314,11 @@ class RLModuleBase(pl.LightningModule):
             "perf/env_s": stats.env_s,
         }
 
-    # ------------------------------------------------------------------ DDP gradients
+    # ------------------------------------------------------------------ DDP / FSDP2 gradients
+    def gathered_policy(self):
+        """FSDP2: keep the policy's weights gathered inside the block (rollouts, evaluation); else nothing."""
+        return self._fsdp.gathered() if self._fsdp is not None else nullcontext()
+
     def _ddp_model(self):
         from torch.nn.parallel import DistributedDataParallel
 
@@ -303,10 +333,16 @@ class RLModuleBase(pl.LightningModule):
             yield
 
     def average_gradients(self) -> None:
-        """Average gradients across DDP ranks once per optimizer step (pairs with :meth:`no_grad_sync`)."""
-        if self._ddp_model() is None:
+        """Average gradients across DDP ranks once per optimizer step (pairs with :meth:`no_grad_sync`); under FSDP2
+        only those of the parameters outside the sharded policy (PPO's value head): FSDP2 reduces the rest."""
+        if self._ddp_model() is not None:
+            params = self.trainable_parameters()
+        elif self._fsdp is not None:
+            params = self._fsdp.replicated(self.trainable_parameters())
+        else:
             return
-        params = self.trainable_parameters()
+        if not params:
+            return
         # when no rank ran a backward (every sample skipped everywhere), leave the gradients unset as one process
         # would, so the optimizer step changes nothing (zeros would still move Adam's parameters by momentum)
         if self.agreed_count(int(any(p.grad is not None for p in params))) == 0:
@@ -319,28 +355,30 @@ class RLModuleBase(pl.LightningModule):
             p.grad.div_(world)
 
     def agreed_count(self, count: int) -> int:
-        """The largest ``count`` over the DDP ranks.
+        """The largest ``count`` over the ranks (DDP or FSDP2).
 
         Every optimizer update all-reduces gradients, so all ranks must take the same number of updates even when
         their rollout buffers differ in size; a rank with fewer samples runs empty minibatches.
         """
-        if self._ddp_model() is None:
+        if self._ddp_model() is None and self._fsdp is None:
             return count
-        value = torch.tensor([count], device=self.device)
-        torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
-        return int(value.item())
+        return max_over_ranks(count, self.device)
 
     def optimizer_update(self, optimizer) -> float:
-        """Sync, clip (through Lightning, so precision plugins and FSDP are respected) and apply the gradients.
+        """Sync, clip (through Lightning, so precision plugins are respected; under FSDP2 sharded and replicated
+        gradients together) and apply the gradients.
 
         Returns the gradient norm before clipping (for logging).
         """
         self.average_gradients()
         params = [p for p in self.trainable_parameters() if p.grad is not None]
-        norm = float(torch.nn.utils.clip_grad_norm_(params, float("inf"))) if params else 0.0
-        if self.optim.max_grad_norm:
-            self.clip_gradients(optimizer, gradient_clip_val=self.optim.max_grad_norm,
-                                gradient_clip_algorithm="norm")
+        if self._fsdp is not None:  # sharded (DTensor) and replicated gradients, one norm
+            norm = self._fsdp.clip_grad_norm_(params, self.optim.max_grad_norm)
+        else:
+            norm = float(torch.nn.utils.clip_grad_norm_(params, float("inf"))) if params else 0.0
+            if self.optim.max_grad_norm:
+                self.clip_gradients(optimizer, gradient_clip_val=self.optim.max_grad_norm,
+                                    gradient_clip_algorithm="norm")
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         return norm
@@ -352,8 +390,9 @@ class RLModuleBase(pl.LightningModule):
         return self.train_engine().run(self.model, rows, generator=self.sampling_generator())
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        episodes = self.rollout(batch)
-        samples = self.build_samples(episodes)
+        with self.gathered_policy():  # FSDP2: ranks run different numbers of forwards here
+            episodes = self.rollout(batch)
+            samples = self.build_samples(episodes)
         summary = self.update(samples)
         self.iteration += 1
         summary.update(self.rollout_metrics(episodes, self.train_engine()))
@@ -384,6 +423,7 @@ class RLModuleBase(pl.LightningModule):
             # every optimizer step all-reduces: the same number on every rank, empty minibatches where short
             count = self.agreed_count(count)
         units = self.units(samples)
+        self._filler = samples[0] if samples else None
         logs: dict[str, list[float]] = {}
         for _ in range(self.update_config.epochs):
             order = torch.randperm(len(units), generator=self.sampling_generator(), device=self.device).tolist()
@@ -413,18 +453,27 @@ class RLModuleBase(pl.LightningModule):
             steps += len(unit)
         return out
 
+    def score(self, micro: list[list[StepSample]], with_entropy: bool = False,
+              with_hidden: bool = False) -> tuple[TokenBatch, PolicyOutput]:
+        """The collated micro-batch (on the module's device) and the policy's output on it."""
+        batch = collate_units(micro, self.tokenizer.pad_token_id).to(self.device)
+        out = policy_forward(self.model, batch, self.rollout_config.temperature, with_entropy=with_entropy,
+                             with_hidden=with_hidden)
+        return batch, out
+
     def scored_micro_batches(self, samples: list[StepSample], with_entropy: bool = False,
                              with_hidden: bool = False):
         """Yield ``(replies, batch, out)`` per micro-batch: the samples in the batch's reply order, the collated
         batch (on the module's device) and the policy's output on it."""
-        temperature = self.rollout_config.temperature
         for micro in self.micro_batches(samples):
-            batch = collate_units(micro, self.tokenizer.pad_token_id).to(self.device)
-            out = policy_forward(self.model, batch, temperature, with_entropy=with_entropy, with_hidden=with_hidden)
+            batch, out = self.score(micro, with_entropy, with_hidden)
             yield [s for unit in micro for s in unit], batch, out
 
     def minibatch_backward(self, minibatch: list[StepSample]) -> dict[str, float]:
-        """Accumulate the gradient of one minibatch's loss over its micro-batches; returns the minibatch's logs."""
+        """Accumulate the gradient of one minibatch's loss over its micro-batches; returns the minibatch's logs.
+
+        Under FSDP2 every rank runs the same number of micro-batches (zero-weight ones where it has fewer), and only
+        the last backward reduce-scatters."""
         temperature = self.rollout_config.temperature
         regularised = self.kl.coef > 0 or self.entropy_coef != 0
         run = minibatch
@@ -434,9 +483,18 @@ class RLModuleBase(pl.LightningModule):
         mb = Minibatch(num_tokens=sum(len(s.action_ids) for s in minibatch), num_seqs=len(minibatch),
                        run_tokens=sum(len(s.action_ids) for s in run), run_seqs=len(run),
                        norm_length=self.rollout_config.max_new_tokens, agg=self.update_config.loss_agg)
+        plan = [(units, True) for units in self.micro_batches(run)]
+        if self._fsdp is not None:  # padded to the ranks' largest count; only the last backward reduce-scatters
+            plan = self._fsdp.padded(plan, [[self._filler]], self.device)
         logs: dict[str, float] = {}
         with self.no_grad_sync():
-            for _, micro, out in self.scored_micro_batches(run, with_entropy=True, with_hidden=self.needs_state_hidden):
+            for units, real in plan:
+                micro, out = self.score(units, with_entropy=True, with_hidden=self.needs_state_hidden)
+                if not real:  # FSDP2 padding: a micro-batch's collectives (the reference's too), zero gradient
+                    if self.kl.coef > 0:
+                        self.reference_logprobs(micro, temperature)
+                    self.manual_backward(out.logprobs.sum() * 0.0)
+                    continue
                 mask = micro.action_mask
                 loss, terms = self.loss(out, micro, mb)
                 entropy = mb.aggregate_run(out.entropy, mask)
@@ -474,6 +532,9 @@ class RLModuleBase(pl.LightningModule):
             self._samples[key].extend(episodes[:room])
 
     def _eval_epoch_start(self, stage: str) -> None:
+        if self._fsdp is not None:  # ranks may play different numbers of panel batches
+            self._eval_gather = ExitStack()
+            self._eval_gather.enter_context(self.gathered_policy())
         names = getattr(self.trainer.datamodule, "eval_panel_names", None) if self._trainer else None
         for name in names or []:  # same metric objects on every rank, even one without batches of a panel
             key = f"{stage}/{name}"
@@ -481,6 +542,9 @@ class RLModuleBase(pl.LightningModule):
             self._samples[key] = []
 
     def _eval_epoch_end(self, stage: str) -> None:
+        if self._eval_gather is not None:
+            self._eval_gather.close()
+            self._eval_gather = None
         for key in sorted(k for k in self._metrics if k.startswith(f"{stage}/")):
             metric = self._metrics[key]
             values = metric.compute()
@@ -512,8 +576,9 @@ class RLModuleBase(pl.LightningModule):
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         trainable = {name for name, p in self.named_parameters() if p.requires_grad}
-        if _is_peft(self.model) or self.ref_model is not None:
-            state = checkpoint["state_dict"]
+        state = checkpoint["state_dict"]
+        # a sharded (DCP) checkpoint keeps every entry: Lightning loads it by the module's whole state dict
+        if (_is_peft(self.model) or self.ref_model is not None) and not any(map(is_dtensor, state.values())):
             for key in list(state):
                 if key.startswith("ref_model.") or (key not in trainable and key.startswith("model.")):
                     del state[key]
@@ -530,7 +595,8 @@ class RLModuleBase(pl.LightningModule):
         state = checkpoint.get(CHECKPOINT_KEY)
         if state is None:
             return
-        missing = [n for n, p in self.named_parameters() if p.requires_grad and n not in checkpoint["state_dict"]]
+        saved = checkpoint.get("state_dict")  # None under FSDP2Strategy: it loads (and removes) it before this hook
+        missing = [] if saved is None else [n for n, p in self.named_parameters() if p.requires_grad and n not in saved]
         if missing:
             raise KeyError(f"resume: the checkpoint lacks trainable weights {missing[:5]} (different LoRA settings?)")
         self.iteration = int(state["iteration"])
@@ -545,11 +611,18 @@ class RLModuleBase(pl.LightningModule):
 
     # ------------------------------------------------------------------ export
     def export(self, out_dir: str) -> None:
-        """Write the policy (adapter or full model) and tokenizer in HF format to ``out_dir``."""
-        export_policy(self.model, self.tokenizer, out_dir)
+        """Write the policy (adapter or full model) and tokenizer in HF format to ``out_dir``. Sharded: every rank
+        calls it (a gather of the weights), rank 0 writes."""
+        if is_sharded(self.model):
+            export_sharded_policy(self.trainer.strategy.model, self.model, self.tokenizer, out_dir)
+        else:
+            export_policy(self.model, self.tokenizer, out_dir)
 
     def on_fit_end(self) -> None:
-        if self.export_dir and self.trainer.is_global_zero:
+        if self.export_dir and is_sharded(self.model):
+            self.export(self.export_dir)
+            self.trainer.strategy.barrier("rl_export")
+        elif self.export_dir and self.trainer.is_global_zero:
             self.export(self.export_dir)
 
     def teardown(self, stage: str) -> None:

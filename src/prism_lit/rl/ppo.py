@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from prism_lit.distributed import is_rank_zero
 from prism_lit.envs.protocol import AgentProtocol
 from prism_lit.policy import PolicySpec
 from prism_lit.rl.base import RLModuleBase
@@ -138,4 +139,5 @@ class PPOModule(RLModuleBase):
     def export(self, out_dir: str) -> None:
         """The policy in HF format, plus ``value_head.pt`` (the value head's state dict) beside it."""
         super().export(out_dir)
-        torch.save(self.value_head.state_dict(), f"{out_dir}/value_head.pt")
+        if is_rank_zero():  # the head is replicated, not sharded: one writer
+            torch.save(self.value_head.state_dict(), f"{out_dir}/value_head.pt")

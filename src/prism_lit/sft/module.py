@@ -35,6 +35,7 @@ from prism_lit.policy import (
     EmbeddedModelSpec,
     LoraSpec,
     PolicySpec,
+    build_model_skeleton,
     ensure_policy_files,
     export_policy,
     load_model,
@@ -85,36 +86,6 @@ def check_optimizer_settings(lr: float, weight_decay: float, betas, warmup_steps
 
 # the saved hyper-parameters hold these dataclasses; resuming loads checkpoints with torch.load(weights_only=True)
 torch.serialization.add_safe_globals([PolicySpec, LoraSpec, EmbeddedModelSpec])
-
-
-def build_model_skeleton(spec: PolicySpec) -> torch.nn.Module:
-    """``spec``'s model as :func:`~prism_lit.policy.load_model` builds it (architecture, dtype, attention, activation
-    checkpointing, LoRA or the saved adapter's config), without reading any weight: the ranks that receive their
-    shards from rank 0 (:func:`~prism_lit.distributed.load_sharded_fsdp2`) build it under ``torch.device("meta")``."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    from prism_lit.policy.loading import DTYPES
-
-    config = AutoConfig.from_pretrained(spec.path, local_files_only=True, trust_remote_code=spec.trust_remote_code)
-    model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, DTYPES[spec.dtype]),
-                                             attn_implementation=spec.attn_implementation,
-                                             trust_remote_code=spec.trust_remote_code)
-    if spec.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.config.use_cache = False
-    peft_config = spec.lora.to_peft() if spec.lora is not None else None
-    if spec.adapter_path is not None:
-        from peft import PeftConfig
-
-        peft_config = PeftConfig.from_pretrained(spec.adapter_path, local_files_only=True)
-        peft_config.inference_mode = False  # trained further, as load_model's is_trainable=True
-    if peft_config is not None:
-        from peft import get_peft_model
-
-        model = get_peft_model(model, peft_config)
-    if spec.gradient_checkpointing and hasattr(model, "enable_input_require_grads"):
-        model.enable_input_require_grads()
-    return model
 
 
 class SFTModule(L.LightningModule):
