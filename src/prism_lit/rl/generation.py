@@ -199,6 +199,40 @@ def _cache_argument(model) -> str:
     return "cache" if "cache" in params and "past_key_values" not in params else "past_key_values"
 
 
+def _room(view: torch.Tensor, backing: torch.Tensor | None, length: int) -> torch.Tensor:
+    """A ``[batch, heads, >= length, dim]`` buffer whose first columns hold ``view``: ``backing`` when ``view`` is
+    its prefix and it has room for ``length`` columns, else a new one with room to double into."""
+    if (backing is not None and backing.data_ptr() == view.data_ptr() and backing.shape[:2] == view.shape[:2]
+            and backing.stride() == view.stride() and backing.shape[2] >= length):
+        return backing
+    buf = view.new_empty((*view.shape[:2], max(2 * length, 64), view.shape[3]))
+    buf[:, :, :view.shape[2]] = view
+    return buf
+
+
+def _backings(cache) -> list[torch.Tensor | None]:
+    """Each cache tensor's preallocated buffer (a grown layer's room; ``None`` where there is none), in
+    :func:`_map_cache`'s order."""
+    if not hasattr(cache, "layers"):
+        return [None] * len(_cache_tensors(cache))
+    out: list[torch.Tensor | None] = []
+    for layer in cache.layers:
+        if getattr(layer, "keys", None) is not None and layer.keys.numel():
+            out += [getattr(layer, "_k", None), getattr(layer, "_v", None)]
+    return out
+
+
+def _install(cache, buffers: Sequence[torch.Tensor], length: int) -> None:
+    """Make each cache tensor the first ``length`` columns of its buffer (the rest is room to grow into)."""
+    views = iter(buffers)
+    _map_cache(cache, lambda _x: next(views)[:, :, :length])
+    if hasattr(cache, "layers"):
+        rooms = iter(buffers)
+        for layer in cache.layers:
+            if getattr(layer, "keys", None) is not None and layer.keys.numel():
+                layer._k, layer._v = next(rooms), next(rooms)
+
+
 def _growable_cache():
     """A ``DynamicCache`` whose layers grow into preallocated room (doubling) instead of concatenating at every
     token, which copies the whole cache each step (transformers >= 5; a plain ``DynamicCache`` before)."""
@@ -219,22 +253,38 @@ def _growable_cache():
             if not self.is_initialized:
                 self.lazy_initialization(key_states, value_states)
             n = self.get_seq_length()
-            add = key_states.shape[-2]
-            backed = (self._k is not None and n > 0 and self.keys.data_ptr() == self._k.data_ptr()
-                      and self._k.shape[0] == key_states.shape[0] and self.keys.stride() == self._k.stride())
-            if not backed or self._k.shape[-2] < n + add:
-                shape = (*key_states.shape[:2], max(2 * (n + add), 64), key_states.shape[-1])
-                k, v = key_states.new_empty(shape), value_states.new_empty(shape)
-                if n:
-                    k[:, :, :n], v[:, :, :n] = self.keys, self.values
-                self._k, self._v = k, v
-            self._k[:, :, n:n + add] = key_states
-            self._v[:, :, n:n + add] = value_states
-            self.keys, self.values = self._k[:, :, :n + add], self._v[:, :, :n + add]
+            end = n + key_states.shape[-2]
+            self._k = _room(self.keys if n else key_states[:, :, :0], self._k, end)
+            self._v = _room(self.values if n else value_states[:, :, :0], self._v, end)
+            self._k[:, :, n:end] = key_states
+            self._v[:, :, n:end] = value_states
+            self.keys, self.values = self._k[:, :, :end], self._v[:, :, :end]
             return self.keys, self.values
 
     cache.layer_class_to_replicate = GrowableLayer
     return cache
+
+
+def length_groups(lengths: Sequence[int], overhead: int = 128, max_groups: int = 3) -> list[list[int]]:
+    """Rows grouped by length so that padding each group to its longest row costs least, counting ``overhead``
+    tokens per extra group (a forward's fixed cost): at most ``max_groups`` groups of row indices, shortest first."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    sizes = [lengths[i] for i in order]
+    n = len(sizes)
+    # best[g][j]: the cost of the first j rows (by length) in g groups, and where the last group starts
+    best = [[(0, 0)] + [(float("inf"), 0)] * n]
+    for _ in range(min(max_groups, n)):
+        prev, row = best[-1], [(float("inf"), 0)] * (n + 1)
+        for j in range(1, n + 1):
+            row[j] = min((prev[i][0] + (j - i) * sizes[j - 1] + overhead, i) for i in range(j))
+        best.append(row)
+    groups_used = min(range(1, len(best)), key=lambda g: best[g][n][0])
+    groups, j = [], n
+    for g in range(groups_used, 0, -1):
+        i = best[g][j][1]
+        groups.append(order[i:j])
+        j = i
+    return groups[::-1]
 
 
 class KVCacheBackend:
@@ -308,6 +358,45 @@ class KVCacheBackend:
             new.append(list(prompt[keep:]))
         return new
 
+    def _prefill(self, new: list[list[int]], cache, cache_arg: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run each row's new tokens through the model into ``cache``; return the last logits ``[rows, vocab]``
+        and the attention mask of the grown cache. With a kept cache the new segments of a turn differ widely in
+        length (a search page against an item page), so the rows are prefilled in groups of similar length
+        (:func:`length_groups`) rather than all padded to the longest; the cache ends as if they had been."""
+        pad, device = self.pad_token_id, self.device
+        new_ids, new_mask = left_pad(new, pad, device)
+        mask = torch.cat([self._mask, new_mask], dim=1)
+        width = new_ids.shape[1]
+        position_ids = position_ids_from_mask(mask)[:, -width:]
+        groups = length_groups([len(n) for n in new]) if self._cache is not None and hasattr(cache, "layers") else []
+        if len(groups) < 2:
+            out = self.model(input_ids=new_ids, attention_mask=mask, position_ids=position_ids, use_cache=True,
+                             logits_to_keep=1, **{cache_arg: cache})  # the cache object is updated in place
+            return out.logits[:, -1, :], mask
+        start, end = self._mask.shape[1], mask.shape[1]
+        outer = _cache_tensors(cache)
+        buffers = [_room(view, room, end) for view, room in zip(outer, _backings(cache))]
+        for buf in buffers:
+            buf[:, :, start:end] = 0
+        logits = None
+        for group in groups:
+            index = torch.tensor(group, dtype=torch.long, device=device)
+            w = max(len(new[i]) for i in group)
+            sub_mask = torch.cat([self._mask[index], new_mask[index, width - w:]], dim=1)
+            subset = iter([t.index_select(0, index) for t in outer])
+            _map_cache(cache, lambda _x: next(subset))
+            out = self.model(input_ids=new_ids[index, width - w:], attention_mask=sub_mask,
+                             position_ids=position_ids[index, width - w:], use_cache=True, logits_to_keep=1,
+                             **{cache_arg: cache})
+            last = out.logits[:, -1, :]
+            if logits is None:
+                logits = last.new_empty((len(new), last.shape[-1]))
+            logits[index] = last
+            for buf, t in zip(buffers, _cache_tensors(cache)):
+                buf[index, :, end - w:end] = t[:, :, start:]
+        _install(cache, buffers, end)
+        return logits, mask
+
     @torch.no_grad()
     def generate(self, keys: Sequence[int], prompts: Sequence[Sequence[int]], params: SamplingParams,
                  generator: torch.Generator | None = None) -> list[Generation]:
@@ -322,18 +411,14 @@ class KVCacheBackend:
         device, batch, pad = self.device, len(prompts), self.pad_token_id
         new = self._prepare(keys, prompts)
         self.prefill_tokens += sum(len(n) for n in new)
-        new_ids, new_mask = left_pad(new, pad, device)
-        mask = torch.cat([self._mask, new_mask], dim=1)
-        position_ids = position_ids_from_mask(mask)[:, -new_ids.shape[1]:]
         cache = self._cache if self._cache is not None else _growable_cache()
         cache_arg = _cache_argument(self.model)
-        out = self.model(input_ids=new_ids, attention_mask=mask, position_ids=position_ids, use_cache=True,
-                         logits_to_keep=1, **{cache_arg: cache})  # the cache object is updated in place
+        logits, mask = self._prefill(new, cache, cache_arg)
         stop_ids = torch.as_tensor(sorted(set(params.stop_token_ids)), dtype=torch.long, device=device)
         may_stop = None
         if params.stop_strings:
             may_stop = stop_string_candidates(self.tokenizer, params.stop_strings).to(device)
-            extra = out.logits.shape[-1] - may_stop.numel()
+            extra = logits.shape[-1] - may_stop.numel()
             if extra > 0:  # ids past the tokenizer's vocabulary: always checked
                 may_stop = torch.cat([may_stop, torch.ones(extra, dtype=torch.bool, device=device)])
         out_tokens = torch.full((batch, params.max_new_tokens), pad, dtype=torch.long, device=device)
@@ -345,8 +430,7 @@ class KVCacheBackend:
         # the decode batch shrinks to the rows still running once half of it is done; ``levels`` keeps the enclosing
         # batches' caches so the rows that stopped keep theirs for the next turn
         rows = torch.arange(batch, device=device)
-        logits = out.logits[:, -1, :]
-        levels: list[tuple[list, torch.Tensor, torch.Tensor]] = []
+        levels: list[tuple[list, list, torch.Tensor, torch.Tensor]] = []
         for t in range(params.max_new_tokens):
             tokens, logprobs = sample_tokens(logits, params.temperature, params.top_p, params.greedy, generator)
             active = ~finished[rows]
@@ -378,23 +462,21 @@ class KVCacheBackend:
             if 2 * int(running.sum()) <= rows.numel():
                 keep = running.nonzero().squeeze(-1)
                 if self.reuse_cache:
-                    levels.append((_cache_tensors(cache), mask, keep))
+                    levels.append((_cache_tensors(cache), _backings(cache), mask, keep))
                 _map_cache(cache, lambda x, keep=keep: x.index_select(0, keep))
                 mask, rows, logits = mask[keep], rows[keep], logits[keep]
         while levels:  # put the rows that ran longer back into the enclosing batches' caches
-            outer, outer_mask, keep = levels.pop()
-            extra = mask.shape[1] - outer_mask.shape[1]
-            merged_mask = torch.cat([outer_mask, outer_mask.new_zeros((outer_mask.shape[0], extra))], dim=1)
+            outer, rooms, outer_mask, keep = levels.pop()
+            start, end = outer_mask.shape[1], mask.shape[1]
+            merged_mask = torch.cat([outer_mask, outer_mask.new_zeros((outer_mask.shape[0], end - start))], dim=1)
             merged_mask[keep] = mask
-            inner = iter(_cache_tensors(cache))
-
-            def merge(x, outer=iter(outer), inner=inner, keep=keep, extra=extra):
-                tensor = next(outer)
-                tensor = torch.cat([tensor, tensor.new_zeros((*tensor.shape[:2], extra, tensor.shape[3]))], dim=2)
-                tensor[keep] = next(inner)
-                return tensor
-
-            _map_cache(cache, merge)
+            buffers = []
+            for view, room, inner in zip(outer, rooms, _cache_tensors(cache)):
+                buf = _room(view, room, end)  # the outer rows' columns up to ``start`` are still in place
+                buf[:, :, start:end] = 0
+                buf[keep, :, start:end] = inner[:, :, start:end]
+                buffers.append(buf)
+            _install(cache, buffers, end)
             mask = merged_mask
         tok_rows, lp_rows = out_tokens.tolist(), out_logprobs.tolist()
         lens, stop_list, last_list = lengths.tolist(), stopped.tolist(), last_active.tolist()
