@@ -205,8 +205,21 @@ def _room(view: torch.Tensor, backing: torch.Tensor | None, length: int) -> torc
     if (backing is not None and backing.data_ptr() == view.data_ptr() and backing.shape[:2] == view.shape[:2]
             and backing.stride() == view.stride() and backing.shape[2] >= length):
         return backing
-    buf = view.new_empty((*view.shape[:2], max(2 * length, 64), view.shape[3]))
+    buf = _new_room(view, view.shape[0], length)
     buf[:, :, :view.shape[2]] = view
+    return buf
+
+
+def _new_room(like: torch.Tensor, rows: int, length: int) -> torch.Tensor:
+    """An uninitialised buffer of ``rows`` rows shaped like ``like``, with room for ``length`` columns and more."""
+    return like.new_empty((rows, like.shape[1], max(2 * length, 64), like.shape[3]))
+
+
+def _select_rows(t: torch.Tensor, index: torch.Tensor, length: int) -> torch.Tensor:
+    """``t``'s rows ``index`` written straight into a buffer with room for ``length`` columns (no second copy
+    when the cache next grows)."""
+    buf = _new_room(t, index.numel(), length)
+    torch.index_select(t, 0, index, out=buf[:, :, :t.shape[2]])
     return buf
 
 
@@ -333,8 +346,13 @@ class KVCacheBackend:
         width = int(mask.sum(-1).max())
         order = torch.sort(mask, dim=1, stable=True).indices[:, mask.shape[1] - width:]  # holes first, in order
         self._mask = mask.gather(1, order)
-        _map_cache(self._cache, lambda t: t.gather(2, order[:, None, :, None].expand(
-            t.shape[0], t.shape[1], width, t.shape[3])))
+        buffers = []
+        for t in _cache_tensors(self._cache):
+            buf = _new_room(t, t.shape[0], width)
+            torch.gather(t, 2, order[:, None, :, None].expand(t.shape[0], t.shape[1], width, t.shape[3]),
+                         out=buf[:, :, :width])
+            buffers.append(buf)
+        _install(self._cache, buffers, width)
 
     def _prepare(self, keys: Sequence[int], prompts: Sequence[Sequence[int]]) -> list[list[int]]:
         """Align the cache with ``keys`` and return the tokens each row still has to prefill."""
@@ -383,8 +401,7 @@ class KVCacheBackend:
             index = torch.tensor(group, dtype=torch.long, device=device)
             w = max(len(new[i]) for i in group)
             sub_mask = torch.cat([self._mask[index], new_mask[index, width - w:]], dim=1)
-            subset = iter([t.index_select(0, index) for t in outer])
-            _map_cache(cache, lambda _x: next(subset))
+            _install(cache, [_select_rows(t, index, end - width + w) for t in outer], start)
             out = self.model(input_ids=new_ids[index, width - w:], attention_mask=sub_mask,
                              position_ids=position_ids[index, width - w:], use_cache=True, logits_to_keep=1,
                              **{cache_arg: cache})
@@ -463,7 +480,8 @@ class KVCacheBackend:
                 keep = running.nonzero().squeeze(-1)
                 if self.reuse_cache:
                     levels.append((_cache_tensors(cache), _backings(cache), mask, keep))
-                _map_cache(cache, lambda x, keep=keep: x.index_select(0, keep))
+                _install(cache, [_select_rows(x, keep, x.shape[2] + 1) for x in _cache_tensors(cache)],
+                         mask.shape[1])
                 mask, rows, logits = mask[keep], rows[keep], logits[keep]
         while levels:  # put the rows that ran longer back into the enclosing batches' caches
             outer, rooms, outer_mask, keep = levels.pop()
