@@ -406,6 +406,22 @@ def test_plugin_overrides_on_the_command_line_reach_the_run(tmp_path):
     assert config["rl"]["module"]["init_args"]["optim"]["lr"] == 5e-5  # the rest of the YAML's module is kept
 
 
+def test_trainer_strategy_may_be_a_class_path_built_afresh_per_stage(tmp_path):
+    from prism_lit.distributed import FSDP2Strategy
+    from prism_lit.pipeline.stages import trainer_strategy
+
+    spec = {"class_path": "prism_lit.distributed.FSDP2Strategy",
+            "init_args": {"process_group_backend": "gloo", "save_distributed_checkpoint": False}}
+    first, second = trainer_strategy(spec), trainer_strategy(spec)
+    assert isinstance(first, FSDP2Strategy) and first is not second  # one Strategy per Trainer
+    assert trainer_strategy("ddp") == "ddp"
+    run = tmp_path / "run"
+    settings = {**_settings(tmp_path), "trainer": {"strategy": {"class_path": "prism_lit.distributed.NoSuchStrategy"}}}
+    with pytest.raises(ValueError, match="trainer.strategy.class_path"):
+        pipeline(**settings)
+    assert not run.exists()  # refused before the first stage
+
+
 def test_rl_never_trains_on_other_splits_or_evaluation_tasks(tmp_path):
     from prism_lit.pipeline.context import PipelineContext
     from prism_lit.pipeline.stages import StageError, check_rl_tasks, panel_task_ids

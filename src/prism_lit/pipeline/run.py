@@ -25,10 +25,17 @@ from prism_lit.pipeline.config import (
     ProbeSettings,
     RLSettings,
     SFTSettings,
+    plugin_spec,
     settings_json,
 )
 from prism_lit.pipeline.context import STAGE_ORDER, Artifacts, PipelineContext, read_stage_marker
-from prism_lit.pipeline.stages import STAGE_FUNCTIONS, base_policy, build_rl_module, policy_spec
+from prism_lit.pipeline.stages import (
+    STAGE_FUNCTIONS,
+    base_policy,
+    build_rl_module,
+    policy_spec,
+    trainer_strategy,
+)
 
 __all__ = ["STAGE_ORDER", "pipeline", "read_stage_marker", "stage_settings"]
 
@@ -66,7 +73,8 @@ def pipeline(
         seed: seed of task generation, model initialisation, training, RL sampling and random routing.
         method: the name this run has in reports and comparisons.
         trainer: extra ``lightning.Trainer`` arguments for every training stage (accelerator, devices,
-            strategy, precision, ...).
+            strategy, precision, ...); ``strategy`` may be a name or ``{class_path, init_args}``
+            (``prism_lit.distributed.FSDP2Strategy``: base, SFT and RL sharded with FSDP2).
         stop_after: stop after this stage.
         rerun: stages to run again from scratch (and every stage after them); their old outputs are moved to
             ``<run_dir>/replaced/<stage>-<time>/``, not deleted.
@@ -162,6 +170,7 @@ def check_before_run(ctx: PipelineContext, kept: tuple[str, ...]) -> None:
             check_policy_files(policy_spec(ctx, ctx.base.path))
         except (ValueError, FileNotFoundError) as err:
             raise type(err)(f"base.path: {err}") from None
+    trainer_strategy(ctx.trainer.get("strategy", "auto"))  # a class_path that does not build fails here
     if ctx.rl.enabled:
         try:
             build_rl_module(ctx, base_policy(ctx))
@@ -244,5 +253,7 @@ def _config_dict(ctx: PipelineContext) -> dict[str, Any]:
     return {
         "method": ctx.method, "seed": ctx.seed, "env": settings_json(ctx.env), "base": settings_json(ctx.base),
         "probe": settings_json(ctx.probe), "sft": settings_json(ctx.sft), "rl": settings_json(ctx.rl),
-        "eval": settings_json(ctx.eval), "trainer": ctx.trainer,
+        "eval": settings_json(ctx.eval),
+        "trainer": {k: v if isinstance(v, (str, int, float, bool, dict, list, type(None))) else plugin_spec(v)
+                    for k, v in ctx.trainer.items()},  # a Strategy object (the command line builds one) as its spec
     }

@@ -78,6 +78,7 @@ def _trainer(ctx: PipelineContext, stage: str, checkpoint_every_n_steps: int | N
                 "log_every_n_steps": 5,
                 # the DataModule shuffles when it builds a loader: rebuild every epoch for a new order
                 "reload_dataloaders_every_n_epochs": 1, **ctx.trainer, **kwargs}
+    settings["strategy"] = trainer_strategy(settings.get("strategy", "auto"))
     callbacks = list(settings.pop("callbacks", []))
     if not settings.get("enable_progress_bar"):
         callbacks.append(_progress_callback(stage))
@@ -94,6 +95,21 @@ def _trainer(ctx: PipelineContext, stage: str, checkpoint_every_n_steps: int | N
         default_root_dir=stage_dir, logger=TensorBoardLogger(stage_dir, name="tb", version=""), callbacks=callbacks,
         **settings,
     )
+
+
+def trainer_strategy(spec: Any) -> Any:
+    """``trainer.strategy`` for one Trainer stage: a name (``ddp``, ``auto``) as is; ``{class_path, init_args}``
+    (e.g. :class:`~prism_lit.distributed.FSDP2Strategy` with its mixed precision) built, and a Strategy object
+    (what the command line makes of that dict) copied, afresh for every stage: a Strategy belongs to one Trainer."""
+    if isinstance(spec, str):
+        return spec
+    from lightning.pytorch.strategies import Strategy
+
+    from prism_lit.pipeline.config import build_plugin
+
+    if isinstance(spec, Strategy):
+        return copy.deepcopy(spec)
+    return build_plugin(spec, Strategy, "trainer.strategy")
 
 
 def resume_checkpoint(ctx: PipelineContext, stage: str) -> str | None:
@@ -394,7 +410,8 @@ def train_rl(ctx: PipelineContext) -> dict[str, Any]:
                        max_epochs=-1, limit_val_batches=0, num_sanity_val_steps=0)
     _fit(ctx, "rl", trainer, module, data)
     return {"trained": True, "steps": trainer.global_step, "iterations": iterations, "n_tasks": len(tasks),
-            "adapter": start.adapter_path is not None}
+            "adapter": start.adapter_path is not None, "strategy": type(trainer.strategy).__name__,
+            "world_size": trainer.world_size}
 
 
 # ---------------------------------------------------------------------------------------------- eval

@@ -1,0 +1,66 @@
+"""``prism-lit pipeline`` with the RL stage under FSDP2 over 2 CPU processes (gloo), from the config's
+``trainer.strategy`` given as a ``class_path``, launched with ``torchrun`` as on a cluster (every rank runs the
+pipeline). Oracle: the stage's record names the strategy and the world size, both ranks stop at the same
+iteration, and the exported policy is the SFT policy moved by the updates (finite, every weight there)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.slow  # one torchrun of 2 processes (~25 s on a busy 2-core CPU)
+
+FSDP2 = {"class_path": "prism_lit.distributed.FSDP2Strategy",
+         "init_args": {"process_group_backend": "gloo", "save_distributed_checkpoint": False}}
+
+
+def test_pipeline_rl_stage_runs_under_fsdp2_from_the_trainer_section(tmp_path):
+    from safetensors.torch import load_file
+
+    from prism_lit.cli import main
+    from prism_lit.pipeline.run import read_stage_marker
+
+    run = tmp_path / "run"
+    config = {  # JSON is YAML: a pipeline config file
+        "run_dir": str(run),
+        "env": {"id": "webshop", "kwargs": {"num_products": 60, "results_per_page": 3}, "eval_splits": {"test": 2},
+                "protocol": {"env": "webshop", "numbered_actions": True, "number_pattern": r"^click\[b0"},
+                "expert_kwargs": {"query": "short"}},
+        "base": {"embedded": {"vocab_size": 400, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+                              "num_key_value_heads": 2, "intermediate_size": 64},
+                 "pretrain_tasks": 8, "pretrain_epochs": 1},
+        "probe": {"corpus_tasks": 8, "batch_size": 4},
+        "sft": {"epochs": 1, "batch_size": 4},
+        # full fine-tuning with an entropy and a KL term (a sharded reference copy): the weights move whatever
+        # the rewards of the untrained policy
+        "rl": {"module": {"class_path": "prism_lit.rl.GRPOModule",
+                          "init_args": {"group_size": 2, "optim": {"lr": 1e-3}, "entropy_coef": 0.01,
+                                        "kl": {"coef": 0.1}, "rollout": {"max_new_tokens": 6, "max_steps": 2}}},
+               "data": {"tasks_per_batch": 1}, "max_steps": 2},
+        "eval": {"policies": ["final"], "max_steps": 2, "batch_size": 2, "max_new_tokens": 6},
+        "trainer": {"enable_progress_bar": False},
+    }
+    (tmp_path / "pipeline.yaml").write_text(json.dumps(config))
+    (tmp_path / "fsdp2.yaml").write_text(json.dumps({"trainer": {"enable_progress_bar": False, "accelerator": "cpu",
+                                                                  "devices": 2, "strategy": FSDP2}}))
+    main(["pipeline", "--config", str(tmp_path / "pipeline.yaml"), "--stop_after=sft"])  # one process
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               "-m", "prism_lit.cli", "pipeline", "--config", str(tmp_path / "pipeline.yaml"),
+               "--config", str(tmp_path / "fsdp2.yaml"), "--stop_after=rl"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path, check=False)
+    assert result.returncode == 0, result.stderr[-6000:]
+    info = read_stage_marker(run, "rl")["info"]
+    assert info["trained"] and info["strategy"] == "FSDP2Strategy" and info["world_size"] == 2
+    assert info["steps"] == info["iterations"] == 2
+    start = load_file(run / "sft" / "export" / "model.safetensors")
+    trained = load_file(run / "rl" / "export" / "model.safetensors")
+    assert sorted(trained) == sorted(start)
+    assert all(v.isfinite().all() for v in trained.values())
+    assert max((trained[k] - start[k]).abs().max().item() for k in trained) > 1e-6
+    recorded = json.loads((run / "pipeline_config.json").read_text())["trainer"]["strategy"]
+    assert recorded["class_path"] == FSDP2["class_path"]
