@@ -300,6 +300,31 @@ def length_groups(lengths: Sequence[int], overhead: int = 128, max_groups: int =
     return groups[::-1]
 
 
+def lookup_drafts(context: torch.Tensor, ends: torch.Tensor, k: int, pad: int,
+                  ngrams: Sequence[int] = (3, 2, 1)) -> torch.Tensor | None:
+    """Prompt-lookup drafts: for each row of ``context`` (token ids, ``-1`` where there is none; row ``i``'s tokens
+    end at column ``ends[i]``), the ``k`` tokens that followed the latest earlier occurrence of its last n-gram
+    (the longest of ``ngrams`` that occurred), ``pad`` where there are none. ``None`` when no row has a draft.
+    Tensor work only. A reply that copies its observation (an action from the listed ones, a repeated phrase)
+    gets most tokens right."""
+    rows, width = context.shape
+    begin = torch.full((rows,), -1, dtype=torch.long, device=context.device)
+    for n in ngrams:
+        if width <= n:
+            continue
+        tail = context.gather(1, (ends[:, None] - n + torch.arange(n, device=context.device)).clamp(min=0))
+        starts = torch.arange(width - n + 1, device=context.device)[None]
+        match = ((context.unfold(1, n, 1) == tail[:, None, :]).all(-1) & (tail >= 0).all(-1, keepdim=True)
+                 & (starts < (ends - n)[:, None]))
+        latest = torch.where(match, starts, -1).max(1).values
+        begin = torch.where((begin < 0) & (latest >= 0), latest + n, begin)
+    if bool((begin < 0).all()):
+        return None
+    at = begin[:, None] + torch.arange(k, device=context.device)
+    drafts = context.gather(1, at.clamp(min=0, max=width - 1))
+    return torch.where((begin[:, None] >= 0) & (at < ends[:, None]) & (drafts >= 0), drafts, pad)
+
+
 class KVCacheBackend:
     """The HF model as a :class:`GenerationBackend`: batched sampling with a KV cache, optionally kept per row
     across calls (``reuse_cache``; see the module docstring).
@@ -313,8 +338,11 @@ class KVCacheBackend:
     """
 
     def __init__(self, model, pad_token_id: int, tokenizer=None, reuse_cache: bool = True,
-                 compact_at: float = 0.25) -> None:
+                 compact_at: float = 0.25, draft_tokens: int = 3) -> None:
+        if draft_tokens < 0:
+            raise ValueError(f"draft_tokens must be >= 0, got {draft_tokens}")
         self.model = model
+        self.draft_tokens = draft_tokens
         self.pad_token_id = pad_token_id
         self.tokenizer = tokenizer
         self.reuse_cache = reuse_cache
@@ -438,45 +466,80 @@ class KVCacheBackend:
             extra = logits.shape[-1] - may_stop.numel()
             if extra > 0:  # ids past the tokenizer's vocabulary: always checked
                 may_stop = torch.cat([may_stop, torch.ones(extra, dtype=torch.bool, device=device)])
-        out_tokens = torch.full((batch, params.max_new_tokens), pad, dtype=torch.long, device=device)
-        out_logprobs = torch.zeros((batch, params.max_new_tokens), dtype=torch.float32, device=device)
+        limit = params.max_new_tokens
+        out_tokens = torch.full((batch, limit), pad, dtype=torch.long, device=device)
+        out_logprobs = torch.zeros((batch, limit), dtype=torch.float32, device=device)
         lengths = torch.zeros(batch, dtype=torch.long, device=device)
+        fed = torch.zeros(batch, dtype=torch.long, device=device)  # reply tokens whose keys/values are cached
         finished = torch.zeros(batch, dtype=torch.bool, device=device)
         stopped = torch.zeros(batch, dtype=torch.bool, device=device)
-        last_active = torch.zeros(batch, dtype=torch.bool, device=device)
+        drafts = self.draft_tokens if params.greedy else 0
+        context = None
+        if drafts:  # where drafts are looked up: each row's prompt (left-padded with -1), then its reply
+            context, _ = pad_sequences(prompts, -1, side="left")
+            context = torch.cat([context.to(device), torch.full((batch, limit), -1, dtype=torch.long,
+                                                                 device=device)], dim=1)
+
+        def take(rows: torch.Tensor, tokens: torch.Tensor, logprobs: torch.Tensor, ok: torch.Tensor) -> None:
+            """Append ``tokens`` to the replies of ``rows`` where ``ok``; end the rows that stop or are full."""
+            r, at = rows[ok], lengths[rows[ok]]
+            out_tokens[r, at], out_logprobs[r, at] = tokens[ok], logprobs[ok]
+            lengths[r] += 1
+            if context is not None:
+                context[r, context.shape[1] - limit + at] = tokens[ok]
+            hit = torch.isin(tokens, stop_ids) & ok
+            if may_stop is not None:
+                check = may_stop[tokens] & ok & ~hit
+                if bool(check.any()):
+                    for i in check.nonzero().squeeze(-1).tolist():
+                        row = int(rows[i])
+                        text = self.tokenizer.decode(out_tokens[row, :int(lengths[row])].tolist(),
+                                                     skip_special_tokens=True)
+                        if any(s in text for s in params.stop_strings):
+                            hit[i] = True
+            stopped[rows] |= hit
+            finished[rows] |= hit | (lengths[rows] >= limit)
+
         # the decode batch shrinks to the rows still running once half of it is done; ``levels`` keeps the enclosing
         # batches' caches so the rows that stopped keep theirs for the next turn
         rows = torch.arange(batch, device=device)
         levels: list[tuple[list, list, torch.Tensor, torch.Tensor]] = []
-        for t in range(params.max_new_tokens):
+        while True:
             tokens, logprobs = sample_tokens(logits, params.temperature, params.top_p, params.greedy, generator)
             active = ~finished[rows]
             tokens = torch.where(active, tokens, torch.full_like(tokens, pad))
-            out_tokens[rows, t] = tokens
-            out_logprobs[rows, t] = logprobs
-            lengths[rows] += active.long()
-            hit = torch.isin(tokens, stop_ids) & active
-            if may_stop is not None:
-                check = may_stop[tokens] & active & ~hit
-                if bool(check.any()):
-                    for i in check.nonzero().squeeze(-1).tolist():
-                        row = int(rows[i])
-                        text = self.tokenizer.decode(out_tokens[row, :t + 1].tolist(), skip_special_tokens=True)
-                        if any(s in text for s in params.stop_strings):
-                            hit[i] = True
-            stopped[rows] |= hit
-            finished[rows] |= hit
-            if t == params.max_new_tokens - 1 or bool(finished.all()):
-                last_active[rows] = active
+            take(rows, tokens, logprobs, active)
+            if bool(finished.all()):
                 break
-            # feed this step's token of every row that was still running (rows done before feed a hole)
-            position_ids = mask.sum(-1, keepdim=True)
-            mask = torch.cat([mask, active[:, None].long()], dim=1)
-            out = self.model(input_ids=tokens[:, None], attention_mask=mask, position_ids=position_ids,
-                             use_cache=True, logits_to_keep=1, **{cache_arg: cache})
-            logits = out.logits[:, -1, :]
+            # feed this token of every row that was still running (rows done before feed a hole), and greedy
+            # drafts for the rows that go on: the forward scores them all, the longest prefix the model agrees with
+            # is kept (exactly the greedy tokens) and the other columns become holes
             running = ~finished[rows]
-            if 2 * int(running.sum()) <= rows.numel():
+            guess = lookup_drafts(context[rows], lengths[rows] + context.shape[1] - limit, drafts, pad) \
+                if drafts else None
+            inputs = tokens[:, None] if guess is None else torch.cat([tokens[:, None], guess], dim=1)
+            width = inputs.shape[1]
+            position_ids = mask.sum(-1, keepdim=True) + torch.arange(width, device=device)
+            mask = torch.cat([mask, active[:, None].long(), running[:, None].long().expand(-1, width - 1)], dim=1)
+            out = self.model(input_ids=inputs, attention_mask=mask, position_ids=position_ids, use_cache=True,
+                             logits_to_keep=width, **{cache_arg: cache})
+            fed[rows] += active.long()
+            accepted = torch.zeros_like(rows)
+            accepting = running
+            for j in range(width - 1):
+                agreed, agreed_logprobs = sample_tokens(out.logits[:, j], 1.0, 1.0, True, None)
+                ok = accepting & (agreed == guess[:, j])
+                if not bool(ok.any()):
+                    break
+                take(rows, agreed, agreed_logprobs, ok)
+                accepted += ok.long()
+                accepting = ok & ~finished[rows]
+            if width > 1:
+                mask[:, -(width - 1):] *= (torch.arange(width - 1, device=device) < accepted[:, None]).long()
+                fed[rows] += accepted
+            logits = out.logits[torch.arange(rows.numel(), device=device), accepted]
+            running = ~finished[rows]
+            if 0 < 2 * int(running.sum()) <= rows.numel():  # (none running: the loop ends at the next token)
                 keep = running.nonzero().squeeze(-1)
                 if self.reuse_cache:
                     levels.append((_cache_tensors(cache), _backings(cache), mask, keep))
@@ -497,13 +560,12 @@ class KVCacheBackend:
             _install(cache, buffers, end)
             mask = merged_mask
         tok_rows, lp_rows = out_tokens.tolist(), out_logprobs.tolist()
-        lens, stop_list, last_list = lengths.tolist(), stopped.tolist(), last_active.tolist()
+        lens, stop_list, fed_list = lengths.tolist(), stopped.tolist(), fed.tolist()
         results = [Generation(tok_rows[i][:lens[i]], lp_rows[i][:lens[i]], stop_list[i]) for i in range(batch)]
         if self.reuse_cache:
-            # cached now: each prompt and its reply, less the last token of rows still running at the last step
+            # cached now: each prompt and the part of its reply that was fed (not the token that ended it last)
             for i, prompt in enumerate(prompts):
-                fed = lens[i] - (1 if last_list[i] else 0)
-                self._tokens[i] = list(prompt) + tok_rows[i][:fed]
+                self._tokens[i] = list(prompt) + tok_rows[i][:fed_list[i]]
             self._cache, self._mask = cache, mask
             if 1.0 - float(mask.sum()) / max(mask.numel(), 1) > self.compact_at:
                 self._compact()
