@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import shutil
 import time
@@ -96,14 +97,16 @@ def pipeline(
     if first_rerun < len(STAGE_ORDER):
         _move_aside(art, STAGE_ORDER[first_rerun:])
     ctx.run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(art.config, _config_dict(ctx))
+    main = _main_process()
+    if main:
+        atomic_write_json(art.config, _config_dict(ctx))
     for index, name in enumerate(STAGE_ORDER):
         marker = art.read_marker(name)
         if marker is not None:
             log.warning("pipeline: stage %-6s done already (%.1f s) — skipped", name, marker["seconds"])
             ctx.info[name] = marker
         else:
-            earlier = _start_attempt(ctx, name)
+            earlier = _start_attempt(ctx, name) if main else 0.0
             log.warning("pipeline: stage %-6s running%s", name,
                         f" (resumed; {earlier:.0f} s spent before)" if earlier else "")
             L.seed_everything(seed + index, workers=True, verbose=False)
@@ -114,12 +117,20 @@ def pipeline(
                       "settings": stage_settings(ctx, name)}
             if earlier:
                 marker["seconds_this_attempt"] = seconds
-            atomic_write_json(art.marker(name), marker)
+            if main:
+                atomic_write_json(art.marker(name), marker)
             ctx.info[name] = marker
             log.warning("pipeline: stage %-6s finished in %.1f s", name, seconds)
         if name == stop_after:
             break
     return {name: m["seconds"] for name, m in ctx.info.items()}
+
+
+def _main_process() -> bool:
+    """Whether this process keeps the run's records (config, stage markers, attempts): the only process, or global
+    rank 0 of a ``torchrun`` launch, where every rank runs the pipeline. Another rank must not write them, nor
+    remove what it takes for the leftovers of a killed write (rank 0's write in progress)."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def stage_settings(ctx: PipelineContext, name: str) -> dict[str, Any] | None:
