@@ -9,8 +9,11 @@ well-formed and episodes have realistic lengths. Then ``--repeats`` rounds, each
 (the order alternates): a sampled rollout of ``--tasks`` x ``--group-size`` episodes with one seed, and the
 update of :class:`prism_lit.rl.GRPOModule` over every step (``minibatch_backward``: forward + backward, micro-batches
 of ``--micro-batch-size`` steps, no optimizer step, so every round plays the same policy); then greedy evaluation
-(``evaluate_policy``) of ``--eval-tasks`` held-out goals in both modes. The machine is shared: ratios are taken
-within a round and the medians reported; both modes must give the same tokens, log-probs and greedy results.
+(``evaluate_policy``) of ``--eval-tasks`` held-out goals in both modes (greedy prompt-lookup drafts on, the
+default), and in ``per_step`` mode without drafts (one token per forward, as before drafts), each twice, interleaved.
+The machine is shared: ratios are taken within a round and the medians reported; both modes must give the same
+tokens, log-probs and greedy results. Reported per mode: prompt tokens processed, generated tokens/s, update
+tokens/s, episodes/s, model forwards and the share of time per part, for the RL iteration and for evaluation.
 
     python benchmarks/bench_rollout.py --threads 1 --out bench_rollout.json
 """
@@ -44,6 +47,7 @@ ENV_KWARGS = {"num_products": 1000, "results_per_page": 5}
 PROTOCOL = {"env": "webshop", "reply_format": "action", "numbered_actions": True, "number_pattern": r"^click\[b0",
             "history_turns": 8, "list_only_numbered": True, "repeat_task": False}
 MODES = ("per_step", "sequence")
+EVALS = {"per_step": ("per_step", 3), "sequence": ("sequence", 3), "per_step, no drafts": ("per_step", 0)}
 
 
 def warm_policy(workdir: Path, protocol: AgentProtocol, args) -> tuple[Path, dict]:
@@ -170,17 +174,38 @@ def main() -> None:
         env.close()
         model = modules["sequence"].model.eval()
         tok = modules["sequence"].tokenizer
-        evals: dict[str, list[float]] = {m: [] for m in MODES}
+        # EVALS: both modes with greedy drafts (the default), and per_step without them (the path before drafts)
+        evals: dict[str, list[float]] = {m: [] for m in EVALS}
+        eval_stats: dict[str, list] = {m: [] for m in EVALS}
         metrics = {}
-        for order in (MODES, MODES[::-1]):
-            for mode in order:
+        for order in (list(EVALS), list(EVALS)[::-1]):
+            for name in order:
+                mode, drafts = EVALS[name]
                 t0 = time.perf_counter()
-                metrics[mode] = evaluate_policy(model, tok, protocol, WEBSHOP_ID, {**ENV_KWARGS, "split": "test"},
+                metrics[name] = evaluate_policy(model, tok, protocol, WEBSHOP_ID, {**ENV_KWARGS, "split": "test"},
                                                 test_ids, max_steps=args.max_steps, max_new_tokens=32,
-                                                batch_size=16, return_episodes=True, episode_mode=mode)
-                evals[mode].append(time.perf_counter() - t0)
-    same_eval, eval_diff = same_rollout(metrics["per_step"].pop("episodes_list"),
-                                        metrics["sequence"].pop("episodes_list"))
+                                                batch_size=16, return_episodes=True, episode_mode=mode,
+                                                return_stats=True, draft_tokens=drafts)
+                evals[name].append(time.perf_counter() - t0)
+                eval_stats[name].append(metrics[name].pop("rollout_stats"))
+    eval_episodes = {name: metrics[name].pop("episodes_list") for name in EVALS}
+    same_eval, eval_diff = same_rollout(eval_episodes["per_step"], eval_episodes["sequence"])
+    same_undrafted, undrafted_diff = same_rollout(eval_episodes["per_step, no drafts"], eval_episodes["sequence"])
+
+    def eval_part(name: str) -> dict:
+        """Greedy evaluation: medians over its two runs."""
+        st, wall = eval_stats[name], evals[name]
+        med = {k: statistics.median(getattr(x, k) for x in st) for k in ("env_s", "prompt_s", "generation_s",
+                                                                         "prefill_tokens", "generated_tokens",
+                                                                         "forwards")}
+        total = statistics.median(wall)
+        return {
+            "seconds": round(total, 2), "episodes_per_s": round(len(test_ids) / total, 2),
+            "prompt_tokens_processed": int(med["prefill_tokens"]), "generated_tokens": int(med["generated_tokens"]),
+            "generated_tokens_per_s": round(med["generated_tokens"] / med["generation_s"], 1),
+            "model_forwards": int(med["forwards"]),
+            "share": {k: round(med[k] / total, 3) for k in ("env_s", "prompt_s", "generation_s")},
+        }
 
     def per_mode(mode: str) -> dict:
         rs = runs[mode]
@@ -199,7 +224,7 @@ def main() -> None:
             "update_s_per_episode": round(med["update_s"] / n_ep, 3),
             "share": {k: round(med[k] / med["iteration_s"], 3) for k in ("env_s", "prompt_s", "generation_s",
                                                                           "update_s")},
-            "greedy_eval_s": round(statistics.median(evals[mode]), 2),
+            "greedy_eval": eval_part(mode),
         }
 
     def ratio(key: str) -> float:
@@ -212,12 +237,18 @@ def main() -> None:
             "rl_iteration": ratio("iteration_s"), "prompt_tokens_processed": ratio("prefill_tokens"),
             "greedy_evaluation": round(statistics.median(a / b for a, b in zip(evals["per_step"],
                                                                                evals["sequence"])), 2),
+            "greedy_evaluation (per_step without drafts / sequence)": round(statistics.median(
+                a / b for a, b in zip(evals["per_step, no drafts"], evals["sequence"])), 2),
         },
+        "per_step, no drafts": {"greedy_eval": eval_part("per_step, no drafts")},
         "identical": {
             "sampled_actions_every_round": all(s for s, _ in identical),
             "max_logprob_diff": max(d for _, d in identical),
             "greedy_eval_actions": same_eval, "greedy_eval_max_logprob_diff": eval_diff,
             "greedy_eval_metrics": metrics["per_step"] == metrics["sequence"],
+            "greedy_eval_actions_without_drafts": same_undrafted,
+            "greedy_eval_max_logprob_diff_without_drafts": undrafted_diff,
+            "greedy_eval_metrics_without_drafts": metrics["per_step, no drafts"] == metrics["sequence"],
         },
         "greedy_eval": {k: round(v, 3) for k, v in metrics["sequence"].items() if "/" not in k},
     })

@@ -14,7 +14,7 @@ import torch
 import torchmetrics
 
 from prism_lit.envs.protocol import AgentProtocol
-from prism_lit.rl.rollout import Episode, RolloutConfig, RolloutEngine
+from prism_lit.rl.rollout import Episode, RolloutConfig, RolloutEngine, RolloutStats
 
 ALFWORLD_TASK_TYPES = (
     "pick_and_place_simple", "look_at_obj_in_light", "pick_clean_then_place_in_recep",
@@ -112,14 +112,18 @@ def evaluate_policy(
     task_types: Sequence[str] | None = None,
     return_episodes: bool = False,
     episode_mode: str = "auto",
+    return_stats: bool = False,
+    draft_tokens: int = 3,
 ) -> dict[str, Any]:
     """Greedy episodes of ``task_ids`` (env seed ``seeds[i]``, default 0..n-1); returns the metrics as floats.
 
     The dict has ``success_rate``, ``mean_score``, ``mean_steps``, ``invalid_action_rate``, ``mean_return``,
     ``episodes``, per-type ``success_rate/<type>`` and ``mean_score/<type>`` (types: ``task_types``, default
     :func:`default_task_types`; unlisted types are pooled as ``other``), and ``episodes_list`` (the
-    :class:`Episode` objects) when ``return_episodes``. ``episode_mode``: as ``rollout.episode_mode`` (``auto``:
-    each row keeps its KV cache across turns when the chat template allows; the actions are the same either way).
+    :class:`Episode` objects) when ``return_episodes``, and ``rollout_stats`` (a :class:`RolloutStats` summed
+    over the batches: time per part, tokens, forwards) when ``return_stats``. ``episode_mode``: as
+    ``rollout.episode_mode`` (``auto``: each row keeps its KV cache across turns when the chat template allows; the
+    actions are the same either way). ``draft_tokens``: as ``rollout.draft_tokens`` (0: one token per forward).
     """
     task_ids = list(task_ids)
     seeds = list(range(len(task_ids))) if seeds is None else [int(s) for s in seeds]
@@ -127,16 +131,19 @@ def evaluate_policy(
         raise ValueError(f"evaluate_policy: {len(task_ids)} task ids but {len(seeds)} seeds")
     engine = RolloutEngine(env_id, protocol, tokenizer, RolloutConfig(max_new_tokens=max_new_tokens,
                                                                        max_steps=max_steps,
-                                                                       episode_mode=episode_mode), env_kwargs)
+                                                                       episode_mode=episode_mode,
+                                                                       draft_tokens=draft_tokens), env_kwargs)
     if task_types is None:
         task_types = default_task_types(env_id, env_kwargs or {})
     metric = EpisodeMetrics(task_types)
     episodes: list[Episode] = []
+    stats = RolloutStats()
     try:
         for lo in range(0, len(task_ids), batch_size):
             rows = [(t, s, lo + i) for i, (t, s) in enumerate(zip(task_ids[lo:lo + batch_size],
                                                                   seeds[lo:lo + batch_size]))]
             batch = engine.run(model, rows, greedy=True)
+            stats.add(engine.stats)
             metric.update(batch)
             if return_episodes:
                 episodes.extend(batch)
@@ -145,4 +152,6 @@ def evaluate_policy(
     result: dict[str, Any] = {k: float(v) for k, v in metric.compute().items()}
     if return_episodes:
         result["episodes_list"] = episodes
+    if return_stats:
+        result["rollout_stats"] = stats
     return result

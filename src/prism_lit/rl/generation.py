@@ -335,6 +335,10 @@ class KVCacheBackend:
         tokenizer: decodes replies for stop strings (needed only with stop strings).
         reuse_cache: keep each row's cache between calls and prefill only what changed.
         compact_at: compact the cache when this share of its columns are holes.
+        draft_tokens: greedy generation feeds, with each new token, up to this many draft tokens looked up in the
+            row's prompt and reply (:func:`lookup_drafts`); one forward scores them all and keeps the prefix the
+            model agrees with, so the tokens are exactly the greedy ones (log-probs up to rounding) in fewer
+            forwards. 0: one token per forward. Sampling never drafts.
     """
 
     def __init__(self, model, pad_token_id: int, tokenizer=None, reuse_cache: bool = True,
@@ -349,6 +353,7 @@ class KVCacheBackend:
         self.compact_at = compact_at
         self.device = next(model.parameters()).device
         self.prefill_tokens = 0
+        self.forwards = 0  # model calls (prefill groups, decode and draft-verifying steps)
         self._keys: list[int] = []
         self._tokens: list[list[int]] = []  # per cache row: the real tokens whose keys/values are cached
         self._cache = None
@@ -416,6 +421,7 @@ class KVCacheBackend:
         position_ids = position_ids_from_mask(mask)[:, -width:]
         groups = length_groups([len(n) for n in new]) if self._cache is not None and hasattr(cache, "layers") else []
         if len(groups) < 2:
+            self.forwards += 1
             out = self.model(input_ids=new_ids, attention_mask=mask, position_ids=position_ids, use_cache=True,
                              logits_to_keep=1, **{cache_arg: cache})  # the cache object is updated in place
             return out.logits[:, -1, :], mask
@@ -430,6 +436,7 @@ class KVCacheBackend:
             w = max(len(new[i]) for i in group)
             sub_mask = torch.cat([self._mask[index], new_mask[index, width - w:]], dim=1)
             _install(cache, [_select_rows(t, index, end - width + w) for t in outer], start)
+            self.forwards += 1
             out = self.model(input_ids=new_ids[index, width - w:], attention_mask=sub_mask,
                              position_ids=position_ids[index, width - w:], use_cache=True, logits_to_keep=1,
                              **{cache_arg: cache})
@@ -521,6 +528,7 @@ class KVCacheBackend:
             width = inputs.shape[1]
             position_ids = mask.sum(-1, keepdim=True) + torch.arange(width, device=device)
             mask = torch.cat([mask, active[:, None].long(), running[:, None].long().expand(-1, width - 1)], dim=1)
+            self.forwards += 1
             out = self.model(input_ids=inputs, attention_mask=mask, position_ids=position_ids, use_cache=True,
                              logits_to_keep=width, **{cache_arg: cache})
             fed[rows] += active.long()

@@ -18,6 +18,7 @@ Group rollouts: :func:`group_tasks` repeats each task ``G`` times with the same 
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -64,6 +65,9 @@ class RolloutConfig:
             scored on its own (the reference path). ``auto`` (default): ``sequence`` when the tokenizer's chat
             template renders conversation prefixes stably, else ``per_step``. Prompts, actions and log-probs are
             the same in both modes (up to floating-point rounding).
+        draft_tokens: greedy generation (evaluation) verifies up to this many prompt-lookup draft tokens per forward
+            (:class:`~prism_lit.rl.generation.KVCacheBackend`): the same greedy tokens in fewer forwards; 0 = off.
+            Sampled rollouts are not affected.
     """
 
     temperature: float = 1.0
@@ -76,8 +80,11 @@ class RolloutConfig:
     generation_batch_size: int | None = None
     env_threads: int = 0
     episode_mode: EpisodeMode = "auto"
+    draft_tokens: int = 3
 
     def __post_init__(self) -> None:
+        if self.draft_tokens < 0:
+            raise ValueError(f"rollout.draft_tokens must be >= 0, got {self.draft_tokens}")
         if self.reward not in REWARD_SOURCES:
             raise ValueError(f"rollout.reward {self.reward!r} is unknown; choose one of {REWARD_SOURCES}")
         if self.episode_mode not in EPISODE_MODES:
@@ -135,6 +142,12 @@ class RolloutStats:
     prompt_tokens: int = 0  # tokens of every step's whole prompt
     prefill_tokens: int = 0  # prompt tokens actually run through the model (fewer when the KV cache is kept)
     generation_calls: int = 0
+    forwards: int = 0  # model calls of the generation backends that count them
+
+    def add(self, other: RolloutStats) -> None:
+        """Add ``other``'s times and counts to these (stats of several runs)."""
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
 
 
 def group_tasks(task_ids: Sequence[str], seeds: Sequence[int], group_size: int) -> list[tuple[str, int, int]]:
@@ -222,7 +235,8 @@ class RolloutEngine:
 
     def make_backend(self, model) -> GenerationBackend:
         """The generation backend of one rollout (one per generation chunk); override to plug in another."""
-        return KVCacheBackend(model, self.tokenizer.pad_token_id, self.tokenizer, reuse_cache=self.sequence_mode)
+        return KVCacheBackend(model, self.tokenizer.pad_token_id, self.tokenizer, reuse_cache=self.sequence_mode,
+                              draft_tokens=self.config.draft_tokens)
 
     def sampling_params(self, greedy: bool) -> SamplingParams:
         cfg = self.config
@@ -349,6 +363,7 @@ class RolloutEngine:
         finally:
             model.train(was_training)
             self.stats.prefill_tokens = sum(b.prefill_tokens for b in backends)
+            self.stats.forwards = sum(getattr(b, "forwards", 0) for b in backends)
         return episodes
 
     @staticmethod
