@@ -8,7 +8,7 @@ from rl_helpers import guess_word_protocol
 
 from prism_lit.envs.guess_word import GUESS_WORD_ID
 from prism_lit.policy import LoraSpec, PolicySpec, load_policy
-from prism_lit.rl.generation import KVCacheBackend, SamplingParams, generate
+from prism_lit.rl.generation import KVCacheBackend, SamplingParams, generate, length_groups, lookup_drafts
 from prism_lit.rl.rollout import RolloutConfig, RolloutEngine, group_tasks, resolve_episode_mode
 from prism_lit.rl.scoring import StepSample, chain_units, collate_steps, collate_units, policy_forward
 
@@ -289,3 +289,55 @@ def test_bounded_history_chains_until_the_window_slides(gw_policy):
     for ep in long:
         samples = _samples([ep])
         assert chain_units(samples) == [[0, 1, 2], [3], [4]]
+
+
+def test_lookup_drafts_copy_what_followed_the_latest_earlier_ngram():
+    context = torch.tensor([[5, 6, 7, 8, 5, 6, -1],   # tail (5, 6) seen at 0: 7 8 5
+                            [-1, -1, 1, 2, 3, 4, 9],  # 9 never seen before: no draft
+                            [-1, -1, -1, -1, 1, 2, 1]])  # tail 1 seen at 4: 2 1, then nothing known yet
+    ends = torch.tensor([6, 7, 7])
+    assert lookup_drafts(context, ends, 3, pad=0).tolist() == [[7, 8, 5], [0, 0, 0], [2, 1, 0]]
+    assert lookup_drafts(context[1:2], ends[1:2], 3, pad=0) is None
+
+
+def test_greedy_drafts_give_the_tokens_of_one_token_steps_in_fewer_forwards(gw_policy):
+    """Greedy with prompt-lookup drafts, a cache kept over two turns, a stop token and a stop string: the same
+    tokens and stops as one token per forward, log-probs to 1e-5."""
+    model, tok = gw_policy
+    ids = [tok.encode(t, add_special_tokens=False) for t in ["guess the word apple fruit apple fruit",
+                                                             "clue red animal fox red animal", "word banana yellow"]]
+    params = SamplingParams(max_new_tokens=8, greedy=True, stop_token_ids=[tok.eos_token_id],
+                            stop_strings=["animal fox"])
+    runs = {}
+    for drafts in (0, 3):
+        backend = KVCacheBackend(model, tok.pad_token_id, tok, reuse_cache=True, draft_tokens=drafts)
+        first = backend.generate([0, 1, 2], ids, params)
+        grown = [ids[i] + first[i].token_ids + ids[(i + 1) % 3] for i in range(3)]
+        second = backend.generate([0, 1, 2], grown, params)
+        runs[drafts] = (first + second, backend.forwards)
+    for a, b in zip(runs[0][0], runs[3][0], strict=True):
+        assert a.token_ids == b.token_ids and a.stopped == b.stopped
+        assert a.logprobs == pytest.approx(b.logprobs, abs=1e-5)
+    assert runs[3][1] < runs[0][1]
+
+
+def test_rows_whose_new_tokens_differ_widely_are_prefilled_in_groups(gw_policy):
+    """A kept cache, one row adding ~200 tokens and one adding 2: prefilled in two groups, the replies equal a
+    fresh generation from the whole prompts."""
+    model, tok = gw_policy
+    params = SamplingParams(max_new_tokens=4, greedy=True, stop_token_ids=[tok.eos_token_id])
+    ids = [tok.encode(t, add_special_tokens=False) for t in ["guess the word apple fruit", "clue red animal fox",
+                                                             "word banana yellow"]]
+    long = (ids[0] + ids[1] + ids[2]) * 14
+    backend = KVCacheBackend(model, tok.pad_token_id, tok, reuse_cache=True, draft_tokens=0)
+    first = backend.generate([0, 1, 2], ids, params)
+    grown = [ids[0] + first[0].token_ids + long, ids[1] + first[1].token_ids + ids[2][:2],
+             ids[2] + first[2].token_ids + long[:150]]
+    new = [len(g) - len(t) for g, t in zip(grown, backend._tokens)]
+    assert len(length_groups(new)) == 2
+    second = backend.generate([0, 1, 2], grown, params)
+    fresh = generate(model, grown, pad_token_id=tok.pad_token_id, stop_token_ids=[tok.eos_token_id],
+                     max_new_tokens=4, greedy=True)
+    assert [g.token_ids for g in second] == [g.token_ids for g in fresh]
+    for a, b in zip(second, fresh):
+        assert a.logprobs == pytest.approx(b.logprobs, abs=1e-5)

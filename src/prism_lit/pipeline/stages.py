@@ -12,6 +12,7 @@ import copy
 import json
 import logging
 import math
+import os
 import time
 import warnings
 from collections.abc import Callable
@@ -170,7 +171,8 @@ def make_tasks(ctx: PipelineContext) -> dict[str, Any]:
         if ctx.base.familiar_task_types:
             kwargs["task_types"] = list(ctx.base.familiar_task_types)
         corpus_tasks = {t.task_id for t in read_trajectories(art.corpus)}
-        candidates = art.pretrain.with_name("pretrain_all.jsonl")
+        # one file per process: under torchrun every rank makes the (same) tasks, and one must not remove another's
+        candidates = art.pretrain.with_name(f"pretrain_all.{os.getpid()}.jsonl")
         stats = write_expert_dataset(
             ctx.env_id, ctx.base.pretrain_tasks * 2, candidates, ctx.env.protocol,
             split=ctx.env.train_split, seed=ctx.seed + 7919, env_kwargs=kwargs, expert_kwargs=ctx.env.expert_kwargs,
