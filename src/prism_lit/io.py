@@ -57,7 +57,9 @@ def save_figure(fig, path: str | os.PathLike, dpi: int = 110) -> Path:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp.png")  # one per writer
+    os.close(fd)
+    tmp = Path(name)
     try:
         fig.savefig(tmp, dpi=dpi)
         os.replace(tmp, path)

@@ -244,8 +244,8 @@ def _start_attempt(ctx: PipelineContext, name: str) -> float:
     last = _last_write(stage_dir, exclude=art.started(name))
     attempts = [{**a, "end": min(last, a.get("end", last))} for a in (art.read_started(name) or {}).get("attempts", [])]
     earlier = sum(max(0.0, a["end"] - a["start"]) for a in attempts)
-    if stage_dir.is_dir():
-        for path in stage_dir.rglob(".*"):
+    if stage_dir.is_dir() and int(os.environ.get("WORLD_SIZE", "1")) == 1:  # under torchrun another rank may be
+        for path in stage_dir.rglob(".*"):                                   # writing them: leftovers stay
             if _TEMPORARY.match(path.name):
                 log.warning("pipeline: removing %s, left by an interrupted write", path)
                 shutil.rmtree(path) if path.is_dir() else path.unlink()
