@@ -16,7 +16,12 @@ episode: only the new observation). A row whose prompt diverges earlier (a bound
 reply that re-tokenises differently) has its cached columns after the divergence masked out, so its context is
 exactly the new prompt: results equal a fresh prefill up to floating-point rounding. Masked columns are holes in
 the batch's cache; it is compacted when they exceed a quarter of it, and rows that are done are dropped. The
-cache grows into preallocated room instead of being concatenated at every token.
+cache grows into preallocated room instead of being concatenated at every token. A turn's new tokens are
+prefilled in groups of rows of similar length (:func:`length_groups`), not all padded to the longest.
+
+Greedy decoding drafts (``draft_tokens``): each forward also scores a few tokens looked up in the row's own
+context (:func:`lookup_drafts`) and keeps those the argmax agrees with, so the tokens are exactly the greedy ones
+in fewer forwards; rejected drafts become holes.
 
 Prompts are left-padded; position ids count real tokens only, so padding and holes change nothing. A row stops
 at a stop token (kept: the policy learns to stop), when its decoded text contains a stop string, or at
