@@ -37,6 +37,7 @@ import copy
 import dataclasses
 import inspect
 import json
+import math
 import random
 from collections.abc import Sequence
 from contextlib import contextmanager, nullcontext
@@ -47,6 +48,7 @@ import numpy as np
 import torch
 
 from prism_lit.envs.protocol import AgentProtocol
+from prism_lit.envs.spec import EnvMetrics, env_metrics
 from prism_lit.policy import PolicySpec, export_policy, load_policy
 from prism_lit.rl.config import EvalConfig, KLConfig, OptimConfig, UpdateConfig
 from prism_lit.rl.evaluation import EpisodeMetrics, default_task_types
@@ -164,6 +166,7 @@ class RLModuleBase(pl.LightningModule):
         self._pending_generator_state: torch.Tensor | None = None
         self._metrics: dict[str, EpisodeMetrics] = {}
         self._samples: dict[str, list[Episode]] = {}
+        self._env_metrics: EnvMetrics | None = None
         self.iteration = 0  # RL iterations (rollout + update) done
         self._save_hparams()
 
@@ -288,6 +291,15 @@ class RLModuleBase(pl.LightningModule):
             "perf/env_s": stats.env_s,
         }
 
+    def env_rollout_metrics(self, episodes: Sequence[Episode]) -> dict[str, float]:
+        """The env's own training numbers of the iteration's episodes (its :class:`~prism_lit.envs.spec.EnvMetrics`,
+        e.g. the instruction-following judge's precision on the policy's responses), as ``env/<name>``; a value
+        that is not a finite number (a rate with nothing to count) is left out of that iteration's log."""
+        if self._env_metrics is None:
+            self._env_metrics = env_metrics(self.env_id)
+        values = self._env_metrics.rollout([ep.info for ep in episodes])
+        return {f"env/{k}": float(v) for k, v in values.items() if math.isfinite(float(v))}
+
     # ------------------------------------------------------------------ DDP gradients
     def _ddp_model(self):
         from torch.nn.parallel import DistributedDataParallel
@@ -357,6 +369,7 @@ class RLModuleBase(pl.LightningModule):
         summary = self.update(samples)
         self.iteration += 1
         summary.update(self.rollout_metrics(episodes, self.train_engine()))
+        summary.update(self.env_rollout_metrics(episodes))
         summary.update(self.iteration_logs(episodes, samples))
         summary["train/samples"] = float(len(samples))
         summary["train/iteration"] = float(self.iteration)
