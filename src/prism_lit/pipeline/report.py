@@ -65,7 +65,8 @@ def training_metrics(run_dir: Path) -> dict[str, Any]:
                 return sum(values) / len(values) if values else None
 
             table[name.split("/", 1)[1]] = {"first": mean(ordered[:quarter]), "last": mean(ordered[-quarter:]),
-                                            "mean": mean(ordered), "n": sum(name in r for r in ordered)}
+                                            "mean": mean(ordered), "n": sum(name in r for r in ordered),
+                                            "sum": sum(r.get(name, 0.0) for r in ordered)}  # pools counts
         if table:
             out[group] = table
     return out

@@ -142,5 +142,9 @@ class IFEvalMetrics(EnvMetrics):
         if pairs:
             stats = agreement(pairs)
             out.update({"judge_precision": stats["precision"], "judge_recall": stats["recall"],
-                        "judge_false_pass_rate": stats["false_pass_rate"], "judge_audited": stats["n"]})
+                        "judge_false_pass_rate": stats["false_pass_rate"], "judge_audited": stats["n"],
+                        # the counts, so rates can be pooled over iterations (report.training_metrics sums them)
+                        "judge_pass_right": float(sum(j and c for j, c in pairs)),
+                        "judge_pass_wrong": float(sum(j and not c for j, c in pairs)),
+                        "code_pass": float(sum(c for _, c in pairs))})
         return out
