@@ -21,6 +21,7 @@ IFEVAL_SCORES = {"prompt_level_strict", "prompt_level_loose", "instruction_level
 def _settings(tmp_path, router, rl_env_kwargs):
     return {
         "run_dir": str(tmp_path / "run"),
+        "method": "grpo-precision",
         "env": EnvSettings(id="instruction_following", kwargs={"n_tasks": 200, "max_constraints": 2},
                            protocol=AgentProtocol(env="instruction_following", reply_format="text", history_turns=0,
                                                   show_admissible=False),
@@ -41,8 +42,8 @@ def _settings(tmp_path, router, rl_env_kwargs):
 
 def test_if_pipeline_reports_ifeval_scores_judge_audit_and_routes_by_reward_precision(tmp_path):
     router = {"class_path": "prism_lit.probe.routers.VerifiedRewardRouter", "init_args": {"unverified": "drop"}}
-    pipeline(**_settings(tmp_path, router, {"soft_fraction": 0.5, "audit_judge": True}))
-    run = tmp_path / "run"
+    run = tmp_path / "study" / "grpo-precision" / "seed0"
+    pipeline(**{**_settings(tmp_path, router, {"soft_fraction": 0.5, "audit_judge": True}), "run_dir": str(run)})
 
     # precision-first routing: RL keeps only the tasks whose reward the (RL) env checks by code
     partition = json.loads((run / "probe" / "partition.json").read_text())
@@ -80,6 +81,21 @@ def test_if_pipeline_reports_ifeval_scores_judge_audit_and_routes_by_reward_prec
     summary = (run / "summary.md").read_text()
     assert "## Environment metrics" in summary and "prompt level loose" in summary
     assert "| env/judge_false_pass_rate |" in summary and "## During RL (2 iterations" in summary
+    pooled = report["training"]["summary"]  # the audit pooled over iterations: each constraint counts once
+    assert pooled["judge_audited"] == sum(r["env/judge_audited"] for r in rows)
+    wrong = sum(r["env/judge_pass_wrong"] for r in rows)
+    assert pooled["judge_false_pass_rate"] == wrong / (pooled["judge_audited"] - sum(r["env/code_pass"] for r in rows))
+
+    # compare's table over such runs: IFEval's scores per split, prompt-level intervals, the RL summary
+    from prism_lit.pipeline.compare import comparison_markdown, summarize
+
+    table = summarize(tmp_path / "study", "grpo-precision", paired=[["grpo-precision", "grpo-precision:base"]],
+                      bootstrap_samples=200)
+    metrics = table["methods"]["grpo-precision"]["metrics"]
+    assert {"test_seen/instruction_level_loose", "test_unseen/prompt_level_loose", "rl/judge_precision"} <= set(metrics)
+    assert {"prompt_level_strict", "prompt_level_loose"} <= set(table["levels"][0])
+    md = comparison_markdown(table)
+    assert "## During RL" in md and "prompt level loose (points)" in md and "prompt level loose (%)" in md
 
 
 def test_mixed_rl_env_kwargs_reach_rl_only_and_the_hard_arm_shares_the_corpus(tmp_path):

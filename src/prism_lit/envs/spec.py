@@ -42,6 +42,11 @@ class EnvMetrics:
         """Training metrics of one RL iteration's episodes (their last ``info``); NaN-free values are logged."""
         return {}
 
+    def training_summary(self, sums: dict[str, float], means: dict[str, float]) -> dict[str, float]:
+        """One run's RL summary from its iterations' :meth:`rollout` numbers: their sums (counts pool into rates)
+        and their means over iterations. Reports and ``compare`` show it (``rl/<name>``)."""
+        return {}
+
 
 @dataclass(frozen=True)
 class EnvSpec:

@@ -254,6 +254,8 @@ def summarize(out: Path, reference: str, paired: list[list[str]] | None = None,
                     metrics[f"{split}/{name}"] = value
             for task_type, tm in (m.get("per_task_type") or {}).items():
                 metrics[f"{split}/{task_type}/success_rate"] = tm.get("success_rate")
+        for name, value in ((report.get("training") or {}).get("summary") or {}).items():
+            metrics[f"rl/{name}"] = value  # the env's RL summary (e.g. the judge audit), a table of its own
         for stage, seconds in report["compute_seconds"].items():
             metrics[f"seconds/{stage}"] = seconds
         for key, value in metrics.items():
@@ -287,7 +289,8 @@ def _cell(stat: dict[str, Any] | None, scale: float = 100.0, digits: int = 1) ->
 def comparison_markdown(table: dict[str, Any]) -> str:
     methods = table["methods"]
     keys = sorted({k for row in methods.values() for k in row["metrics"]})
-    quality = [k for k in keys if not k.startswith("seconds/")]
+    quality = [k for k in keys if not k.startswith(("seconds/", "rl/"))]
+    during_rl = [k for k in keys if k.startswith("rl/")]
     lines = ["| method | seeds | " + " | ".join(quality) + " | probe s | SFT s | RL s | total s | speed-up vs "
              f"{table['reference']} |", "|---" * (len(quality) + 7) + "|"]
     for name, row in methods.items():
@@ -301,6 +304,15 @@ def comparison_markdown(table: dict[str, Any]) -> str:
                    "seed(s) (a single value has no ±); seconds of wall-clock per stage (probe + SFT + RL = total). "
                    "Two methods whose means differ by less than their ± are not told apart by this table; the "
                    "paired differences below are the test.")]
+    if during_rl:
+        lines += ["", "## During RL (the env's summary of each run's iterations)", "",
+                  "| method | seeds | " + " | ".join(k[3:].replace("_", " ") for k in during_rl) + " |",
+                  "|---" * (len(during_rl) + 2) + "|"]
+        for name, row in methods.items():
+            if any(row["metrics"].get(k) for k in during_rl):
+                lines.append(f"| {name} | {len(row['runs'])} | "
+                             + " | ".join(_cell(row["metrics"].get(k), 1.0, 3) for k in during_rl) + " |")
+        lines += ["", "Mean ± sample standard deviation over seeds of each run's value."]
     lines += levels_markdown(table.get("levels") or [])
     lines += paired_markdown(table.get("paired") or [])
     return "\n".join(lines) + "\n"

@@ -69,6 +69,14 @@ def training_metrics(run_dir: Path) -> dict[str, Any]:
                                             "sum": sum(r.get(name, 0.0) for r in ordered)}  # pools counts
         if table:
             out[group] = table
+    if "env" in out:  # the env's own summary of the run (e.g. the judge audit pooled over iterations)
+        from prism_lit.envs import env_metrics
+
+        env_id = ((_read(Artifacts(Path(run_dir)).config) or {}).get("env") or {}).get("id")
+        summary = env_metrics(env_id).training_summary(
+            {k: v["sum"] for k, v in out["env"].items()}, {k: v["mean"] for k, v in out["env"].items()})
+        if summary:
+            out["summary"] = summary
     return out
 RUN_PAIRS = (("sft", "base"), ("final", "sft"), ("final", "base"))
 
@@ -369,6 +377,10 @@ def _training_lines(training: dict[str, Any]) -> list[str]:
         for name, row in training[group].items():
             lines.append(f"| {group}/{name} | {_fmt(row['first'])} | {_fmt(row['last'])} | {_fmt(row['mean'])} | "
                          f"{row['n']} |")
+    if training.get("summary"):
+        lines += ["", "Over the whole run (the env's summary; counts pooled over iterations): "
+                  + ", ".join(f"{name.replace('_', ' ')} {_fmt(value)}" for name, value in training["summary"].items())
+                  + "."]
     return lines
 
 

@@ -148,3 +148,17 @@ class IFEvalMetrics(EnvMetrics):
                         "judge_pass_wrong": float(sum(j and not c for j, c in pairs)),
                         "code_pass": float(sum(c for _, c in pairs))})
         return out
+
+    def training_summary(self, sums: dict[str, float], means: dict[str, float]) -> dict[str, float]:
+        """The judge audit pooled over every iteration (each audited constraint counts once) and the mean share
+        of the reward the judge paid, of unverified tasks and of responses meeting every hard constraint."""
+        out = {k: means[k] for k in ("reward_judged_share", "unverified_tasks", "hard_won") if k in means}
+        audited = sums.get("judge_audited", 0.0)
+        if audited:
+            right, wrong, code = sums["judge_pass_right"], sums["judge_pass_wrong"], sums["code_pass"]
+            nan = float("nan")
+            out.update({"judge_audited": audited,
+                        "judge_precision": right / (right + wrong) if right + wrong else nan,
+                        "judge_recall": right / code if code else nan,
+                        "judge_false_pass_rate": wrong / (audited - code) if audited > code else nan})
+        return out
