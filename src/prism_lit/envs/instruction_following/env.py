@@ -10,7 +10,9 @@ episode. ``info`` after the step:
   with loose verdicts, ``hard_score`` / ``soft_score`` per kind;
 * ``constraint_ids``, ``constraint_types``, ``instruction_id_list``, ``kwargs``, ``task_id``, ``task_type``
   (the family of the first instruction), ``task_families`` (every family, joined with ``+``),
-  ``admissible_actions`` (empty: the action is free text) and ``valid_action`` (a non-blank response).
+  ``admissible_actions`` (empty: the action is free text) and ``valid_action`` (a non-blank response);
+* ``reward_verified`` (also at ``reset``): no part of the reward is paid by the judge; ``reward_judged``: the
+  part of the reward the judge paid; with ``audit_judge``, each hard verdict also has ``judge_passed``.
 
 Reward (``reward``): ``"fraction"`` (default) pays ``score`` with soft constraints counted by the judge's
 continuous score; ``"all"`` pays 1.0 only when ``won``; ``"hard"`` ignores soft constraints altogether (their
