@@ -3,6 +3,8 @@ per evaluation panel, the judge audit during RL, precision-first routing, and th
 
 import json
 
+import pytest
+
 from prism_lit.envs.protocol import AgentProtocol
 from prism_lit.pipeline.config import (
     BaseModelSettings,
@@ -102,7 +104,7 @@ def test_mixed_rl_env_kwargs_reach_rl_only_and_the_hard_arm_shares_the_corpus(tm
     """rl.env_kwargs change what RL plays (soft constraints, judge-paid reward) without touching the corpus, the
     base or the evaluation panels: the tasks stage's settings are the same for both arms."""
     from prism_lit.pipeline.context import PipelineContext
-    from prism_lit.pipeline.run import stage_settings
+    from prism_lit.pipeline.run import _compare_settings, stage_settings
 
     all_rl = {"class_path": "prism_lit.probe.routers.AllRLRouter", "init_args": {}}
     hard = _settings(tmp_path, all_rl, {"audit_judge": True})
@@ -114,6 +116,13 @@ def test_mixed_rl_env_kwargs_reach_rl_only_and_the_hard_arm_shares_the_corpus(tm
 
     assert stage_settings(ctx(hard), "tasks") == stage_settings(ctx(mixed), "tasks")
     assert stage_settings(ctx(hard), "rl") != stage_settings(ctx(mixed), "rl")
+    # an RL marker written before rl.env_kwargs existed still matches a config that leaves it empty
+    plain = ctx(_settings(tmp_path, all_rl, {}))
+    recorded = stage_settings(plain, "rl")
+    del recorded["rl"]["env_kwargs"]
+    _compare_settings(plain, "rl", recorded, finished=True)
+    with pytest.raises(ValueError, match="rl.env_kwargs.soft_fraction"):
+        _compare_settings(ctx(mixed), "rl", recorded, finished=True)
     pipeline(**mixed, stop_after="rl")
     rows = [json.loads(line) for line in (tmp_path / "run" / "rl" / "metrics.jsonl").read_text().splitlines()]
     # every RL task carries a judge-scored constraint here, so part of the reward is the judge's

@@ -426,7 +426,7 @@ def train_rl(ctx: PipelineContext) -> dict[str, Any]:
 
     return {"trained": True, "steps": trainer.global_step, "iterations": iterations, "n_tasks": len(tasks),
             "adapter": start.adapter_path is not None,
-            "env_metrics": training_metrics(ctx.run_dir).get("env", {})}
+            "env_summary": training_metrics(ctx.run_dir).get("summary", {})}
 
 
 # ---------------------------------------------------------------------------------------------- eval
