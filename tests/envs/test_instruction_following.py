@@ -794,3 +794,64 @@ def test_generate_command_writes_expert_sft_data(tmp_path):
     assert len(rows) == 8 and all(r["won"] and r["reward"] == 1.0 for r in rows)
     assert all(r["task_id"].startswith("ifgen/train/") and r["env"] == "instruction_following" for r in rows)
     assert [m["role"] for m in rows[0]["messages"]] == ["system", "user", "assistant"]
+
+
+def test_reward_verification_and_the_judge_audit_in_info():
+    """``reward_verified`` says whether code checks every paid part; ``reward_judged`` is the judge-paid part;
+    ``audit_judge`` adds the judge's word on each hard constraint next to the code's."""
+    t = IFTask(
+        "s/1",
+        "Write about tea. Answer with at least 3 words. Keep the tone warm and friendly.",
+        ["length_constraints:number_words"],
+        [{"num_words": 3, "relation": "at least"}],
+        ["soft:tone_friendly"],
+    )
+    friendly = "Thank you for asking and I hope you enjoy your tea."
+    mixed = InstructionFollowingEnv(tasks=[t], audit_judge=True)
+    _, info = mixed.reset(options={"task_id": "s/1"})
+    assert info["reward_verified"] is False
+    _, reward, _, _, info = mixed.step(friendly)
+    assert reward == 1.0 and info["reward_judged"] == 0.5  # the soft half of the reward is the judge's
+    hard = [v for v in info["verdicts"] if v["hard"]]
+    assert [set(v) >= {"strict", "judge_passed"} for v in hard] == [True]
+    assert isinstance(hard[0]["judge_passed"], bool)
+    hard_only = InstructionFollowingEnv(tasks=[t], reward="hard")
+    assert hard_only.reset(options={"task_id": "s/1"})[1]["reward_verified"] is True
+    info = hard_only.step(friendly)[4]
+    assert info["reward_judged"] == 0.0 and "judge_passed" not in info["verdicts"][0]  # no audit unless asked
+    plain = InstructionFollowingEnv(tasks=[IFTask("h/1", "Write.", t.instruction_id_list, t.kwargs)])
+    assert plain.reset(options={"task_id": "h/1"})[1]["reward_verified"] is True
+
+
+def test_ifeval_metrics_match_ifeval_scores_and_the_judge_agreement():
+    """The env's metrics (EnvSpec.metrics): per-panel IFEval scores equal ``ifeval_scores`` on the same verdicts,
+    and the RL audit equals ``judge_agreement`` of the same judge on the same responses."""
+    from prism_lit.envs import env_metrics
+    from prism_lit.envs.instruction_following.scoring import IFEvalMetrics
+
+    metrics = env_metrics("instruction_following")
+    assert isinstance(metrics, IFEvalMetrics) and metrics.rates == ("prompt_level_strict", "prompt_level_loose")
+    env = InstructionFollowingEnv(split="train", n_tasks=30, soft_fraction=0.5, audit_judge=True)
+    tasks = [env.get_task(i) for i in range(30)]
+    responses = [write_response(t) if i % 3 else "A short reply, about nothing." for i, t in enumerate(tasks)]
+    infos = []
+    for task, response in zip(tasks, responses):
+        env.reset(options={"task_id": task.key})
+        infos.append(env.step(response)[4])
+    panel = metrics.panel([metrics.episode(i) for i in infos])
+    reference = ifeval_scores([i["verdicts"] for i in infos])
+    for name in ("prompt_level_strict", "prompt_level_loose", "instruction_level_strict", "instruction_level_loose"):
+        assert panel[name] == pytest.approx(reference[name]), name
+    assert panel["n_prompts"] == 30 and panel["n_instructions"] == reference["n_instructions"]
+
+    rollout = metrics.rollout(infos)
+    agreement = judge_agreement(RuleBasedJudge(), tasks, responses)
+    assert rollout["judge_audited"] == agreement["n"]
+    for name in ("precision", "recall", "false_pass_rate"):
+        assert rollout[f"judge_{name}"] == pytest.approx(agreement[name], nan_ok=True), name
+    assert rollout["judge_pass_right"] + rollout["judge_pass_wrong"] <= rollout["judge_audited"]
+    soft = sum(bool(t.soft_constraints) for t in tasks)
+    assert 0 < soft < 30 and rollout["unverified_tasks"] == pytest.approx(soft / 30)
+    assert 0.0 < rollout["reward_judged_share"] < 1.0
+    assert rollout["hard_won"] == pytest.approx(sum(i["hard_won"] for i in infos) / 30)
+    assert metrics.episode({"verdicts": []}) == {} and metrics.rollout([]) == {}

@@ -17,6 +17,7 @@ from prism_lit.probe import (
     PrismRouter,
     ProbeRecord,
     RandomRouter,
+    VerifiedRewardRouter,
     load_partition,
     read_probe_records,
     save_partition,
@@ -211,3 +212,39 @@ def test_router_is_chosen_by_class_path_in_config(router, expected):
     bad = {"class_path": "prism_lit.probe.PrismRouter", "init_args": {"score": "l2"}}
     with pytest.raises(Exception, match="score"):
         parser.parse_object({"probe": {"router": bad}})
+
+
+def test_verified_reward_router_keeps_code_checked_tasks_for_rl():
+    """Precision-first routing on the real instruction-following env: a task whose reward a judge pays (a soft
+    constraint) is dropped, or sent to SFT; a task every part of whose reward code checks goes to RL."""
+    import gymnasium as gym
+
+    import prism_lit.envs  # noqa: F401  (registers the ids)
+
+    kwargs = {"split": "train", "n_tasks": 60, "soft_fraction": 0.5}
+    env = gym.make("prism_lit/InstructionFollowing-v0", **kwargs)
+    tasks = [f"ifgen/train/{i}" for i in range(12)]
+    soft = {t for t in tasks if env.reset(options={"task_id": t})[1]["task_families"].endswith("soft")}
+    assert 0 < len(soft) < len(tasks)
+    records = [record(i, task=t) for i, t in enumerate(tasks)]
+    records.append(record(12, task=tasks[0]))  # two trajectories of one task go the same way
+
+    dropped = VerifiedRewardRouter(env_id="prism_lit/InstructionFollowing-v0", env_kwargs=kwargs).route(records)
+    assert dropped.router == "verified_reward" and dropped.sft_ids == []
+    assert {dropped.task_of[i] for i in dropped.rl_ids} == set(tasks) - soft
+    assert set(dropped.task_of) == set(dropped.rl_ids)  # the dropped ones are in neither set
+    to_sft = VerifiedRewardRouter("sft", env_id="prism_lit/InstructionFollowing-v0", env_kwargs=kwargs).route(records)
+    assert to_sft.rl_ids == dropped.rl_ids and {to_sft.task_of[i] for i in to_sft.sft_ids} == soft
+    assert to_sft.rl_fraction == pytest.approx(len(to_sft.rl_ids) / len(records))
+    # with the reward paid on hard constraints only, every task is verified
+    hard_pay = VerifiedRewardRouter(env_id="prism_lit/InstructionFollowing-v0", env_kwargs={**kwargs, "reward": "hard"})
+    assert len(hard_pay.route(records).rl_ids) == len(records)
+    # an env that says nothing about verification: every task counts as verified
+    guess_ids = gym.make("prism_lit/GuessWord-v0").unwrapped.task_ids[:3]
+    words = [ProbeRecord.unmeasured(f"w{i}", t, "fruit") for i, t in enumerate(guess_ids)]
+    assert len(VerifiedRewardRouter(env_id="prism_lit/GuessWord-v0").route(words).rl_ids) == 3
+    assert not VerifiedRewardRouter.needs_scores
+    with pytest.raises(ValueError, match="drop' or 'sft"):
+        VerifiedRewardRouter("keep")
+    with pytest.raises(ValueError, match="no env_id"):
+        VerifiedRewardRouter().route(records)

@@ -6,7 +6,7 @@ training code is imported here.
 """
 
 from prism_lit.envs import alfworld, instruction_following, webshop
-from prism_lit.envs.spec import ENV_SPECS, EnvSpec, env_spec, register_env
+from prism_lit.envs.spec import ENV_SPECS, EnvMetrics, EnvSpec, env_metrics, env_spec, register_env
 
 WEBSHOP_ID = webshop.SPEC.gym_id
 ALFWORLD_ID = alfworld.SPEC.gym_id
@@ -19,6 +19,6 @@ register_env(EnvSpec(
 ))
 
 __all__ = [
-    "ALFWORLD_ID", "ENV_SPECS", "INSTRUCTION_FOLLOWING_ID", "WEBSHOP_ID", "EnvSpec", "env_spec",
-    "register_env",
+    "ALFWORLD_ID", "ENV_SPECS", "INSTRUCTION_FOLLOWING_ID", "WEBSHOP_ID", "EnvMetrics", "EnvSpec", "env_metrics",
+    "env_spec", "register_env",
 ]

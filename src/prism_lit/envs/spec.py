@@ -14,7 +14,38 @@ from typing import Any
 
 from gymnasium.envs.registration import register, registry
 
-__all__ = ["ENV_SPECS", "EnvSpec", "env_spec", "register_env"]
+__all__ = ["ENV_SPECS", "EnvMetrics", "EnvSpec", "env_metrics", "env_spec", "register_env"]
+
+
+class EnvMetrics:
+    """An env's own metrics beyond success and score, read from the ``info`` of each episode's last step.
+
+    The pipeline stays env-agnostic: the eval stage records :meth:`episode` per episode (``eval/episodes.jsonl``,
+    key ``outcomes``) and :meth:`panel` per policy and split (``eval/eval.json``, key ``env_metrics``); the RL
+    stage logs :meth:`rollout` of every iteration's episodes (``env/<name>``, in ``rl/metrics.jsonl``). This base
+    class reports nothing; an env subclasses it and names the subclass in its :class:`EnvSpec` (``metrics``).
+    """
+
+    #: per-episode outcomes that are rates (their mean over episodes means something): reports give them
+    #: bootstrap intervals like the success rate
+    rates: tuple[str, ...] = ()
+
+    def episode(self, info: dict[str, Any]) -> dict[str, float]:
+        """Numbers of one finished episode (from its last ``info``)."""
+        return {}
+
+    def panel(self, outcomes: list[dict[str, float]]) -> dict[str, Any]:
+        """A panel's metrics from its episodes' :meth:`episode` outcomes."""
+        return {}
+
+    def rollout(self, infos: list[dict[str, Any]]) -> dict[str, float]:
+        """Training metrics of one RL iteration's episodes (their last ``info``); NaN-free values are logged."""
+        return {}
+
+    def training_summary(self, sums: dict[str, float], means: dict[str, float]) -> dict[str, float]:
+        """One run's RL summary from its iterations' :meth:`rollout` numbers: their sums (counts pool into rates)
+        and their means over iterations. Reports and ``compare`` show it (``rl/<name>``)."""
+        return {}
 
 
 @dataclass(frozen=True)
@@ -34,6 +65,7 @@ class EnvSpec:
         score: what ``info["score"]`` means, for the docs and reports.
         protocol: the :class:`~prism_lit.envs.protocol.AgentProtocol` settings this env's commands default to
             (e.g. ``{"reply_format": "text"}`` where the whole response is the action).
+        metrics: ``"module:Class"`` of the env's :class:`EnvMetrics` (``None``: success and score only).
     """
 
     name: str
@@ -45,6 +77,13 @@ class EnvSpec:
     splits: tuple[str, ...] = ("train", "test")
     score: str = "the episode's final reward in [0, 1]"
     protocol: dict[str, Any] = field(default_factory=dict)
+    metrics: str | None = None
+
+    def metrics_class(self) -> type[EnvMetrics]:
+        if self.metrics is None:
+            return EnvMetrics
+        module_name, _, attr = self.metrics.partition(":")
+        return getattr(importlib.import_module(module_name), attr)
 
     def default_protocol(self):
         from prism_lit.envs.protocol import AgentProtocol
@@ -79,3 +118,15 @@ def env_spec(env: str) -> EnvSpec:
             return spec
     known = ", ".join(f"{s.name!r} ({s.gym_id})" for s in ENV_SPECS.values())
     raise ValueError(f"unknown env {env!r}; registered environments: {known}")
+
+
+def env_metrics(env: str) -> EnvMetrics:
+    """The :class:`EnvMetrics` of ``env`` (a name or Gymnasium id); the reporting-nothing base for an env
+    registered outside prism_lit or without its own."""
+    import prism_lit.envs  # noqa: F401  (registers the specs)
+
+    try:
+        spec = env_spec(env)
+    except ValueError:
+        return EnvMetrics()
+    return spec.metrics_class()()

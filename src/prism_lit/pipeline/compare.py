@@ -182,12 +182,14 @@ def _side(name: str) -> tuple[str, str]:
 
 
 def _field(cells_by_seed: dict[int, dict[tuple, dict[str, float]]], name: str) -> dict[int, dict[tuple, float]]:
-    return {s: {g: c[name] for g, c in cells.items()} for s, cells in cells_by_seed.items()}
+    return {s: {g: c[name] for g, c in cells.items() if name in c} for s, cells in cells_by_seed.items()}
 
 
-def level_intervals(outcomes: dict[str, Any], bootstrap_samples: int = 10_000) -> list[dict[str, Any]]:
-    """Every evaluated policy's success rate and score per split, with a 95 % bootstrap interval over goals and
-    seeds: ``{"name": "method" or "method:policy", "split", "success_rate", "score"}``."""
+def level_intervals(outcomes: dict[str, Any], bootstrap_samples: int = 10_000,
+                    fields: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """Every evaluated policy's success rate and score (and ``fields``: the env's own rates) per split, with a
+    95 % bootstrap interval over goals and seeds: ``{"name": "method" or "method:policy", "split", "success_rate",
+    "score", ...}``."""
     from prism_lit.pipeline.report import OUTCOMES
     from prism_lit.pipeline.stats import bootstrap_mean
 
@@ -197,17 +199,18 @@ def level_intervals(outcomes: dict[str, Any], bootstrap_samples: int = 10_000) -
             for split, cells in sorted(policies[policy].items()):
                 rows.append({"name": method if policy == "final" else f"{method}:{policy}", "split": split,
                              **{m: bootstrap_mean(_field(cells, f), n_boot=bootstrap_samples)
-                                for m, f in OUTCOMES.items()}})
+                                for m, f in (fields or OUTCOMES).items()}})
     return rows
 
 
 def paired_differences(outcomes: dict[str, Any], pairs: list[list[str]],
-                       bootstrap_samples: int = 10_000) -> list[dict[str, Any]]:
-    """Every ``[A, B]`` pair's A − B per split and outcome, paired by goal and seed, with its 95 % interval
-    (``outcomes``: :func:`_episode_outcomes` per method)."""
+                       bootstrap_samples: int = 10_000, fields: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """Every ``[A, B]`` pair's A − B per split and outcome (success, score and ``fields``), paired by goal and
+    seed, with its 95 % interval (``outcomes``: :func:`_episode_outcomes` per method)."""
     from prism_lit.pipeline.report import OUTCOMES
     from prism_lit.pipeline.stats import paired_difference
 
+    outcome_map = fields or OUTCOMES
     rows = []
     for a, b in pairs:
         (ma, pa), (mb, pb) = _side(a), _side(b)
@@ -219,7 +222,7 @@ def paired_differences(outcomes: dict[str, Any], pairs: list[list[str]],
         for split in sorted(set(outcomes[ma][pa]) & set(outcomes[mb][pb])):
             left, right = outcomes[ma][pa][split], outcomes[mb][pb][split]
             row: dict[str, Any] = {"a": a, "b": b, "split": split}
-            for metric, field_name in OUTCOMES.items():
+            for metric, field_name in outcome_map.items():
                 row[metric] = paired_difference(_field(left, field_name), _field(right, field_name),
                                                 n_boot=bootstrap_samples)
             rows.append(row)
@@ -233,9 +236,11 @@ def summarize(out: Path, reference: str, paired: list[list[str]] | None = None,
     from prism_lit.pipeline.stats import mean_std
 
     methods: dict[str, dict[str, Any]] = {}
+    envs: set[str] = set()
     for report_path in sorted(out.glob("*/seed*/report.json")):
         report = json.loads(report_path.read_text())
         method = report["method"]
+        envs.add(str(report.get("env")))
         row = methods.setdefault(method, {"runs": [], "metrics": {}, "trained": False})
         row["runs"].append(str(report_path.parent))
         row["trained"] |= any((report.get("stages", {}).get(stage, {}).get("info") or {}).get("trained", True)
@@ -244,8 +249,13 @@ def summarize(out: Path, reference: str, paired: list[list[str]] | None = None,
         for split, m in next(iter(report["eval"].values()), {}).items():
             metrics[f"{split}/success_rate"] = m.get("success_rate")
             metrics[f"{split}/score"] = m.get("score")
+            for name, value in (m.get("env_metrics") or {}).items():  # the env's own (IFEval's scores)
+                if not name.startswith("n_"):
+                    metrics[f"{split}/{name}"] = value
             for task_type, tm in (m.get("per_task_type") or {}).items():
                 metrics[f"{split}/{task_type}/success_rate"] = tm.get("success_rate")
+        for name, value in ((report.get("training") or {}).get("summary") or {}).items():
+            metrics[f"rl/{name}"] = value  # the env's RL summary (e.g. the judge audit), a table of its own
         for stage, seconds in report["compute_seconds"].items():
             metrics[f"seconds/{stage}"] = seconds
         for key, value in metrics.items():
@@ -260,9 +270,12 @@ def summarize(out: Path, reference: str, paired: list[list[str]] | None = None,
     pairs = DEFAULT_PAIRS if paired is None else paired
     _check_pairs(pairs)
     outcomes = {name: _episode_outcomes(row["runs"]) for name, row in methods.items()}
+    from prism_lit.pipeline.report import outcome_fields
+
+    fields = outcome_fields(envs.pop() if len(envs) == 1 else None)  # the env's own rates get intervals too
     return {"reference": reference, "methods": methods,
-            "levels": level_intervals(outcomes, bootstrap_samples),
-            "paired": paired_differences(outcomes, pairs, bootstrap_samples) if pairs else []}
+            "levels": level_intervals(outcomes, bootstrap_samples, fields),
+            "paired": paired_differences(outcomes, pairs, bootstrap_samples, fields) if pairs else []}
 
 
 def _cell(stat: dict[str, Any] | None, scale: float = 100.0, digits: int = 1) -> str:
@@ -276,7 +289,8 @@ def _cell(stat: dict[str, Any] | None, scale: float = 100.0, digits: int = 1) ->
 def comparison_markdown(table: dict[str, Any]) -> str:
     methods = table["methods"]
     keys = sorted({k for row in methods.values() for k in row["metrics"]})
-    quality = [k for k in keys if not k.startswith("seconds/")]
+    quality = [k for k in keys if not k.startswith(("seconds/", "rl/"))]
+    during_rl = [k for k in keys if k.startswith("rl/")]
     lines = ["| method | seeds | " + " | ".join(quality) + " | probe s | SFT s | RL s | total s | speed-up vs "
              f"{table['reference']} |", "|---" * (len(quality) + 7) + "|"]
     for name, row in methods.items():
@@ -290,6 +304,15 @@ def comparison_markdown(table: dict[str, Any]) -> str:
                    "seed(s) (a single value has no ±); seconds of wall-clock per stage (probe + SFT + RL = total). "
                    "Two methods whose means differ by less than their ± are not told apart by this table; the "
                    "paired differences below are the test.")]
+    if during_rl:
+        lines += ["", "## During RL (the env's summary of each run's iterations)", "",
+                  "| method | seeds | " + " | ".join(k[3:].replace("_", " ") for k in during_rl) + " |",
+                  "|---" * (len(during_rl) + 2) + "|"]
+        for name, row in methods.items():
+            if any(row["metrics"].get(k) for k in during_rl):
+                lines.append(f"| {name} | {len(row['runs'])} | "
+                             + " | ".join(_cell(row["metrics"].get(k), 1.0, 3) for k in during_rl) + " |")
+        lines += ["", "Mean ± sample standard deviation over seeds of each run's value."]
     lines += levels_markdown(table.get("levels") or [])
     lines += paired_markdown(table.get("paired") or [])
     return "\n".join(lines) + "\n"
@@ -303,24 +326,42 @@ def _interval(stat: dict[str, Any]) -> str:
     return f"{stat['mean'] * 100:+.1f} [{lo * 100:+.1f}, {hi * 100:+.1f}]{verdict}"
 
 
+_ROW_KEYS = ("name", "split", "a", "b", "missing")
+
+
+def _outcome_columns(rows: list[dict[str, Any]], unit: str) -> tuple[list[str], list[str]]:
+    """The outcomes of the rows (success, score, then the env's own rates) and their column labels."""
+    metrics = [k for k in rows[0] if k not in _ROW_KEYS]
+    labels = {"success_rate": f"success ({'%' if unit == '%' else 'points'})",
+              "score": f"score ({'×100' if unit == '%' else 'points'})"}
+    return metrics, [labels.get(m, f"{m.replace('_', ' ')} ({unit})") for m in metrics]
+
+
+def _level(m: dict[str, Any]) -> str:
+    return "–" if m.get("mean") is None else f"{m['mean'] * 100:.1f} [{m['ci'][0] * 100:.1f}, {m['ci'][1] * 100:.1f}]"
+
+
 def levels_markdown(rows: list[dict[str, Any]]) -> list[str]:
     if not rows:
         return []
+    metrics, labels = _outcome_columns(rows, "%")
     lines = ["", "## Success and score with 95 % intervals", "",
-             "| policy | split | seeds | goals | success (%) | score (×100) |", "|---|---|---|---|---|---|"]
+             "| policy | split | seeds | goals | " + " | ".join(labels) + " |", "|---" * (len(metrics) + 4) + "|"]
     for row in rows:
         s = row["success_rate"]
-        cells = [f"{m['mean'] * 100:.1f} [{m['ci'][0] * 100:.1f}, {m['ci'][1] * 100:.1f}]"
-                 for m in (s, row["score"])]
-        lines.append(f"| {row['name']} | {row['split']} | {s['n_seeds']} | {s['n_goals']} | {cells[0]} | {cells[1]} |")
+        lines.append(f"| {row['name']} | {row['split']} | {s['n_seeds']} | {s['n_goals']} | "
+                     + " | ".join(_level(row[m]) for m in metrics) + " |")
     return lines + ["", "From `eval/episodes.jsonl` of every run; the interval resamples seeds and goals."]
 
 
 def paired_markdown(rows: list[dict[str, Any]]) -> list[str]:
     if not rows:
         return []
+    present = [r for r in rows if "missing" not in r]
+    metrics, labels = (_outcome_columns(present, "points") if present
+                       else (["success_rate", "score"], ["success (points)", "score (points)"]))
     lines = ["", "## Paired differences", "",
-             "| A − B | split | seeds | goals | success (points) | score (points) |", "|---|---|---|---|---|---|"]
+             "| A − B | split | seeds | goals | " + " | ".join(labels) + " |", "|---" * (len(metrics) + 4) + "|"]
     notes = []
     for row in rows:
         if "missing" in row:
@@ -328,7 +369,7 @@ def paired_markdown(rows: list[dict[str, Any]]) -> list[str]:
             continue
         s = row["success_rate"]
         lines.append(f"| {row['a']} − {row['b']} | {row['split']} | {s['n_seeds']} | {s['n_goals']} | "
-                     f"{_interval(s)} | {_interval(row['score'])} |")
+                     + " | ".join(_interval(row[m]) for m in metrics) + " |")
     lines += ["", "Mean of A − B over the (seed, goal) pairs both have, with a 95 % percentile interval from a "
                   "bootstrap that resamples seeds and goals (seeded, so it repeats); * = the interval excludes 0. "
                   "A name alone is the method's final policy; method:policy names another policy of its runs."]

@@ -329,6 +329,10 @@ class RLSettings:
         checkpoint_every_n_steps: write ``rl/checkpoints/last.ckpt`` every this many iterations, so a killed RL
             stage resumes mid-stage (an RL stage is often shorter than one pass, so epoch-end checkpoints would
             never come); ``0`` = only at the end.
+        env_kwargs: env keyword arguments for the RL rollouts only, over ``env.kwargs`` (e.g. a reward variant:
+            ``{soft_fraction: 0.5}`` for judge-scored constraints in training). The corpus, the base and the
+            evaluation panels keep ``env.kwargs``, so runs that differ only here share them (``compare``); the
+            task ids must stay those of ``env.kwargs``.
     """
 
     enabled: bool = True
@@ -339,9 +343,12 @@ class RLSettings:
     epochs: float = 1.0
     max_steps: int | None = None
     checkpoint_every_n_steps: int = 1
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.module = rl_module_factory(self.module)
+        if "split" in self.env_kwargs:
+            raise ValueError("rl.env_kwargs.split: RL plays env.train_split; remove it")
         from prism_lit.rl.tasks import RLTaskDataModule
 
         _check_init_args(RLTaskDataModule, self.data, "rl.data", given=("env_id", "env_kwargs", "task_ids", "seed"))

@@ -10,6 +10,7 @@ A run dir looks like this (every path below comes from :class:`Artifacts`)::
     probe/partition.json            D_SFT / D_RL
     sft/export/                     the SFT policy (full model, or a peft adapter with sft.lora)
     rl/export/                      the RL policy
+    rl/metrics.jsonl                one line per RL iteration: its logged numbers (rollout, loss, env/… metrics)
     eval/eval.json                  greedy metrics per policy and split
     eval/episodes.jsonl             one line per evaluated episode: policy, split, goal, won, score (paired stats)
     report.json, summary.md, plots/ the report
@@ -114,6 +115,10 @@ class Artifacts:
     @property
     def rl_export(self) -> Path:
         return self.run_dir / "rl" / "export"
+
+    @property
+    def rl_metrics(self) -> Path:
+        return self.run_dir / "rl" / "metrics.jsonl"
 
     # evaluation and report
     @property

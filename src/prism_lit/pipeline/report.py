@@ -17,8 +17,9 @@ def _read(path: Path) -> Any:
 
 
 def read_episodes(run_dir: Path) -> dict[tuple[str, str], dict[tuple[str, int], dict[str, float]]]:
-    """``eval/episodes.jsonl`` as ``{(policy, split): {(task_id, env_seed): {"won": 0/1, "score": s}}}``; empty
-    when the eval stage predates the file (rerun it with ``--rerun '[eval]'``)."""
+    """``eval/episodes.jsonl`` as ``{(policy, split): {(task_id, env_seed): {"won": 0/1, "score": s, ...}}}`` (with
+    the env's per-episode ``outcomes``, e.g. ``prompt_level_loose``); empty when the eval stage predates the file
+    (rerun it with ``--rerun '[eval]'``)."""
     path = Artifacts(Path(run_dir)).eval_episodes
     out: dict[tuple[str, str], dict[tuple[str, int], dict[str, float]]] = {}
     if not path.is_file():
@@ -28,7 +29,8 @@ def read_episodes(run_dir: Path) -> dict[tuple[str, str], dict[tuple[str, int], 
             continue
         try:
             ep = json.loads(line)
-            cell = {"won": float(ep["won"]), "score": float(ep["score"])}
+            cell = {**{k: float(v) for k, v in (ep.get("outcomes") or {}).items()},
+                    "won": float(ep["won"]), "score": float(ep["score"])}
             out.setdefault((ep["policy"], ep["split"]), {})[(ep["task_id"], int(ep["env_seed"]))] = cell
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
             raise ValueError(f"{path}, line {lineno}: not an episode record ({err!r})") from None
@@ -36,27 +38,84 @@ def read_episodes(run_dir: Path) -> dict[tuple[str, str], dict[tuple[str, int], 
 
 
 OUTCOMES = {"success_rate": "won", "score": "score"}
+TRAINING_GROUPS = ("env", "rollout")  # the logged numbers the report summarises (rl/metrics.jsonl)
+
+
+def training_metrics(run_dir: Path) -> dict[str, Any]:
+    """``rl/metrics.jsonl`` summarised: per logged number of the groups ``env/`` (the env's own, e.g. the judge's
+    precision on the policy's responses) and ``rollout/``, its mean over the first and the last quarter of the
+    iterations and over all of them. A step logged twice (a resumed stage) counts once, its last line."""
+    path = Artifacts(Path(run_dir)).rl_metrics
+    if not path.is_file():
+        return {}
+    rows: dict[int, dict[str, float]] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            row = json.loads(line)
+            rows[int(row["step"])] = row
+    ordered = [rows[k] for k in sorted(rows)]
+    out: dict[str, Any] = {"iterations": len(ordered)}
+    quarter = max(1, len(ordered) // 4)
+    for group in TRAINING_GROUPS:
+        names = sorted({k for row in ordered for k in row if k.startswith(group + "/")})
+        table = {}
+        for name in names:
+            def mean(part: list[dict[str, float]], name: str = name) -> float | None:
+                values = [r[name] for r in part if name in r]
+                return sum(values) / len(values) if values else None
+
+            table[name.split("/", 1)[1]] = {"first": mean(ordered[:quarter]), "last": mean(ordered[-quarter:]),
+                                            "mean": mean(ordered), "n": sum(name in r for r in ordered),
+                                            "sum": sum(r.get(name, 0.0) for r in ordered)}  # pools counts
+        if table:
+            out[group] = table
+    if "env" in out:  # the env's own summary of the run (e.g. the judge audit pooled over iterations)
+        from prism_lit.envs import env_metrics
+
+        env_id = ((_read(Artifacts(Path(run_dir)).config) or {}).get("env") or {}).get("id")
+        summary = env_metrics(env_id).training_summary(
+            {k: v["sum"] for k, v in out["env"].items()}, {k: v["mean"] for k, v in out["env"].items()})
+        if summary:
+            out["summary"] = summary
+    return out
 RUN_PAIRS = (("sft", "base"), ("final", "sft"), ("final", "base"))
 
 
+def outcome_fields(env_id: str | None) -> dict[str, str]:
+    """The per-episode outcomes that get intervals: success and score, then the env's own rates
+    (:attr:`~prism_lit.envs.spec.EnvMetrics.rates`, e.g. IFEval's prompt-level loose accuracy)."""
+    from prism_lit.envs import env_metrics
+
+    rates = env_metrics(env_id).rates if env_id else ()
+    return {**OUTCOMES, **{r: r for r in rates}}
+
+
+def goal_values(cells: dict[tuple, dict[str, float]], field_name: str) -> dict[tuple, float]:
+    """One outcome per goal (goals without it, e.g. from an older eval stage, left out)."""
+    return {g: c[field_name] for g, c in cells.items() if field_name in c}
+
+
 def eval_intervals(run_dir: Path) -> dict[str, Any]:
-    """Per split: every evaluated policy's success rate and score with a 95 % bootstrap interval over the panel's
-    goals, and the paired differences SFT − base, final − SFT, final − base (same goals) with theirs."""
+    """Per split: every evaluated policy's success rate and score (and the env's own rates) with a 95 % bootstrap
+    interval over the panel's goals, and the paired differences SFT − base, final − SFT, final − base (same goals)
+    with theirs."""
     from prism_lit.pipeline.stats import bootstrap_mean, paired_difference
 
     episodes = read_episodes(run_dir)
+    fields = outcome_fields(((_read(Artifacts(Path(run_dir)).config) or {}).get("env") or {}).get("id"))
     out: dict[str, Any] = {}
     for (policy, split), cells in sorted(episodes.items()):
         level = out.setdefault(split, {"policies": {}, "differences": {}})["policies"].setdefault(policy, {})
-        for metric, field_name in OUTCOMES.items():
-            level[metric] = bootstrap_mean({0: {g: c[field_name] for g, c in cells.items()}})
+        for metric, field_name in fields.items():
+            if metric in OUTCOMES or goal_values(cells, field_name):
+                level[metric] = bootstrap_mean({0: goal_values(cells, field_name)})
     for split, entry in out.items():
         for a, b in RUN_PAIRS:
             if (a, split) in episodes and (b, split) in episodes:
                 entry["differences"][f"{a} - {b}"] = {
-                    metric: paired_difference({0: {g: c[f] for g, c in episodes[(a, split)].items()}},
-                                              {0: {g: c[f] for g, c in episodes[(b, split)].items()}})
-                    for metric, f in OUTCOMES.items()}
+                    metric: paired_difference({0: goal_values(episodes[(a, split)], f)},
+                                              {0: goal_values(episodes[(b, split)], f)})
+                    for metric, f in fields.items() if metric in entry["policies"][a]}
     return out
 
 
@@ -238,6 +297,7 @@ def build_report(run_dir: str | Path) -> dict[str, Any]:
         "eval": {env_name: final},
         "eval_by_policy": evaluation,
         "eval_intervals": eval_intervals(run_dir),
+        "training": training_metrics(run_dir),
         "probe": probe_summary(run_dir),
     }
     atomic_write_json(art.report, report)
@@ -267,6 +327,8 @@ def summary_markdown(report: dict[str, Any], plot: Path | None) -> str:
             lines.append(f"| {policy} | {split} | {_fmt(m.get('success_rate'))} | {_fmt(m.get('score'))} | "
                          f"{_fmt(m.get('mean_steps'), 2)} | {_fmt(m.get('invalid_rate'))} |")
     lines += _interval_lines(report.get("eval_intervals") or {})
+    lines += _env_metric_lines(report["eval_by_policy"])
+    lines += _training_lines(report.get("training") or {})
     probe = report.get("probe") or {}
     if probe:
         lines += ["", f"## Probe and routing ({probe['router']}, score {probe['score']}, threshold "
@@ -290,17 +352,55 @@ def _pct(stat: dict[str, Any] | None, signed: bool = False) -> str:
     return f"{stat['mean'] * 100:{f}} [{lo * 100:{f}}, {hi * 100:{f}}]"
 
 
+def _env_metric_lines(by_policy: dict[str, Any]) -> list[str]:
+    """The env's own panel metrics (``env_metrics`` in eval.json, e.g. IFEval's four scores), one row per panel."""
+    rows = [(policy, split, m["env_metrics"]) for policy, splits in by_policy.items()
+            for split, m in splits.items() if m.get("env_metrics")]
+    if not rows:
+        return []
+    names = list(rows[0][2])
+    lines = ["", "## Environment metrics (the env's own, on the same episodes)", "",
+             "| policy | split | " + " | ".join(n.replace("_", " ") for n in names) + " |", "|---" * (len(names) + 2) + "|"]
+    for policy, split, m in rows:
+        lines.append(f"| {policy} | {split} | " + " | ".join(_fmt(m.get(n)) for n in names) + " |")
+    return lines
+
+
+def _training_lines(training: dict[str, Any]) -> list[str]:
+    """The RL iterations' logged numbers (rl/metrics.jsonl): the env's (e.g. the judge audit) and the rollouts'."""
+    groups = [g for g in TRAINING_GROUPS if training.get(g)]
+    if not groups:
+        return []
+    lines = ["", f"## During RL ({training['iterations']} iterations, the policy's own sampled episodes)", "",
+             "| number | first quarter | last quarter | all iterations | iterations with it |", "|---|---|---|---|---|"]
+    for group in groups:
+        for name, row in training[group].items():
+            lines.append(f"| {group}/{name} | {_fmt(row['first'])} | {_fmt(row['last'])} | {_fmt(row['mean'])} | "
+                         f"{row['n']} |")
+    if training.get("summary"):
+        lines += ["", "Over the whole run (the env's summary; counts pooled over iterations): "
+                  + ", ".join(f"{name.replace('_', ' ')} {_fmt(value)}" for name, value in training["summary"].items())
+                  + "."]
+    return lines
+
+
+def _interval_label(metric: str) -> str:
+    return {"success_rate": "success rate (%)", "score": "score (×100)"}.get(metric, f"{metric.replace('_', ' ')} (%)")
+
+
 def _interval_lines(intervals: dict[str, Any]) -> list[str]:
     if not intervals:
         return []
+    metrics = list(next(iter(next(iter(intervals.values()))["policies"].values()), {}))
     lines = ["", "## Evaluation with 95 % intervals (bootstrap over the panel's goals, this seed only)", "",
-             "| split | policy or paired difference | goals | success rate (%) | score (×100) |", "|---|---|---|---|---|"]
+             "| split | policy or paired difference | goals | " + " | ".join(_interval_label(m) for m in metrics) + " |",
+             "|---" * (len(metrics) + 3) + "|"]
     for split, entry in intervals.items():
         rows = [(name, m, False) for name, m in entry["policies"].items()]
         rows += [(name.replace(" - ", " − "), m, True) for name, m in entry["differences"].items()]
         for name, m, signed in rows:
-            lines.append(f"| {split} | {name} | {m['success_rate']['n_goals']} | {_pct(m['success_rate'], signed)} | "
-                         f"{_pct(m['score'], signed)} |")
+            lines.append(f"| {split} | {name} | {m['success_rate']['n_goals']} | "
+                         + " | ".join(_pct(m.get(metric), signed) for metric in metrics) + " |")
     lines += ["", "A difference is paired (the same goals for both policies); an interval that contains 0 does not "
                   "resolve it. One seed: the interval covers the choice of goals, not run-to-run variation."]
     return lines

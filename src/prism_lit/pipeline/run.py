@@ -194,7 +194,9 @@ def check_before_run(ctx: PipelineContext, kept: tuple[str, ...]) -> None:
 
 
 def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(value, dict) and value:
+    """Dotted keys of the leaves; an empty mapping has none (a setting added later, empty by default, then
+    matches the markers written before it existed)."""
+    if isinstance(value, dict):
         return {k: v for key, item in value.items() for k, v in _flatten(item, f"{prefix}{key}.").items()}
     return {prefix.rstrip("."): value}
 

@@ -54,6 +54,26 @@ def _progress_callback(stage: str, every_seconds: float = 15.0):
     return StageProgress()
 
 
+def _metrics_file(path: Path):
+    """A callback that appends each training step's logged numbers to ``path`` (JSON lines, rank 0): what the
+    report summarises (TensorBoard has the same values)."""
+    import lightning as L
+
+    class MetricsFile(L.Callback):
+        def on_train_batch_end(self, trainer, *args: Any) -> None:
+            if not trainer.is_global_zero:
+                return
+            row = {"step": trainer.global_step}
+            for key, value in sorted(trainer.callback_metrics.items()):
+                number = float(value)
+                if math.isfinite(number):
+                    row[key] = number
+            with path.open("a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
+
+    return MetricsFile()
+
+
 def _progress_lines(stage: str, what: str, every_seconds: float = 15.0) -> Callable[[int, int, float], None]:
     """``on_step(step, total, loss)`` that logs a line every ``every_seconds`` (for loops outside a Trainer)."""
     start = last = time.perf_counter()
@@ -259,6 +279,9 @@ def probe_and_route(ctx: PipelineContext) -> dict[str, Any]:
     if getattr(router, "seed", 0) is None:  # the run's seed varies a random routing unless the config fixes one
         router = copy.copy(router)
         router.seed = ctx.seed
+    if hasattr(router, "env_id") and router.env_id is None:  # a router that asks the env: the env RL plays
+        router = copy.copy(router)
+        router.env_id, router.env_kwargs = ctx.env_id, rl_env_kwargs(ctx)
     if not getattr(router, "needs_scores", True):
         records = [ProbeRecord.unmeasured(t.id, t.task_id, t.task_type) for t in read_trajectories(art.corpus)]
         partition = router.route(sorted(records, key=lambda r: r.id))
@@ -389,8 +412,13 @@ def final_policy(ctx: PipelineContext) -> PolicySpec:
 
 def build_rl_module(ctx: PipelineContext, policy: PolicySpec):
     """The configured RL module for ``policy`` on the train split (built before the first stage as a check)."""
-    return ctx.rl.module(policy, ctx.env.protocol, ctx.env_id, {**ctx.env.kwargs, "split": ctx.env.train_split},
+    return ctx.rl.module(policy, ctx.env.protocol, ctx.env_id, rl_env_kwargs(ctx),
                          export_dir=str(ctx.artifacts.rl_export), seed=ctx.seed)
+
+
+def rl_env_kwargs(ctx: PipelineContext) -> dict[str, Any]:
+    """The env kwargs RL plays with: ``env.kwargs``, then ``rl.env_kwargs`` (RL-only), on the train split."""
+    return {**ctx.env.kwargs, **ctx.rl.env_kwargs, "split": ctx.env.train_split}
 
 
 def train_rl(ctx: PipelineContext) -> dict[str, Any]:
@@ -404,16 +432,19 @@ def train_rl(ctx: PipelineContext) -> dict[str, Any]:
     check_rl_tasks(ctx, tasks)
     start = sft_policy(ctx)
     module = build_rl_module(ctx, start)
-    data = RLTaskDataModule(env_id=ctx.env_id, env_kwargs={**ctx.env.kwargs, "split": ctx.env.train_split},
-                            task_ids=tasks, seed=ctx.seed, **ctx.rl.data)
+    data = RLTaskDataModule(env_id=ctx.env_id, env_kwargs=rl_env_kwargs(ctx), task_ids=tasks, seed=ctx.seed,
+                            **ctx.rl.data)
     # the eval stage measures every policy on fixed panels; no validation loop inside RL training
     iterations = ctx.rl.max_steps or max(1, math.ceil(ctx.rl.epochs * len(tasks) / data.tasks_per_batch))
     trainer = _trainer(ctx, "rl", checkpoint_every_n_steps=ctx.rl.checkpoint_every_n_steps, max_steps=iterations,
-                       max_epochs=-1, limit_val_batches=0, num_sanity_val_steps=0)
+                       max_epochs=-1, limit_val_batches=0, num_sanity_val_steps=0,
+                       callbacks=[*ctx.trainer.get("callbacks", []), _metrics_file(ctx.artifacts.rl_metrics)])
     _fit(ctx, "rl", trainer, module, data)
+    from prism_lit.pipeline.report import training_metrics
+
     return {"trained": True, "steps": trainer.global_step, "iterations": iterations, "n_tasks": len(tasks),
             "adapter": start.adapter_path is not None, "strategy": type(trainer.strategy).__name__,
-            "world_size": trainer.world_size}
+            "world_size": trainer.world_size, "env_summary": training_metrics(ctx.run_dir).get("summary", {})}
 
 
 # ---------------------------------------------------------------------------------------------- eval
@@ -469,10 +500,12 @@ def evaluate(ctx: PipelineContext) -> dict[str, Any]:
     (torchmetrics) and the episodes gathered, so the results are those of one process, written by rank 0."""
     import torch.distributed as dist
 
+    from prism_lit.envs import env_metrics
     from prism_lit.io import atomic_write_json, atomic_write_text
     from prism_lit.policy import load_policy
     from prism_lit.rl.evaluation import evaluate_policy
 
+    scorer = env_metrics(ctx.env_id)  # the env's own numbers (IFEval's scores for instruction following)
     rank, world = _ranks()
     device = eval_device(ctx)
     results: dict[str, Any] = {}
@@ -490,7 +523,8 @@ def evaluate(ctx: PipelineContext) -> dict[str, Any]:
             )
             episodes += [{"policy": name, "split": split, "task_id": ep.task_id, "env_seed": ep.seed,
                           "task_type": ep.task_type, "won": bool(ep.won), "score": float(ep.score),
-                          "steps": len(ep.steps), "invalid": ep.num_invalid}
+                          "steps": len(ep.steps), "invalid": ep.num_invalid,
+                          **({"outcomes": outcomes} if (outcomes := scorer.episode(ep.info)) else {})}
                          for ep in metrics.pop("episodes_list")]
             results[name][split] = report_metrics(metrics)
             log.warning("pipeline: stage eval   %s on %d %s tasks: success %.3f, score %.3f", name, n, split,
@@ -502,13 +536,19 @@ def evaluate(ctx: PipelineContext) -> dict[str, Any]:
         order = {(p, s): i for i, (p, s) in enumerate((p, s) for p in ctx.eval.policies for s in ctx.env.eval_splits)}
         episodes = sorted((e for share in shares for e in share),
                           key=lambda e: (order[e["policy"], e["split"]], e["env_seed"]))
+    for name, splits in results.items():  # from every rank's episodes: the env's panel metrics
+        for split, entry in splits.items():
+            panel = scorer.panel([e["outcomes"] for e in episodes
+                                  if e["policy"] == name and e["split"] == split and "outcomes" in e])
+            if panel:
+                entry["env_metrics"] = panel
     if rank == 0:
         # per-episode outcomes: what paired differences between policies, methods and seeds are computed from
         atomic_write_text(ctx.artifacts.eval_episodes, "".join(json.dumps(e) + "\n" for e in episodes))
         atomic_write_json(ctx.artifacts.eval_results, results)
     if world > 1:
         dist.barrier()
-    return {name: {split: {k: v for k, v in m.items() if k in ("success_rate", "score")}
+    return {name: {split: {k: v for k, v in m.items() if k in ("success_rate", "score", "env_metrics")}
                    for split, m in splits.items()} for name, splits in results.items()}
 
 

@@ -14,6 +14,7 @@ from prism_lit.probe.routers import (
     PrismRouter,
     RandomRouter,
     Router,
+    VerifiedRewardRouter,
 )
 from prism_lit.probe.runner import PARTITION_FILE, PROBE_META_FILE, PROBE_RECORDS_FILE, run_probe
 from prism_lit.probe.stats import coefficient_of_variation, gini, kurtosis
@@ -43,6 +44,7 @@ __all__ = [
     "RandomRouter",
     "Router",
     "UnitGradNorms",
+    "VerifiedRewardRouter",
     "coefficient_of_variation",
     "find_units",
     "gini",

@@ -23,7 +23,7 @@ import math
 import random
 import warnings
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 from prism_lit.probe.partition import Partition
 from prism_lit.probe.records import CONCENTRATION_SCORES, ProbeRecord
@@ -36,6 +36,7 @@ __all__ = [
     "PrismRouter",
     "RandomRouter",
     "Router",
+    "VerifiedRewardRouter",
     "quantile",
 ]
 
@@ -210,3 +211,56 @@ class AllRLRouter(Router):
     def route(self, records: Sequence[ProbeRecord]) -> Partition:
         _check_unique(records)
         return _partition(records, {r.id for r in records}, self.name, None, None, 1.0)
+
+
+class VerifiedRewardRouter(Router):
+    """Precision-first data refinement ("Precision over Diversity", arXiv 2601.04954): RL only on tasks whose
+    reward is checked by code; a task whose reward a judge pays (in part) is dropped, or sent to SFT.
+
+    Whether a task's reward is verified is the env's word: ``info["reward_verified"]`` after ``reset`` on the
+    task (the instruction-following env: no soft constraint pays). An env without that key counts every task as
+    verified. The router plays no episode and reads no probe score.
+
+    Args:
+        unverified: ``drop`` (in neither D_SFT nor D_RL) or ``sft`` (to D_SFT: an expert answer is a precise
+            target even where the reward is not).
+        env_id / env_kwargs: the env whose reward RL pays; ``None`` (the default in a pipeline config): the
+            pipeline fills in the RL stage's env (``env.kwargs`` with ``rl.env_kwargs`` on ``env.train_split``).
+    """
+
+    name = "verified_reward"
+    needs_scores = False
+
+    def __init__(self, unverified: Literal["drop", "sft"] = "drop", env_id: str | None = None,
+                 env_kwargs: dict[str, Any] | None = None) -> None:
+        if unverified not in ("drop", "sft"):
+            raise ValueError(f"VerifiedRewardRouter: unverified must be 'drop' or 'sft', got {unverified!r}")
+        self.unverified = unverified
+        self.env_id = env_id
+        self.env_kwargs = dict(env_kwargs or {})
+
+    def verified_tasks(self, task_ids: Sequence[str]) -> set[str]:
+        """The task ids among ``task_ids`` whose reward the env says is code-verified."""
+        import gymnasium as gym
+
+        import prism_lit.envs  # noqa: F401  (registers the ids)
+
+        if self.env_id is None:
+            raise ValueError("VerifiedRewardRouter: no env_id (the pipeline sets it; give it when routing by hand)")
+        env = gym.make(self.env_id, **self.env_kwargs)
+        try:
+            verified = set()
+            for task_id in sorted(set(task_ids)):
+                _, info = env.reset(seed=0, options={"task_id": task_id})
+                if info.get("reward_verified", True):
+                    verified.add(task_id)
+            return verified
+        finally:
+            env.close()
+
+    def route(self, records: Sequence[ProbeRecord]) -> Partition:
+        _check_unique(records)
+        verified = self.verified_tasks([r.task_id for r in records])
+        rl = {r.id for r in records if r.task_id in verified}
+        kept = records if self.unverified == "sft" else [r for r in records if r.id in rl]
+        return _partition(kept, rl, self.name, None, None, len(rl) / len(records) if records else 0.0)

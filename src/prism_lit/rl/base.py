@@ -40,6 +40,7 @@ import copy
 import dataclasses
 import inspect
 import json
+import math
 import random
 from collections.abc import Sequence
 from contextlib import ExitStack, contextmanager, nullcontext
@@ -51,6 +52,7 @@ import torch
 
 from prism_lit.distributed import export_sharded_policy, fsdp2_options, is_sharded
 from prism_lit.envs.protocol import AgentProtocol
+from prism_lit.envs.spec import EnvMetrics, env_metrics
 from prism_lit.policy import PolicySpec, export_policy, load_policy, load_tokenizer
 from prism_lit.rl.config import EvalConfig, KLConfig, OptimConfig, UpdateConfig
 from prism_lit.rl.evaluation import EpisodeMetrics, default_task_types
@@ -172,6 +174,7 @@ class RLModuleBase(pl.LightningModule):
         self._fsdp: FSDP2Sync | None = None  # set in configure_model under ModelParallelStrategy
         self._eval_gather: ExitStack | None = None
         self._filler: StepSample | None = None  # FSDP2: the sample of zero-weight micro-batches
+        self._env_metrics: EnvMetrics | None = None
         self.iteration = 0  # RL iterations (rollout + update) done
         self._save_hparams()
 
@@ -314,6 +317,15 @@ class RLModuleBase(pl.LightningModule):
             "perf/env_s": stats.env_s,
         }
 
+    def env_rollout_metrics(self, episodes: Sequence[Episode]) -> dict[str, float]:
+        """The env's own training numbers of the iteration's episodes (its :class:`~prism_lit.envs.spec.EnvMetrics`,
+        e.g. the instruction-following judge's precision on the policy's responses), as ``env/<name>``; a value
+        that is not a finite number (a rate with nothing to count) is left out of that iteration's log."""
+        if self._env_metrics is None:
+            self._env_metrics = env_metrics(self.env_id)
+        values = self._env_metrics.rollout([ep.info for ep in episodes])
+        return {f"env/{k}": float(v) for k, v in values.items() if math.isfinite(float(v))}
+
     # ------------------------------------------------------------------ DDP / FSDP2 gradients
     def gathered_policy(self):
         """FSDP2: keep the policy's weights gathered inside the block (rollouts, evaluation); else nothing."""
@@ -396,6 +408,7 @@ class RLModuleBase(pl.LightningModule):
         summary = self.update(samples)
         self.iteration += 1
         summary.update(self.rollout_metrics(episodes, self.train_engine()))
+        summary.update(self.env_rollout_metrics(episodes))
         summary.update(self.iteration_logs(episodes, samples))
         summary["train/samples"] = float(len(samples))
         summary["train/iteration"] = float(self.iteration)

@@ -119,6 +119,7 @@ class Episode:
     won: bool = False
     score: float = 0.0
     truncated: bool = False
+    info: dict[str, Any] = field(default_factory=dict)  # the env's ``info`` after the last step (env-specific facts)
 
     @property
     def ret(self) -> float:
@@ -355,6 +356,7 @@ class RolloutEngine:
                         episode.score = float(info.get("score", 1.0 if episode.won else 0.0))
                         episode.truncated = bool(truncated[i] or (hit_cap and not terminated[i]))
                         episode.task_type = str(info.get("task_type", episode.task_type))
+                        episode.info = dict(info)
                     else:
                         still_live.append(i)
                 for backend, rows in self._chunks(backends, [i for i in live if episodes[i].steps[-1].done], chunk):

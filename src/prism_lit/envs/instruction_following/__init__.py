@@ -24,6 +24,8 @@ SPEC = register_env(
         # the response is the action: the whole reply, one turn, nothing to list
         protocol={"reply_format": "text", "history_turns": 0, "show_admissible": False},
         splits=SPLITS,
+        # IFEval's four scores per panel, the judge's precision on the policy's responses during RL
+        metrics="prism_lit.envs.instruction_following.scoring:IFEvalMetrics",
         score="the fraction of the prompt's constraints satisfied (hard: IFEval strict; soft: the judge); "
         "won = all satisfied",
     )

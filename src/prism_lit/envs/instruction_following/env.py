@@ -10,7 +10,9 @@ episode. ``info`` after the step:
   with loose verdicts, ``hard_score`` / ``soft_score`` per kind;
 * ``constraint_ids``, ``constraint_types``, ``instruction_id_list``, ``kwargs``, ``task_id``, ``task_type``
   (the family of the first instruction), ``task_families`` (every family, joined with ``+``),
-  ``admissible_actions`` (empty: the action is free text) and ``valid_action`` (a non-blank response).
+  ``admissible_actions`` (empty: the action is free text) and ``valid_action`` (a non-blank response);
+* ``reward_verified`` (also at ``reset``): no part of the reward is paid by the judge; ``reward_judged``: the
+  part of the reward the judge paid; with ``audit_judge``, each hard verdict also has ``judge_passed``.
 
 Reward (``reward``): ``"fraction"`` (default) pays ``score`` with soft constraints counted by the judge's
 continuous score; ``"all"`` pays 1.0 only when ``won``; ``"hard"`` ignores soft constraints altogether (their
@@ -26,7 +28,7 @@ from typing import Any
 import gymnasium as gym
 from gymnasium import spaces
 
-from prism_lit.envs.instruction_following.judge import SOFT_CONSTRAINTS, Judge, make_judge
+from prism_lit.envs.instruction_following.judge import SOFT_CONSTRAINTS, Judge, audit_verdicts, make_judge
 from prism_lit.envs.instruction_following.tasks import (
     DEFAULT_HELD_OUT_TYPES,
     IFTask,
@@ -70,6 +72,10 @@ class InstructionFollowingEnv(gym.Env):
         reward: ``fraction`` / ``all`` / ``hard`` (see the module docstring).
         loose: score hard constraints with IFEval's loose verdicts.
         max_response_chars: responses are cut to this many characters before checking.
+        audit_judge: also ask the judge about every *hard* constraint (its IFEval sentence as the
+            requirement) and record its pass/fail as ``judge_passed`` next to the code's verdict: the
+            judge's precision on the policy's own responses (``IFEvalMetrics.rollout``). Costs one judge call
+            per hard constraint; pays nothing.
     """
 
     metadata = {"render_modes": []}  # noqa: RUF012  (gymnasium reads a class attribute)
@@ -91,6 +97,7 @@ class InstructionFollowingEnv(gym.Env):
         reward: str = "fraction",
         loose: bool = False,
         max_response_chars: int = 20000,
+        audit_judge: bool = False,
     ) -> None:
         if reward not in REWARD_MODES:
             raise ValueError(f"InstructionFollowingEnv.reward must be one of {REWARD_MODES}, got {reward!r}")
@@ -129,6 +136,7 @@ class InstructionFollowingEnv(gym.Env):
         self.reward_mode = reward
         self.loose = loose
         self.max_response_chars = max_response_chars
+        self.audit_judge = audit_judge
         self.judge: Judge | None = make_judge(judge) if judge is not None else None
         if self._generator is not None:
             self._keys = [f"ifgen/{split}/{i}" for i in range(n_tasks)]
@@ -203,6 +211,9 @@ class InstructionFollowingEnv(gym.Env):
             + ["soft"] * len(task.soft_constraints),
             "instruction_id_list": list(task.instruction_id_list),
             "kwargs": [dict(k) for k in task.kwargs],
+            # every part of the reward is checked by code (no soft constraint pays): what precision-first routing
+            # keeps (prism_lit.probe.routers.VerifiedRewardRouter)
+            "reward_verified": not task.soft_constraints or self.reward_mode == "hard",
             "won": False,
             "score": 0.0,
         }
@@ -233,6 +244,9 @@ class InstructionFollowingEnv(gym.Env):
             response = ""
         hard = verify_response(task.instruction_id_list, task.kwargs, response, task.prompt)
         verdicts = [v.as_dict() for v in hard]
+        if self.audit_judge and self.judge is not None:
+            for item, said in zip(verdicts, audit_verdicts(self.judge, task.prompt, response, hard)):
+                item["judge_passed"] = said
         soft = []
         for sid in task.soft_constraints:
             constraint = SOFT_CONSTRAINTS.get(sid)
@@ -264,13 +278,16 @@ class InstructionFollowingEnv(gym.Env):
         hard_won = all(v.strict for v in hard)
         won = hard_won and all(s["passed"] for s in soft)
         hard_part = [float(v.loose if self.loose else v.strict) for v in hard]
+        judged = 0.0  # the part of the reward the judge paid
         if self.reward_mode == "hard":
             reward = sum(hard_part) / len(hard_part) if hard_part else 0.0
         elif self.reward_mode == "all":
             reward = 1.0 if (all(hard_part) and all(s["passed"] for s in soft)) else 0.0
+            judged = reward if soft else 0.0
         else:
             parts = hard_part + [float(s["score"]) for s in soft]
             reward = sum(parts) / len(parts) if parts else 0.0
+            judged = sum(float(s["score"]) for s in soft) / len(parts) if parts else 0.0
         return {
             "verdicts": verdicts,
             "won": bool(won),
@@ -280,6 +297,7 @@ class InstructionFollowingEnv(gym.Env):
             "hard_score": strict_ok / len(hard) if hard else 1.0,
             "soft_score": soft_ok / len(soft) if soft else None,
             "reward": float(reward),
+            "reward_judged": float(judged),
             "valid_action": bool(response.strip()) and not too_long,
         }
 

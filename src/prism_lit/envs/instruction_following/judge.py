@@ -37,6 +37,8 @@ __all__ = [
     "LLM_JUDGE_CLASS",
     "RuleBasedJudge",
     "SoftConstraint",
+    "agreement",
+    "audit_verdicts",
     "judge_agreement",
     "make_judge",
 ]
@@ -251,6 +253,36 @@ def make_judge(judge: Any = "rule_based") -> Judge:
     return judge
 
 
+def audit_verdicts(judge: Judge, prompt: str, response: str, verdicts: Sequence[Any]) -> list[bool]:
+    """The judge's pass/fail on each *hard* verdict of ``response`` (a :class:`Verdict`), asked with the
+    instruction's IFEval sentence as the requirement: what the judge would reward if it scored that constraint."""
+    from prism_lit.envs.instruction_following.verifiers import describe_instruction
+
+    return [judge.score(prompt, response, describe_instruction(v.instruction_id, v.kwargs)).passed
+            for v in verdicts]
+
+
+def agreement(pairs: Sequence[tuple[bool, bool]]) -> dict[str, float]:
+    """Precision, recall, false-pass rate and accuracy of ``(judge passed, code passed)`` pairs.
+
+    ``false_pass_rate`` is the share of responses the code fails that the judge passes: how often a wrong
+    response would be rewarded. ``nan`` where a denominator is 0; ``n`` counts the pairs.
+    """
+    tp = sum(j and c for j, c in pairs)
+    fp = sum(j and not c for j, c in pairs)
+    fn = sum(c and not j for j, c in pairs)
+    tn = len(pairs) - tp - fp - fn
+    total = len(pairs)
+    nan = float("nan")
+    return {
+        "n": float(total),
+        "precision": tp / (tp + fp) if tp + fp else nan,
+        "recall": tp / (tp + fn) if tp + fn else nan,
+        "false_pass_rate": fp / (fp + tn) if fp + tn else nan,
+        "accuracy": (tp + tn) / total if total else nan,
+    }
+
+
 def judge_agreement(judge: Judge, tasks: Sequence[Any], responses: Sequence[str]) -> dict[str, float]:
     """The judge's precision and recall on the hard instructions, against the code verifiers' strict verdict.
 
@@ -258,27 +290,11 @@ def judge_agreement(judge: Judge, tasks: Sequence[Any], responses: Sequence[str]
     instruction's text; the verifier's strict verdict is the truth. ``false_pass_rate`` is the share of
     *failing* responses the judge passes (a rewarded wrong answer).
     """
-    from prism_lit.envs.instruction_following.verifiers import describe_instruction, verify_response
+    from prism_lit.envs.instruction_following.verifiers import verify_response
 
-    tp = fp = fn = tn = 0
+    pairs: list[tuple[bool, bool]] = []
     for task, response in zip(tasks, responses):
         verdicts = verify_response(task.instruction_id_list, task.kwargs, response, task.prompt)
-        for verdict in verdicts:
-            requirement = describe_instruction(verdict.instruction_id, verdict.kwargs)
-            said = judge.score(task.prompt, response, requirement).passed
-            if said and verdict.strict:
-                tp += 1
-            elif said:
-                fp += 1
-            elif verdict.strict:
-                fn += 1
-            else:
-                tn += 1
-    total = tp + fp + fn + tn
-    return {
-        "n": float(total),
-        "precision": tp / (tp + fp) if tp + fp else float("nan"),
-        "recall": tp / (tp + fn) if tp + fn else float("nan"),
-        "false_pass_rate": fp / (fp + tn) if fp + tn else float("nan"),
-        "accuracy": (tp + tn) / total if total else float("nan"),
-    }
+        said = audit_verdicts(judge, task.prompt, response, verdicts)
+        pairs += [(j, v.strict) for j, v in zip(said, verdicts)]
+    return agreement(pairs)

@@ -11,10 +11,12 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from prism_lit.envs.instruction_following.judge import agreement
 from prism_lit.envs.instruction_following.tasks import IFTask
 from prism_lit.envs.instruction_following.verifiers import Verdict, family_of, verify_response
+from prism_lit.envs.spec import EnvMetrics
 
-__all__ = ["evaluate_responses", "ifeval_scores"]
+__all__ = ["IFEvalMetrics", "evaluate_responses", "ifeval_scores"]
 
 
 def _pair(item: Verdict | Mapping[str, Any]) -> tuple[str, bool, bool]:
@@ -83,3 +85,80 @@ def evaluate_responses(
         answers = list(responses)
     results = [verify_response(t.instruction_id_list, t.kwargs, r, t.prompt) for t, r in zip(tasks, answers)]
     return ifeval_scores(results, by_type=by_type)
+
+
+def _hard(info: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    return [v for v in info.get("verdicts") or [] if v.get("hard")]
+
+
+class IFEvalMetrics(EnvMetrics):
+    """The instruction-following env's metrics (its :class:`~prism_lit.envs.spec.EnvSpec` names this class).
+
+    * per episode: ``prompt_level_strict`` / ``prompt_level_loose`` (every hard instruction holds, 0/1) and the
+      counts ``instructions``, ``instructions_strict``, ``instructions_loose``;
+    * per panel: IFEval's four scores (instruction level pooled over the panel's prompts, as IFEval) and the
+      counts; soft constraints are not IFEval's and do not enter (the evaluation splits have none);
+    * per RL iteration, on the policy's own responses: the judge audit (env kwarg ``audit_judge``): the judge
+      asked about each *hard* constraint, the code's strict verdict taken as the truth:
+      ``judge_precision``, ``judge_recall``, ``judge_false_pass_rate`` (how often a response the code fails
+      would be rewarded by the judge) and ``judge_audited`` (constraints asked); and where the reward comes from:
+      ``reward_judged_share`` (the share of the iteration's reward paid by judge scores), ``unverified_tasks``
+      (the share of episodes whose reward is not all code-checked), ``hard_won`` (every hard constraint holds).
+    """
+
+    rates = ("prompt_level_strict", "prompt_level_loose")
+
+    def episode(self, info: dict[str, Any]) -> dict[str, float]:
+        hard = _hard(info)
+        if not hard:
+            return {}
+        return {"prompt_level_strict": float(all(v["strict"] for v in hard)),
+                "prompt_level_loose": float(all(v["loose"] for v in hard)),
+                "instructions": float(len(hard)),
+                "instructions_strict": float(sum(bool(v["strict"]) for v in hard)),
+                "instructions_loose": float(sum(bool(v["loose"]) for v in hard))}
+
+    def panel(self, outcomes: list[dict[str, float]]) -> dict[str, Any]:
+        rows = [o for o in outcomes if o.get("instructions")]
+        if not rows:
+            return {}
+        n_inst = sum(o["instructions"] for o in rows)
+        return {"prompt_level_strict": sum(o["prompt_level_strict"] for o in rows) / len(rows),
+                "prompt_level_loose": sum(o["prompt_level_loose"] for o in rows) / len(rows),
+                "instruction_level_strict": sum(o["instructions_strict"] for o in rows) / n_inst,
+                "instruction_level_loose": sum(o["instructions_loose"] for o in rows) / n_inst,
+                "n_prompts": len(rows), "n_instructions": int(n_inst)}
+
+    def rollout(self, infos: list[dict[str, Any]]) -> dict[str, float]:
+        infos = [i for i in infos if "verdicts" in i]
+        if not infos:
+            return {}
+        pairs = [(bool(v["judge_passed"]), bool(v["strict"])) for i in infos for v in _hard(i) if "judge_passed" in v]
+        total_reward = sum(float(i.get("reward", 0.0)) for i in infos)
+        out = {"reward_judged_share": (sum(float(i.get("reward_judged", 0.0)) for i in infos) / total_reward
+                                       if total_reward > 0 else 0.0),
+               "unverified_tasks": sum(not i.get("reward_verified", True) for i in infos) / len(infos),
+               "hard_won": sum(bool(i.get("hard_won")) for i in infos) / len(infos)}
+        if pairs:
+            stats = agreement(pairs)
+            out.update({"judge_precision": stats["precision"], "judge_recall": stats["recall"],
+                        "judge_false_pass_rate": stats["false_pass_rate"], "judge_audited": stats["n"],
+                        # the counts, so rates can be pooled over iterations (report.training_metrics sums them)
+                        "judge_pass_right": float(sum(j and c for j, c in pairs)),
+                        "judge_pass_wrong": float(sum(j and not c for j, c in pairs)),
+                        "code_pass": float(sum(c for _, c in pairs))})
+        return out
+
+    def training_summary(self, sums: dict[str, float], means: dict[str, float]) -> dict[str, float]:
+        """The judge audit pooled over every iteration (each audited constraint counts once) and the mean share
+        of the reward the judge paid, of unverified tasks and of responses meeting every hard constraint."""
+        out = {k: means[k] for k in ("reward_judged_share", "unverified_tasks", "hard_won") if k in means}
+        audited = sums.get("judge_audited", 0.0)
+        if audited:
+            right, wrong, code = sums["judge_pass_right"], sums["judge_pass_wrong"], sums["code_pass"]
+            nan = float("nan")
+            out.update({"judge_audited": audited,
+                        "judge_precision": right / (right + wrong) if right + wrong else nan,
+                        "judge_recall": right / code if code else nan,
+                        "judge_false_pass_rate": wrong / (audited - code) if audited > code else nan})
+        return out
