@@ -366,6 +366,24 @@ def test_a_finished_stage_made_with_other_settings_is_refused_until_rerun(tmp_pa
     assert read_stage_marker(run, "probe") == probe_marker
 
 
+def test_settings_that_change_only_speed_do_not_block_reusing_a_stage(monkeypatch):
+    from types import SimpleNamespace
+
+    from prism_lit.pipeline import run as run_module
+
+    def rl(temperature, draft_tokens, micro_batch_size):
+        return {"rl": {"module": {"init_args": {"rollout": {"temperature": temperature, "draft_tokens": draft_tokens},
+                                                "update": {"micro_batch_size": micro_batch_size}}}}}
+
+    ctx = SimpleNamespace(run_dir="runs/x", artifacts=SimpleNamespace(replaced="runs/x/replaced"))
+    recorded = rl(0.7, None, 8)  # a marker from before rollout.draft_tokens existed
+    monkeypatch.setattr(run_module, "stage_settings", lambda _ctx, _name: rl(0.7, 3, 2))
+    run_module._compare_settings(ctx, "rl", recorded, finished=True)  # greedy drafts and micro-batches: reused
+    monkeypatch.setattr(run_module, "stage_settings", lambda _ctx, _name: rl(1.0, 3, 2))
+    with pytest.raises(ValueError, match=r"rollout\.temperature: 0\.7 -> 1\.0\)"):
+        run_module._compare_settings(ctx, "rl", recorded, finished=True)
+
+
 # ---------------------------------------------------------------------------------------------- checks and records
 def _main(*args):
     from prism_lit.cli import main

@@ -201,6 +201,12 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix.rstrip("."): value}
 
 
+# Settings that change only speed or memory, never what a stage produces (each is tested to give the same outputs):
+# a stage made with other values of these is reused. RL: greedy drafts, micro-batches, generation batches, env
+# threads.
+SPEED_ONLY_SETTINGS = frozenset({"draft_tokens", "micro_batch_size", "generation_batch_size", "env_threads"})
+
+
 def _compare_settings(ctx: PipelineContext, name: str, recorded: dict[str, Any] | None, finished: bool) -> None:
     """Refuse to reuse a stage whose recorded settings differ from this config's: its artifacts (or, for a
     half-done stage, its checkpoint) would silently stand for settings they were not made with."""
@@ -208,7 +214,7 @@ def _compare_settings(ctx: PipelineContext, name: str, recorded: dict[str, Any] 
         return
     old, new = _flatten(recorded), _flatten(stage_settings(ctx, name))
     changed = [f"{key}: {old.get(key)!r} -> {new.get(key)!r}" for key in sorted(old.keys() | new.keys())
-               if old.get(key) != new.get(key)]
+               if old.get(key) != new.get(key) and key.rsplit(".", 1)[-1] not in SPEED_ONLY_SETTINGS]
     if changed:
         state = "was made" if finished else "was started (and would resume)"
         raise ValueError(
