@@ -51,8 +51,10 @@ def _play(model_dir, kind, reply, kwargs=None, protocol=None, steps=3):
     script = tokenizer(reply, add_special_tokens=False)["input_ids"] + [eot]
     tail = tokenizer("\n\nAction: dog", add_special_tokens=False)["input_ids"]
     policy = ScriptedPolicy(model, script, tail)
+    # draft_tokens=0: the scripted policy answers one token per decode forward (greedy drafts, which score several
+    # tokens in one forward and give exactly the one-token result, are tested in tests/rl/test_rl_sequence.py)
     engine = RolloutEngine("prism_lit/GuessWord-v0", protocol, tokenizer,
-                           RolloutConfig(max_new_tokens=len(script) + 8, max_steps=steps))
+                           RolloutConfig(max_new_tokens=len(script) + 8, max_steps=steps, draft_tokens=0))
     try:
         [episode] = engine.run(policy, [("guess_word/train/0", 0, 0)], greedy=True)
     finally:
