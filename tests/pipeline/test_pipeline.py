@@ -147,12 +147,12 @@ def test_compare_workers_run_methods_in_parallel_and_report_a_failed_run(tmp_pat
     configs = _compare_configs(tmp_path, (("prism-gini", "PrismRouter"), ("random", "RandomRouter"),
                                           ("broken", "RandomRouter")))
     broken = yaml.safe_load(open(configs[2]))
-    broken["env"]["eval_splits"] = {"no_such_split": 3}  # valid YAML and types: fails only when the run evaluates
+    broken["sft"]["max_length"] = 2  # a valid setting that fails only when SFT tokenises: no trajectory fits
     open(configs[2], "w").write(yaml.safe_dump(broken))
     out = tmp_path / "cmp"
     with pytest.raises(RuntimeError, match=r"1 run\(s\) failed") as err:
         compare(configs, seeds=[1], out_dir=str(out), reference="random", workers=2)
-    assert "broken/seed1" in str(err.value) and "no_such_split" in str(err.value)
+    assert "broken/seed1" in str(err.value) and "max_length" in str(err.value)
     assert str(out / "broken" / "seed1" / "pipeline.log") in str(err.value)
     # the shared corpus and base come from the config's own seed, whichever seeds this call was given
     assert json.loads((out / "shared" / "all" / "pipeline_config.json").read_text())["seed"] == 0
@@ -161,6 +161,28 @@ def test_compare_workers_run_methods_in_parallel_and_report_a_failed_run(tmp_pat
     assert set(table["methods"]) == {"prism-gini", "random"}
     for method in ("prism-gini", "random"):
         assert "stage eval" in (out / method / "seed1" / "pipeline.log").read_text()
+
+
+def test_compare_checks_every_run_dir_before_running_any(tmp_path):
+    """A run dir kept from an earlier call with other settings stops the whole call before any run starts, naming
+    the config, the run dir and the setting (not an hour later as one failed run among many)."""
+    import yaml
+
+    from prism_lit.pipeline.compare import compare
+
+    configs = _compare_configs(tmp_path, (("prism-gini", "PrismRouter"), ("random", "RandomRouter")))
+    out = tmp_path / "cmp"
+    kept = out / "random" / "seed0" / "sft"
+    kept.mkdir(parents=True)
+    config = yaml.safe_load(open(configs[1]))
+    from prism_lit.pipeline.config import SFTSettings, settings_json
+
+    recorded = settings_json(SFTSettings(**{**config["sft"], "lr": 0.5}))  # one setting differs from the config's
+    (kept / "stage.json").write_text(json.dumps({"stage": "sft", "seconds": 1.0, "info": {}, "settings": {"sft": recorded}}))
+    with pytest.raises(ValueError, match=r"random\.yaml \(run .*random/seed0\).*stage 'sft'.*sft\.lr") as err:
+        compare(configs, seeds=[0], out_dir=str(out), reference="random", workers=2)
+    assert "--rerun" in str(err.value)
+    assert sorted(p.name for p in out.iterdir()) == ["random"] and not (out / "prism-gini").exists()
 
 
 def test_compare_checks_every_config_before_running_any(tmp_path):

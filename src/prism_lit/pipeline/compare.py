@@ -81,7 +81,7 @@ def _run_parallel(jobs: list[tuple[str, int, Path]], workers: int, overrides: di
                 status = "finished"
             except Exception as err:  # noqa: BLE001 - every other run goes on; the failures are raised together
                 failures.append(f"{run_dir}: {type(err).__name__}: {err} (log: {run_dir / 'pipeline.log'})")
-                status = "FAILED"
+                status = f"FAILED: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
             print(f"compare: [{done}/{len(jobs)}] {run_dir} {status}", flush=True)
     return failures
 
@@ -120,7 +120,7 @@ def compare(
             variant of a benchmark reuses the baseline configs.
     """
     overrides = dict(overrides or {})
-    from prism_lit.pipeline.run import pipeline
+    from prism_lit.pipeline.run import check_pipeline, pipeline
 
     if not configs:
         raise ValueError("compare: give the pipeline configs to compare (configs: [a.yaml, b.yaml, ...])")
@@ -129,22 +129,29 @@ def compare(
     _check_pairs(DEFAULT_PAIRS if paired is None else paired)
     out = Path(out_dir)
     seeds = [0, 1, 2] if seeds is None else seeds
-    for config in configs:  # every config is checked before the first run starts
-        _parse_pipeline_config(config, overrides)
-    jobs = []
+    plan = []
     for seed in seeds:
         shared = out / "shared" / (f"seed{seed}" if data_per_seed else "all")
         data_seed = {"seed": seed} if data_per_seed else {}
         first = _parse_pipeline_config(configs[0], {**overrides, "run_dir": str(shared), **data_seed})
+        runs = [(config, _parse_pipeline_config(config, {**overrides, "seed": seed})) for config in configs]
+        plan.append((shared, first, [(config, kwargs, out / kwargs["method"] / f"seed{seed}") for config, kwargs in runs]))
+    for shared, first, runs in plan:  # run dirs kept from an earlier call must match: a mismatch stops before any run
+        check_pipeline(**{**first, "stop_after": SHARED_STAGES[-1]})
+        for config, kwargs, run_dir in runs:
+            try:
+                check_pipeline(**{**kwargs, "run_dir": str(run_dir)})
+            except ValueError as err:
+                raise ValueError(f"compare: {config} (run {run_dir}): {err}") from None
+    jobs = []
+    for shared, first, runs in plan:
         pipeline(**{**first, "stop_after": SHARED_STAGES[-1]})
-        for config in configs:
-            kwargs = _parse_pipeline_config(config, {**overrides, "seed": seed})
-            run_dir = out / kwargs["method"] / f"seed{seed}"
+        for config, kwargs, run_dir in runs:
             _link_shared(shared, run_dir)
             if workers == 1:
                 pipeline(**{**kwargs, "run_dir": str(run_dir)})
             else:
-                jobs.append((config, seed, run_dir))
+                jobs.append((config, kwargs["seed"], run_dir))
     failures = _run_parallel(jobs, workers, overrides) if jobs else []
     table = summarize(out, reference, paired=paired, bootstrap_samples=bootstrap_samples)
     atomic_write_json(out / "comparison.json", table)

@@ -9,6 +9,7 @@ half-done stages were made with this config's settings (else ``--rerun``, which 
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -38,7 +39,7 @@ from prism_lit.pipeline.stages import (
     trainer_strategy,
 )
 
-__all__ = ["STAGE_ORDER", "pipeline", "read_stage_marker", "stage_settings"]
+__all__ = ["STAGE_ORDER", "check_pipeline", "pipeline", "read_stage_marker", "stage_settings"]
 
 log = logging.getLogger(__name__)
 
@@ -82,18 +83,9 @@ def pipeline(
     """
     import lightning as L
 
-    if stop_after is not None and stop_after not in STAGE_ORDER:
-        raise ValueError(f"stop_after: unknown stage {stop_after!r}; stages are {', '.join(STAGE_ORDER)}")
-    for name in rerun or []:
-        if name not in STAGE_ORDER:
-            raise ValueError(f"rerun: unknown stage {name!r}; stages are {', '.join(STAGE_ORDER)}")
-    ctx = PipelineContext(
-        run_dir=Path(run_dir), env=env, base=base, probe=probe, sft=sft, rl=rl, eval=eval, seed=seed,
-        trainer=dict(trainer or {}), method=method,
-    )
+    ctx, first_rerun = _checked_context(run_dir=run_dir, env=env, base=base, probe=probe, sft=sft, rl=rl, eval=eval,
+                                        seed=seed, method=method, trainer=trainer, stop_after=stop_after, rerun=rerun)
     art = ctx.artifacts
-    first_rerun = min((STAGE_ORDER.index(s) for s in rerun or []), default=len(STAGE_ORDER))
-    check_before_run(ctx, STAGE_ORDER[:first_rerun])
     if first_rerun < len(STAGE_ORDER):
         _move_aside(art, STAGE_ORDER[first_rerun:])
     ctx.run_dir.mkdir(parents=True, exist_ok=True)
@@ -124,6 +116,31 @@ def pipeline(
         if name == stop_after:
             break
     return {name: m["seconds"] for name, m in ctx.info.items()}
+
+
+def check_pipeline(**kwargs: Any) -> None:
+    """Every check :func:`pipeline` makes before its first stage, for the same arguments; nothing is written.
+    ``compare`` runs it for every method × seed before the first run starts."""
+    arguments = inspect.signature(pipeline).bind(**kwargs)
+    arguments.apply_defaults()
+    _checked_context(**arguments.arguments)
+
+
+def _checked_context(run_dir, env, base, probe, sft, rl, eval, seed, method, trainer, stop_after, rerun
+                     ) -> tuple[PipelineContext, int]:
+    """The run's context and the index of the first stage to redo, once everything checkable is checked."""
+    if stop_after is not None and stop_after not in STAGE_ORDER:
+        raise ValueError(f"stop_after: unknown stage {stop_after!r}; stages are {', '.join(STAGE_ORDER)}")
+    for name in rerun or []:
+        if name not in STAGE_ORDER:
+            raise ValueError(f"rerun: unknown stage {name!r}; stages are {', '.join(STAGE_ORDER)}")
+    ctx = PipelineContext(
+        run_dir=Path(run_dir), env=env, base=base, probe=probe, sft=sft, rl=rl, eval=eval, seed=seed,
+        trainer=dict(trainer or {}), method=method,
+    )
+    first_rerun = min((STAGE_ORDER.index(s) for s in rerun or []), default=len(STAGE_ORDER))
+    check_before_run(ctx, STAGE_ORDER[:first_rerun])
+    return ctx, first_rerun
 
 
 def _main_process() -> bool:
