@@ -23,6 +23,9 @@ A run dir looks like this (every path below comes from :class:`Artifacts`)::
 from __future__ import annotations
 
 import json
+import os
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +43,28 @@ from prism_lit.probe.runner import PARTITION_FILE, PROBE_RECORDS_FILE
 STAGE_ORDER = ("tasks", "base", "probe", "sft", "rl", "eval", "report")
 TRAINING_STAGES = ("probe", "sft", "rl")  # what the compute comparison counts
 SHARED_STAGES = ("tasks", "base")  # what `compare` builds once and links into every method's run dir
+
+
+def is_main_process() -> bool:
+    """Whether this process keeps the run's records and builds what every rank shares: the only process, or global
+    rank 0 of a ``torchrun`` launch, where every rank runs the pipeline."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def built_once(out: Path, ready: str, build: Callable[[], Path], timeout_s: float = 7200.0) -> Path:
+    """``out``, built by the main process unless ``out/ready`` is there already; another ``torchrun`` rank waits for
+    ``out/ready`` instead of building the same directory at the same time (``build`` must write ``out`` whole, by
+    rename, so that ``ready`` appears with the rest). If the main process fails, torchrun stops the other ranks."""
+    if (out / ready).is_file():
+        return out
+    if is_main_process():
+        return build()
+    deadline = time.monotonic() + timeout_s
+    while not (out / ready).is_file():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"rank {os.environ.get('RANK')}: waited {timeout_s:.0f} s for rank 0 to write {out / ready}")
+        time.sleep(1.0)
+    return out
 
 
 class StageMarkerError(ValueError):

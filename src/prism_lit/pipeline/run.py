@@ -30,7 +30,7 @@ from prism_lit.pipeline.config import (
     plugin_spec,
     settings_json,
 )
-from prism_lit.pipeline.context import STAGE_ORDER, Artifacts, PipelineContext, read_stage_marker
+from prism_lit.pipeline.context import STAGE_ORDER, Artifacts, PipelineContext, is_main_process, read_stage_marker
 from prism_lit.pipeline.stages import (
     STAGE_FUNCTIONS,
     base_policy,
@@ -89,7 +89,7 @@ def pipeline(
     if first_rerun < len(STAGE_ORDER):
         _move_aside(art, STAGE_ORDER[first_rerun:])
     ctx.run_dir.mkdir(parents=True, exist_ok=True)
-    main = _main_process()
+    main = is_main_process()
     if main:
         atomic_write_json(art.config, _config_dict(ctx))
     for index, name in enumerate(STAGE_ORDER):
@@ -141,13 +141,6 @@ def _checked_context(run_dir, env, base, probe, sft, rl, eval, seed, method, tra
     first_rerun = min((STAGE_ORDER.index(s) for s in rerun or []), default=len(STAGE_ORDER))
     check_before_run(ctx, STAGE_ORDER[:first_rerun])
     return ctx, first_rerun
-
-
-def _main_process() -> bool:
-    """Whether this process keeps the run's records (config, stage markers, attempts): the only process, or global
-    rank 0 of a ``torchrun`` launch, where every rank runs the pipeline. Another rank must not write them, nor
-    remove what it takes for the leftovers of a killed write (rank 0's write in progress)."""
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 def stage_settings(ctx: PipelineContext, name: str) -> dict[str, Any] | None:

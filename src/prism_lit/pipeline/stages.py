@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from prism_lit.errors import PrismLitError
-from prism_lit.pipeline.context import STAGE_ORDER, PipelineContext
+from prism_lit.pipeline.context import STAGE_ORDER, PipelineContext, built_once
 from prism_lit.policy import PolicySpec
 
 log = logging.getLogger(__name__)
@@ -214,6 +214,7 @@ def prepare_base(ctx: PipelineContext) -> dict[str, Any]:
     """A local model as given, or the embedded default pre-trained on the familiar task types only."""
     from prism_lit.data.datamodule import TrajectoryDataModule
     from prism_lit.policy import build_embedded_default
+    from prism_lit.policy.embedded import MARKER_FILE as EMBEDDED_MARKER
     from prism_lit.policy.embedded import corpus_from_files
     from prism_lit.sft import SFTModule
 
@@ -222,9 +223,11 @@ def prepare_base(ctx: PipelineContext) -> dict[str, Any]:
             raise FileNotFoundError(f"base.path: {ctx.base.path!r} is not a directory (nothing is downloaded)")
         return {"path": ctx.base.path, "prepared": False}
     art = ctx.artifacts
-    init = build_embedded_default(art.base_init, corpus_from_files([art.corpus, art.pretrain]), ctx.base.embedded)
+    # under torchrun, rank 0 builds the initial weights (and their copy warm-up) and the other ranks load them
+    init = built_once(art.base_init, EMBEDDED_MARKER, lambda: build_embedded_default(
+        art.base_init, corpus_from_files([art.corpus, art.pretrain]), ctx.base.embedded))
     if ctx.base.copy_warmup_steps > 0:
-        init = _copy_warmup(ctx, init, art.base_warm)
+        init = built_once(art.base_warm, "warmup.json", lambda: _copy_warmup(ctx, init, art.base_warm))
     module = SFTModule(policy=policy_spec(ctx, str(init)), lr=ctx.base.pretrain_lr, export_dir=str(art.base_model),
                        warmup_steps=10, schedule="cosine")
     data = TrajectoryDataModule(train_files=[str(art.pretrain)], batch_size=ctx.base.pretrain_batch_size,
@@ -243,8 +246,6 @@ def _copy_warmup(ctx: PipelineContext, init: Path, out: Path) -> Path:
     from prism_lit.policy import load_policy
     from prism_lit.policy.copy_warmup import task_words, train_copy
 
-    if (out / "warmup.json").is_file():
-        return out
     # Every task's words, the corpus's unfamiliar types included: a pre-trained LLM can copy any word it has
     # tokens for, and words the pre-training never shows would otherwise keep their random embeddings.
     first_observations = [next(m.content for m in t.messages if m.role == "user")
