@@ -277,7 +277,9 @@ class FSDP2Strategy(ModelParallelStrategy):
     def load_checkpoint(self, checkpoint_path, weights_only: bool | None = None) -> dict[str, Any]:
         path = Path(self.broadcast(checkpoint_path))
         if path.is_dir():
-            return super().load_checkpoint(path, weights_only=weights_only)
+            if self.lightning_module.strict_loading:
+                return super().load_checkpoint(path, weights_only=weights_only)
+            return self._load_sharded_subset(path, weights_only)
         from torch.distributed.checkpoint.state_dict import (
             StateDictOptions,
             set_model_state_dict,
@@ -294,6 +296,35 @@ class FSDP2Strategy(ModelParallelStrategy):
                 saved = optimizer_state_by_name(saved, optimizer, self.model)
             set_optimizer_state_dict(self.model, optimizer, optim_state_dict=saved, options=options)
         return checkpoint
+
+    def _load_sharded_subset(self, path: Path, weights_only: bool | None) -> dict[str, Any]:
+        """A sharded (DCP) checkpoint that holds only some of the model's weights (a LoRA adapter: the modules'
+        ``on_save_checkpoint`` drops the frozen base): Lightning's loader asks DCP for every weight and fails on
+        the first frozen one, so only the saved weights are requested here; the others keep what ``policy.path``
+        gave them."""
+        from lightning.fabric.strategies.fsdp import _METADATA_FILENAME
+        from torch.distributed.checkpoint import FileSystemReader
+        from torch.distributed.checkpoint import load as dcp_load
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+            get_optimizer_state_dict,
+            set_model_state_dict,
+            set_optimizer_state_dict,
+        )
+
+        saved = set(FileSystemReader(path).read_metadata().state_dict_metadata)
+        weights = {k: v for k, v in get_model_state_dict(self.model).items() if f"state_dict.{k}" in saved}
+        if not weights:
+            raise ValueError(f"{path}: this sharded checkpoint holds none of the model's weights (another model's?)")
+        dcp_load({"state_dict": weights}, checkpoint_id=path)
+        set_model_state_dict(self.model, weights, options=StateDictOptions(strict=False))
+        for idx, optimizer in enumerate(self.optimizers):
+            state = {f"optimizer_{idx}": get_optimizer_state_dict(self.model, optimizer)}
+            dcp_load(state, checkpoint_id=path)
+            set_optimizer_state_dict(self.model, optimizer, optim_state_dict=state[f"optimizer_{idx}"],
+                                     options=StateDictOptions(cpu_offload=True))
+        return torch.load(path / _METADATA_FILENAME, weights_only=weights_only)
 
 
 # ---------------------------------------------------------------------- FSDP1 (FSDPStrategy)

@@ -127,13 +127,17 @@ def test_fsdp2_update_matches_one_process(gw_policy, tmp_path, mode, args):
         assert max_difference(*heads) < 1e-6 and heads[0]["weight"].abs().max() > 1e-4
 
 
-def test_fsdp2_sharded_checkpoint_resumes_like_an_uninterrupted_run(gw_policy, tmp_path):
-    """Full fine-tuning with a KL term (a sharded reference): a sharded (DCP) checkpoint after step 1, resumed to
-    step 2, gives the weights of 2 steps without interruption (task stream, sampling generator and optimizer state
-    restored)."""
+@pytest.mark.parametrize("mode, args", [
+    ("full", []),  # full fine-tuning with a KL term: a sharded reference
+    ("lora", ["--lora", "--group-size", "8"]),  # the checkpoint holds the adapter only, not the frozen base
+])
+def test_fsdp2_sharded_checkpoint_resumes_like_an_uninterrupted_run(gw_policy, tmp_path, mode, args):
+    """A sharded (DCP) checkpoint after step 1, resumed to step 2, gives the weights of 2 steps without
+    interruption (task stream, sampling generator and optimizer state restored)."""
     from safetensors.torch import load_file
 
-    two = ["--devices", "2", "--tasks-per-batch", "2"]
+    two = ["--devices", "2", "--tasks-per-batch", "2", *args]
+    file = "adapter_model.safetensors" if mode == "lora" else "model.safetensors"
     whole = run(gw_policy, tmp_path / "whole", *two, "--max-steps", "2", script=FSDP2_SCRIPT)
     first = run(gw_policy, tmp_path / "first", *two, "--checkpoint", script=FSDP2_SCRIPT)
     last = first / "ckpt" / "last.ckpt"
@@ -143,7 +147,7 @@ def test_fsdp2_sharded_checkpoint_resumes_like_an_uninterrupted_run(gw_policy, t
     for r in (0, 1):
         done = json.loads((resumed / f"rank{r}.json").read_text())
         assert done["global_step"] == done["iteration"] == 2 and len(done["tasks"]) == 2  # played step 2 only
-    weights = [load_file(d / "export" / "model.safetensors") for d in (whole, resumed, first)]
+    weights = [load_file(d / "export" / file) for d in (whole, resumed, first)]
     assert max_difference(weights[0], weights[1]) < 1e-5
     assert max_difference(weights[0], weights[2]) > 1e-4  # step 2 moved the weights
 

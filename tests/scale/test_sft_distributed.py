@@ -196,6 +196,23 @@ def test_checkpoint_resumes_under_another_world_size(runs, first, then):
     assert_same_weights(reference, resumed)
 
 
+@pytest.mark.parametrize("then_devices", ["2", "1"])
+def test_lora_sharded_checkpoint_resumes_like_an_uninterrupted_run(runs, then_devices):
+    """LoRA under FSDP2 with a sharded (DCP) checkpoint: epoch 1 on 2 ranks, epoch 2 resumed from the checkpoint
+    directory on 2 ranks or 1 == 2 epochs in one process (the adapter and its optimizer state come back)."""
+    lora = ("--lora", "--lr", "1e-2")
+    reference = runs("lora_single_2_epochs", *lora, "--batch-size", "8", "--max-epochs", "2")
+    written = runs("lora_fsdp2_dcp", *lora, "--strategy", "fsdp2", "--devices", "2", "--batch-size", "4",
+                   "--distributed-checkpoint")
+    assert (written / "ckpt" / "last.ckpt").is_dir()  # one shard per rank, not a gathered file
+    batch = "4" if then_devices == "2" else "8"
+    resumed = runs(f"resume_lora_fsdp2_dcp_on_{then_devices}", *lora, "--strategy", "fsdp2", "--devices",
+                   then_devices, "--batch-size", batch, "--max-epochs", "2",
+                   "--resume", str(written / "ckpt" / "last.ckpt"))
+    assert result(resumed)["global_step"] == result(reference)["global_step"] == 4
+    assert_same_weights(reference, resumed, "adapter_model.safetensors")
+
+
 @pytest.mark.parametrize("config, export_file", [("sft_ddp_cpu.yaml", "model.safetensors"),
                                                  ("sft_fsdp2_cpu.yaml", "adapter_model.safetensors")])
 def test_shipped_cpu_config_runs_through_the_cli(runs, tmp_path, config, export_file):
