@@ -567,3 +567,21 @@ def test_a_corpus_file_replaces_the_generated_corpus_and_must_come_from_the_trai
         pipeline(**{**settings, "run_dir": str(tmp_path / "other")}, stop_after="tasks")
     with pytest.raises(FileNotFoundError, match="probe.corpus_file: 'nope.jsonl' is not a file"):
         ProbeSettings(corpus_file="nope.jsonl")
+
+
+def test_a_policy_with_the_same_weights_as_an_earlier_one_is_not_played_again(tmp_path, caplog):
+    """RL-100 routes nothing to SFT, so its "sft" policy is its base: evaluating [base, sft, final] plays the base
+    once and gives "sft" the same episodes (greedy evaluation repeats exactly), which paired differences need."""
+    settings = _settings(tmp_path, router="prism_lit.probe.routers.AllRLRouter")
+    settings["eval"] = EvalSettings(policies=["base", "sft", "final"], max_steps=3, batch_size=4, max_new_tokens=8)
+    with caplog.at_level("WARNING", logger="prism_lit.pipeline.stages"):
+        pipeline(**settings)
+    run = tmp_path / "run"
+    assert read_stage_marker(run, "sft")["info"]["trained"] is False
+    assert "sft is the base policy (the same weights)" in caplog.text
+    episodes = [json.loads(line) for line in (run / "eval" / "episodes.jsonl").read_text().splitlines()]
+    by_policy = {p: [{k: v for k, v in e.items() if k != "policy"} for e in episodes if e["policy"] == p]
+                 for p in ("base", "sft", "final")}
+    assert len(by_policy["base"]) == 4 and by_policy["sft"] == by_policy["base"]
+    results = json.loads((run / "eval" / "eval.json").read_text())
+    assert results["sft"] == results["base"] and set(results) == {"base", "sft", "final"}

@@ -511,8 +511,18 @@ def evaluate(ctx: PipelineContext) -> dict[str, Any]:
     device = eval_device(ctx)
     results: dict[str, Any] = {}
     episodes: list[dict[str, Any]] = []
+    played: dict[str, str] = {}  # policy spec -> the name it was evaluated under
     for name in ctx.eval.policies:
-        model, tokenizer = load_policy(POLICIES[name](ctx))
+        spec = POLICIES[name](ctx)
+        if (same := played.get(repr(spec))) is not None:
+            # the same weights (RL-100's "sft" is its base; a stage that was skipped): greedy episodes repeat exactly
+            log.warning("pipeline: stage eval   %s is the %s policy (the same weights): its episodes are %s's", name,
+                        same, same)
+            results[name] = copy.deepcopy(results[same])
+            episodes += [{**e, "policy": name} for e in episodes if e["policy"] == same]
+            continue
+        played[repr(spec)] = name
+        model, tokenizer = load_policy(spec)
         model.to(device).eval()
         results[name] = {}
         for split, n in ctx.env.eval_splits.items():
