@@ -2,7 +2,7 @@
 
 ``fit``, ``validate``, ``test`` and ``predict`` are a LightningCLI in subclass mode: the model and the data are
 chosen by ``class_path`` in YAML, so a user's subclass is one config line away. Further commands
-(``generate``, ``pipeline``, ``compare``) are plain functions whose typed signatures jsonargparse reads.
+(``generate``, ``pipeline``, ``compare``, ``table``) are plain functions whose typed signatures jsonargparse reads.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ EXTRA_COMMANDS: dict[str, tuple[str, str]] = {
     "import": ("prism_lit.commands:import_corpus", "Import AgentGym/ETO corpora with env task ids RL can replay."),
     "pipeline": ("prism_lit.pipeline.run:pipeline", "Run the whole PRISM pipeline from one config (resumable)."),
     "compare": ("prism_lit.pipeline.compare:compare", "Run several pipeline configs over seeds; write the table."),
+    "table": ("prism_lit.pipeline.compare:table", "Rebuild a comparison's table from the run dirs it holds."),
     "memory": ("prism_lit.memory:main", "Peak memory per GPU of each stage of a config; exit 1 if one cannot fit."),
 }
 

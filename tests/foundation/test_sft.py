@@ -116,5 +116,5 @@ def test_cli_fit_writes_log_checkpoint_and_export(tiny_policy_dir, tmp_path):
 def test_cli_help_lists_subcommands():
     result = subprocess.run([sys.executable, "-m", "prism_lit.cli", "--help"], capture_output=True, text=True)
     assert result.returncode == 0
-    for name in ("fit", "validate", "test", "predict", "generate", "pipeline", "compare"):
+    for name in ("fit", "validate", "test", "predict", "generate", "pipeline", "compare", "table"):
         assert name in result.stdout

@@ -136,6 +136,17 @@ def test_compare_runs_methods_over_seeds_and_writes_table(tmp_path, monkeypatch)
     # the random router reads no score: its runs skip the probe pass
     assert not (out / "random" / "seed0" / "probe" / "probe.jsonl").exists()
     assert (out / "prism-gini" / "seed0" / "probe" / "probe.jsonl").is_file()
+    # `table` rebuilds a table from run dirs already made, here linked from this comparison, with other pairs
+    from prism_lit.pipeline.compare import table as rebuild
+
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "random").symlink_to(out / "random")
+    rebuild(str(other), reference="random", paired=[["random", "random:base"]])
+    again = json.loads((other / "comparison.json").read_text())
+    assert set(again["methods"]) == {"random"}
+    assert again["methods"]["random"]["metrics"] == table["methods"]["random"]["metrics"]
+    assert [(row["a"], row["b"]) for row in again["paired"]] == [("random", "random:base")]
 
 
 @pytest.mark.slow
@@ -183,6 +194,16 @@ def test_compare_checks_every_run_dir_before_running_any(tmp_path):
         compare(configs, seeds=[0], out_dir=str(out), reference="random", workers=2)
     assert "--rerun" in str(err.value)
     assert sorted(p.name for p in out.iterdir()) == ["random"] and not (out / "prism-gini").exists()
+
+
+def test_table_without_runs_names_the_directory(tmp_path, capsys):
+    from prism_lit.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["table", "--out_dir", str(tmp_path / "empty")])
+    assert exit_.value.code == 1
+    assert "table: no run with a report in" in capsys.readouterr().err
+    assert not (tmp_path / "empty").exists()
 
 
 def test_compare_checks_every_config_before_running_any(tmp_path):

@@ -153,13 +153,36 @@ def compare(
             else:
                 jobs.append((config, kwargs["seed"], run_dir))
     failures = _run_parallel(jobs, workers, overrides) if jobs else []
-    table = summarize(out, reference, paired=paired, bootstrap_samples=bootstrap_samples)
-    atomic_write_json(out / "comparison.json", table)
-    atomic_write_text(out / "comparison.md", comparison_markdown(table))
-    plot_pareto(table, out / "pareto.png")
+    written = table(str(out), reference, paired=paired, bootstrap_samples=bootstrap_samples)
     if failures:
         raise RuntimeError(f"compare: {len(failures)} run(s) failed (the table has the others):\n" + "\n".join(failures))
-    return {"table": str(out / "comparison.md"), "methods": list(table["methods"])}
+    return written
+
+
+def table(
+    out_dir: str = "runs/compare",
+    reference: str = "rl-100",
+    paired: list[list[str]] | None = None,
+    bootstrap_samples: int = 10_000,
+) -> dict[str, Any]:
+    """Rebuild ``comparison.md``, ``comparison.json`` and ``pareto.png`` from the run dirs already in ``out_dir``
+    (``<method>/seed<k>/`` with a report; a method dir may be a link to another comparison's), training nothing:
+    for runs made one by one with ``prism-lit pipeline``, or other pairs over the same runs.
+
+    Args:
+        out_dir: the directory holding ``<method>/seed<k>/`` run dirs; the table is written there.
+        reference: the method whose total compute is the speed-up's denominator.
+        paired: ``[A, B]`` pairs to difference, as in ``compare``.
+        bootstrap_samples: bootstrap replicates of every interval.
+    """
+    out = Path(out_dir)
+    if not any(out.glob("*/seed*/report.json")):
+        raise FileNotFoundError(f"table: no run with a report in {out}/<method>/seed<k>/ (run compare or pipeline first)")
+    summary = summarize(out, reference, paired=paired, bootstrap_samples=bootstrap_samples)
+    atomic_write_json(out / "comparison.json", summary)
+    atomic_write_text(out / "comparison.md", comparison_markdown(summary))
+    plot_pareto(summary, out / "pareto.png")
+    return {"table": str(out / "comparison.md"), "methods": list(summary["methods"])}
 
 
 DEFAULT_PAIRS = [["prism-gini", "random"], ["prism-gini", "sft-100"], ["prism-gini", "sft-then-rl"]]
