@@ -136,7 +136,7 @@ def compare(
         first = _parse_pipeline_config(configs[0], {**overrides, "run_dir": str(shared), **data_seed})
         runs = [(config, _parse_pipeline_config(config, {**overrides, "seed": seed})) for config in configs]
         plan.append((shared, first, [(config, kwargs, out / kwargs["method"] / f"seed{seed}") for config, kwargs in runs]))
-    for shared, first, runs in plan:  # run dirs kept from an earlier call must match: a mismatch stops before any run
+    for _shared, first, runs in plan:  # run dirs kept from an earlier call must match: a mismatch stops before any run
         check_pipeline(**{**first, "stop_after": SHARED_STAGES[-1]})
         for config, kwargs, run_dir in runs:
             try:

@@ -30,7 +30,13 @@ from prism_lit.pipeline.config import (
     plugin_spec,
     settings_json,
 )
-from prism_lit.pipeline.context import STAGE_ORDER, Artifacts, PipelineContext, is_main_process, read_stage_marker
+from prism_lit.pipeline.context import (
+    STAGE_ORDER,
+    Artifacts,
+    PipelineContext,
+    is_main_process,
+    read_stage_marker,
+)
 from prism_lit.pipeline.stages import (
     STAGE_FUNCTIONS,
     base_policy,
