@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -84,6 +85,9 @@ def install() -> None:
 
 
 if __name__ == "__main__":
+    # A process started in the background by a non-interactive shell (a CI runner, `cmd &`) inherits SIGINT
+    # ignored, and Python then installs no KeyboardInterrupt handler: the Ctrl-C the tests send would be lost.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     install()
     from prism_lit.cli import main
 
