@@ -17,6 +17,15 @@ pytestmark = pytest.mark.slow  # one torchrun of 2 processes (~25 s on a busy 2-
 FSDP2 = {"class_path": "prism_lit.distributed.FSDP2Strategy",
          "init_args": {"process_group_backend": "gloo", "save_distributed_checkpoint": False}}
 
+TINY_MODEL = {"vocab_size": 400, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+              "num_key_value_heads": 2, "intermediate_size": 64}
+
+
+def tiny_env(eval_goals: int) -> dict:
+    return {"id": "webshop", "kwargs": {"num_products": 60, "results_per_page": 3}, "eval_splits": {"test": eval_goals},
+            "protocol": {"env": "webshop", "numbered_actions": True, "number_pattern": r"^click\[b0"},
+            "expert_kwargs": {"query": "short"}}
+
 
 def test_pipeline_rl_stage_runs_under_fsdp2_from_the_trainer_section(tmp_path):
     from safetensors.torch import load_file
@@ -27,12 +36,8 @@ def test_pipeline_rl_stage_runs_under_fsdp2_from_the_trainer_section(tmp_path):
     run = tmp_path / "run"
     config = {  # JSON is YAML: a pipeline config file
         "run_dir": str(run),
-        "env": {"id": "webshop", "kwargs": {"num_products": 60, "results_per_page": 3}, "eval_splits": {"test": 2},
-                "protocol": {"env": "webshop", "numbered_actions": True, "number_pattern": r"^click\[b0"},
-                "expert_kwargs": {"query": "short"}},
-        "base": {"embedded": {"vocab_size": 400, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-                              "num_key_value_heads": 2, "intermediate_size": 64},
-                 "pretrain_tasks": 8, "pretrain_epochs": 1},
+        "env": tiny_env(eval_goals=2),
+        "base": {"embedded": TINY_MODEL, "pretrain_tasks": 8, "pretrain_epochs": 1},
         "probe": {"corpus_tasks": 8, "batch_size": 4},
         "sft": {"epochs": 1, "batch_size": 4},
         # full fine-tuning with an entropy and a KL term (a sharded reference copy): the weights move whatever
@@ -75,12 +80,8 @@ def test_whole_pipeline_from_an_empty_run_dir_under_torchrun(tmp_path):
     run = tmp_path / "run"
     config = {
         "run_dir": str(run),
-        "env": {"id": "webshop", "kwargs": {"num_products": 60, "results_per_page": 3}, "eval_splits": {"test": 4},
-                "protocol": {"env": "webshop", "numbered_actions": True, "number_pattern": r"^click\[b0"},
-                "expert_kwargs": {"query": "short"}},
-        "base": {"embedded": {"vocab_size": 400, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-                              "num_key_value_heads": 2, "intermediate_size": 64},
-                 "pretrain_tasks": 8, "pretrain_epochs": 1, "copy_warmup_steps": 4},
+        "env": tiny_env(eval_goals=4),
+        "base": {"embedded": TINY_MODEL, "pretrain_tasks": 8, "pretrain_epochs": 1, "copy_warmup_steps": 4},
         "probe": {"corpus_tasks": 8, "batch_size": 4},
         "sft": {"epochs": 1, "batch_size": 2},
         "rl": {"module": {"class_path": "prism_lit.rl.GRPOModule",
