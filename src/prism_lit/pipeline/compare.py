@@ -3,8 +3,10 @@
 The task corpus and the base model are built once in ``<out_dir>/shared/all/`` (with the first config's seed) and linked
 into every method's run dir, as the paper fixes its dataset and base model and varies only training across
 seeds; with ``data_per_seed`` each seed gets its own in ``<out_dir>/shared/seed<k>/``. Each method then runs its
-own probe, routing, SFT, RL and evaluation (their wall-clock is what the table compares). Every run dir
-resumes, so a killed comparison continues where it stopped.
+own routing, SFT, RL and evaluation (their wall-clock is what the table compares). Methods whose routers read the
+same probe measurement (the same base, corpus and rendering) share one probe pass: the first such run measures,
+before the others start, and the others route its records (``probe.scores_from``), each counting the pass's seconds
+as its own probe cost. Every run dir resumes, so a killed comparison continues where it stopped.
 
 The table gives each metric's mean and sample standard deviation over seeds, every evaluated policy's success
 and score with a 95 % interval, and the paired differences A − B of the ``paired`` methods (same goals, same
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +51,44 @@ def _link_shared(shared: Path, run_dir: Path) -> None:
             os.symlink(os.path.relpath(shared / stage, run_dir), target)
 
 
+def _measuring_settings(kwargs: dict[str, Any]) -> str | None:
+    """What a run's probe pass would measure with, as text (equal text: one pass serves both runs); ``None`` for a
+    run that measures nothing (a router without scores) or was given its records already."""
+    from prism_lit.pipeline.config import settings_json
+
+    probe = kwargs["probe"]
+    if not getattr(probe.router, "needs_scores", True) or probe.scores_from is not None:
+        return None
+    return json.dumps({"env": settings_json(kwargs["env"]), "base": settings_json(kwargs["base"]),
+                       "corpus_tasks": probe.corpus_tasks, "corpus_file": probe.corpus_file,
+                       "max_length": probe.max_length}, sort_keys=True, default=str)
+
+
+def _share_probes(plan: list, pipeline: Any) -> dict[Path, str]:
+    """Run each group's first probe (runs measuring the same thing on the same shared data) and return the
+    ``probe.scores_from`` of every other run of the group. A measuring run kept from before probe_meta.json said
+    what it measured with is not shared from (its group measures run by run)."""
+    from prism_lit.probe.runner import PROBE_META_FILE
+
+    groups: dict[tuple[Path, str], list[tuple[dict[str, Any], Path]]] = {}
+    for shared, _first, runs in plan:
+        for _config, kwargs, run_dir in runs:
+            key = _measuring_settings(kwargs)
+            if key is not None:
+                groups.setdefault((shared, key), []).append((kwargs, run_dir))
+    scores_from: dict[Path, str] = {}
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        kwargs, measurer = members[0]
+        print(f"compare: one probe pass for {len(members)} runs: {measurer}", flush=True)
+        pipeline(**{**kwargs, "run_dir": str(measurer), "stop_after": "probe"})
+        meta = json.loads((measurer / "probe" / PROBE_META_FILE).read_text())
+        if "measured_with" in meta:
+            scores_from.update({run_dir: str(measurer / "probe") for _kwargs, run_dir in members[1:]})
+    return scores_from
+
+
 def _run_method(config: str, seed: int, run_dir: str, threads: int, overrides: dict[str, Any] | None = None) -> None:
     """One method × seed in a worker process of its own: ``threads`` torch threads, output in ``pipeline.log``."""
     log = os.open(Path(run_dir) / "pipeline.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
@@ -61,9 +102,9 @@ def _run_method(config: str, seed: int, run_dir: str, threads: int, overrides: d
     pipeline(**{**_parse_pipeline_config(config, {**(overrides or {}), "seed": seed}), "run_dir": run_dir})
 
 
-def _run_parallel(jobs: list[tuple[str, int, Path]], workers: int, overrides: dict[str, Any] | None = None) -> list[str]:
-    """Run ``(config, seed, run_dir)`` jobs ``workers`` at a time, each in a fresh process with an equal share of
-    the cores; returns one line per failed job."""
+def _run_parallel(jobs: list[tuple[str, int, Path, dict[str, Any]]], workers: int) -> list[str]:
+    """Run ``(config, seed, run_dir, overrides)`` jobs ``workers`` at a time, each in a fresh process with an equal
+    share of the cores; returns one line per failed job."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
@@ -73,7 +114,7 @@ def _run_parallel(jobs: list[tuple[str, int, Path]], workers: int, overrides: di
     failures = []
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), max_tasks_per_child=1) as pool:
         futures = {pool.submit(_run_method, config, seed, str(run_dir), threads, overrides): run_dir
-                   for config, seed, run_dir in jobs}
+                   for config, seed, run_dir, overrides in jobs}
         for done, future in enumerate(as_completed(futures), 1):
             run_dir = futures[future]
             try:
@@ -96,6 +137,7 @@ def compare(
     paired: list[list[str]] | None = None,
     bootstrap_samples: int = 10_000,
     overrides: dict[str, Any] | None = None,
+    share_probe: bool = True,
 ) -> dict[str, Any]:
     """Run every config for every seed; write ``comparison.json``, ``comparison.md`` and plots in ``out_dir``.
 
@@ -118,6 +160,9 @@ def compare(
         overrides: settings applied to every config, as on the pipeline's command line without the dashes
             (``{"env.eval_splits": {"test": 200}}``, ``{"base.path": "runs/pipeline_webshop/base/model"}``), so a
             variant of a benchmark reuses the baseline configs.
+        share_probe: runs whose routers read the same probe measurement share one probe pass (made first, with
+            every thread); each still routes, and counts the pass's seconds as its probe cost. ``False``: every
+            run measures its own.
     """
     overrides = dict(overrides or {})
     from prism_lit.pipeline.run import check_pipeline, pipeline
@@ -143,16 +188,22 @@ def compare(
                 check_pipeline(**{**kwargs, "run_dir": str(run_dir)})
             except ValueError as err:
                 raise ValueError(f"compare: {config} (run {run_dir}): {err}") from None
-    jobs = []
     for shared, first, runs in plan:
         pipeline(**{**first, "stop_after": SHARED_STAGES[-1]})
-        for config, kwargs, run_dir in runs:
+        for _config, _kwargs, run_dir in runs:
             _link_shared(shared, run_dir)
+    scores_from = _share_probes(plan, pipeline) if share_probe else {}
+    jobs = []
+    for _shared, _first, runs in plan:
+        for config, kwargs, run_dir in runs:
+            reuse = {"probe.scores_from": scores_from[run_dir]} if run_dir in scores_from else {}
             if workers == 1:
+                if reuse:
+                    kwargs = {**kwargs, "probe": replace(kwargs["probe"], scores_from=reuse["probe.scores_from"])}
                 pipeline(**{**kwargs, "run_dir": str(run_dir)})
             else:
-                jobs.append((config, kwargs["seed"], run_dir))
-    failures = _run_parallel(jobs, workers, overrides) if jobs else []
+                jobs.append((config, kwargs["seed"], run_dir, {**overrides, **reuse}))
+    failures = _run_parallel(jobs, workers) if jobs else []
     written = table(str(out), reference, paired=paired, bootstrap_samples=bootstrap_samples)
     if failures:
         raise RuntimeError(f"compare: {len(failures)} run(s) failed (the table has the others):\n" + "\n".join(failures))

@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 from prism_lit.envs.protocol import AgentProtocol
 from prism_lit.policy import EmbeddedModelSpec, LoraSpec, PolicySpec
+from prism_lit.probe.reuse import probe_source
 from prism_lit.probe.routers import PrismRouter, Router
 from prism_lit.rl.base import RLModuleBase
 
@@ -240,6 +241,10 @@ class ProbeSettings:
         corpus_file: use this trajectory file as the corpus D instead (prism_lit JSONL, e.g. from
             ``prism-lit import agentgym|eto``); its task ids must be tasks of ``env.train_split``, so the RL stage
             can replay the ones routed to RL. ``corpus_tasks`` is then ignored.
+        scores_from: route the records of an earlier probe pass (its ``probe`` directory or ``probe.jsonl``) instead
+            of measuring: for router ablations on one base and corpus. Used only if that pass measured this run's
+            model and corpus (compared by content) with the same rendering and ``max_length``; else the stage stops,
+            naming what differs. ``prism-lit compare`` sets it for you (``share_probe``).
         router: the router, ``{"class_path": ..., "init_args": {...}}`` in YAML (see docs/method.md); any
             :class:`~prism_lit.probe.routers.Router` subclass, yours included.
         batch_size: trajectories per probe batch.
@@ -251,6 +256,7 @@ class ProbeSettings:
 
     corpus_tasks: int = 400
     corpus_file: str | None = None
+    scores_from: str | None = None
     router: Router = field(default_factory=lambda: PrismRouter(score="gini"))
     batch_size: int = 8
     max_length: int = 2048
@@ -261,6 +267,8 @@ class ProbeSettings:
         _at_least("probe.corpus_tasks", self.corpus_tasks, 1)
         if self.corpus_file is not None and not os.path.isfile(self.corpus_file):
             raise FileNotFoundError(f"probe.corpus_file: {self.corpus_file!r} is not a file")
+        if self.scores_from is not None:
+            probe_source(self.scores_from)
         _at_least("probe.batch_size", self.batch_size, 1)
         _at_least("probe.max_length", self.max_length, 2)
         if self.max_tokens is not None:

@@ -157,7 +157,8 @@ def stage_settings(ctx: PipelineContext, name: str) -> dict[str, Any] | None:
                           "base.familiar_task_types": ctx.base.familiar_task_types,
                           "base.pretrain_tasks": ctx.base.pretrain_tasks},
         "base": lambda: {"base": settings_json(ctx.base)},
-        "probe": lambda: {"probe": settings_json(ctx.probe)},
+        # a reused probe pass is checked to be this run's measurement, so where the records came from is not a setting
+        "probe": lambda: {"probe": {k: v for k, v in settings_json(ctx.probe).items() if k != "scores_from"}},
         "sft": lambda: {"sft": settings_json(ctx.sft)},
         "rl": lambda: {"rl": settings_json(ctx.rl)},
         "eval": lambda: {"eval": settings_json(ctx.eval)},

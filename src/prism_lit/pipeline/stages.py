@@ -265,15 +265,29 @@ def _copy_warmup(ctx: PipelineContext, init: Path, out: Path) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------- probe
+def probe_measurement(ctx: PipelineContext) -> dict[str, Any]:
+    """What this run's probe records depend on (probe_meta.json's ``measured_with``): the base model's files and
+    the corpus by content, and how trajectories become tokens. Batch size and the token cap only change speed."""
+    from prism_lit.pipeline.config import settings_json
+    from prism_lit.probe.reuse import measurement_key
+
+    spec = base_policy(ctx)
+    return measurement_key([spec.path], ctx.artifacts.corpus, max_length=ctx.probe.max_length, dtype=spec.dtype,
+                           chat_template=spec.chat_template, chat_template_kwargs=spec.chat_template_kwargs,
+                           protocol=settings_json(ctx.env.protocol))
+
+
 def probe_and_route(ctx: PipelineContext) -> dict[str, Any]:
     """Probe the frozen base model on the corpus and route every trajectory (probe.jsonl, partition.json).
 
-    A router that reads no score (all-SFT, all-RL, random) routes the corpus without a probe pass.
+    A router that reads no score (all-SFT, all-RL, random) routes the corpus without a probe pass; with
+    ``probe.scores_from`` the records of an earlier pass that measured the same thing are routed instead.
     """
     from prism_lit.data.schema import read_trajectories
     from prism_lit.probe import run_probe
     from prism_lit.probe.partition import save_partition
     from prism_lit.probe.records import ProbeRecord
+    from prism_lit.probe.runner import finalize_probe
 
     art = ctx.artifacts
     router = ctx.probe.router
@@ -287,7 +301,20 @@ def probe_and_route(ctx: PipelineContext) -> dict[str, Any]:
         records = [ProbeRecord.unmeasured(t.id, t.task_id, t.task_type) for t in read_trajectories(art.corpus)]
         partition = router.route(sorted(records, key=lambda r: r.id))
         save_partition(art.partition, partition)
-        probed = False
+        reused = {"probed": False}
+    elif ctx.probe.scores_from is not None:
+        from prism_lit.probe.reuse import probe_source, reuse_records
+
+        source = probe_source(ctx.probe.scores_from)[0].parent
+        if source.resolve() == art.probe_dir.resolve():
+            raise ValueError(f"probe.scores_from: {ctx.probe.scores_from!r} is this run's own probe directory")
+        records, meta = reuse_records(source, probe_measurement(ctx),
+                                      [t.id for t in read_trajectories(art.corpus)])
+        partition = finalize_probe(records, meta["units"], router, art.probe_dir,
+                                   {"measured_with": meta["measured_with"], "scores_from": str(source),
+                                    "probe_seconds": meta.get("probe_seconds")})
+        # the measured pass's seconds: what this method's probe costs when run alone (report.compute_seconds)
+        reused = {"probed": False, "scores_from": str(source), "measured_seconds": meta.get("probe_seconds")}
     else:
         from prism_lit.data.datamodule import TrajectoryDataModule
         from prism_lit.policy import load_policy
@@ -302,10 +329,11 @@ def probe_and_route(ctx: PipelineContext) -> dict[str, Any]:
         data.tokenizer = tokenizer  # loaded with the run's chat-template settings
         data.prepare_data()
         data.setup("fit")
-        partition = run_probe(model, data.train_dataloader(), router=router, output_dir=art.probe_dir)
-        probed = True
+        partition = run_probe(model, data.train_dataloader(), router=router, output_dir=art.probe_dir,
+                              meta={"measured_with": probe_measurement(ctx)})
+        reused = {"probed": True}
     return {"router": partition.router, "score": partition.score, "threshold": partition.threshold,
-            "probed": probed, "n_sft": len(partition.sft_ids), "n_rl": len(partition.rl_ids),
+            **reused, "n_sft": len(partition.sft_ids), "n_rl": len(partition.rl_ids),
             "n_rl_tasks": len(partition.rl_task_ids)}
 
 

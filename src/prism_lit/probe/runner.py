@@ -100,11 +100,13 @@ def run_probe(
     router: Router | None = None,
     output_dir: str | os.PathLike = ".",
     units: Sequence[str] | None = None,
+    meta: Mapping[str, Any] | None = None,
 ) -> Partition:
     """Probe every batch of `dataloader` with `model` (no Trainer), route, write the run-directory files.
 
     Batches are dicts as the SFT DataModule yields them (input_ids, attention_mask, labels, and the
-    metadata lists id, task_id, task_type); tensors are moved to the model's device.
+    metadata lists id, task_id, task_type); tensors are moved to the model's device. ``meta`` is added to
+    probe_meta.json (the pipeline records what the pass measured with, so later runs can reuse it).
     """
     router = router if router is not None else PrismRouter()
     device = next(model.parameters()).device
@@ -117,4 +119,4 @@ def run_probe(
     if not records:
         raise ValueError("run_probe: the dataloader yielded no samples")
     seconds = time.perf_counter() - start
-    return finalize_probe(records, unit_names, router, output_dir, {"probe_seconds": round(seconds, 3)})
+    return finalize_probe(records, unit_names, router, output_dir, {**(meta or {}), "probe_seconds": round(seconds, 3)})
