@@ -12,6 +12,18 @@ FIXTURES = Path(__file__).parent / "fixtures"
 TINY_TRAJECTORIES = FIXTURES / "tiny_trajectories.jsonl"
 
 
+@pytest.fixture
+def one_torch_thread():
+    """Tiny ops on a shared 2-core box: a second OpenMP thread waiting for a busy core costs 100× here
+    (``pytestmark = pytest.mark.usefixtures("one_torch_thread")`` in a module that wants it)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_policy_dir(tmp_path_factory):
     """A tiny embedded-default model + ChatML tokenizer trained on the fixture trajectories, saved in HF format."""

@@ -34,12 +34,7 @@ VOCAB = 1024
 CHUNK = 64
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def scaled_down(arch: str, layers: int, dtype: torch.dtype, checkpointing: bool = False):

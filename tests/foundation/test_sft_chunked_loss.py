@@ -13,12 +13,7 @@ from prism_lit.sft.loss import causal_lm_loss
 VOCAB = 211
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def tiny(arch: str, tied: bool = False):

@@ -22,13 +22,7 @@ from prism_lit.sft import SFTModule
 TINY_TRAJECTORIES = Path(__file__).parents[1] / "fixtures" / "tiny_trajectories.jsonl"
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny ops on a shared 2-core box: a second OpenMP thread waiting for a busy core costs 100× here."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 class Spy(L.Callback):

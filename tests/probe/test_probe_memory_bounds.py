@@ -21,12 +21,7 @@ TINY_TRAJECTORIES = Path(__file__).parents[1] / "fixtures" / "tiny_trajectories.
 VOCAB = 151
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def tiny_qwen3(seed: int = 0) -> Qwen3ForCausalLM:

@@ -24,11 +24,5 @@ def gw_policy_dir(tmp_path_factory, gw_protocol):
 
 
 @pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny models: one intra-op thread is fastest, and far faster on a shared, loaded CPU."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _tiny_models_one_thread(one_torch_thread):
+    """Tiny models: one intra-op thread is fastest (tests/conftest.py's one_torch_thread)."""
