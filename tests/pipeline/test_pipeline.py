@@ -339,17 +339,22 @@ class _StopAt:
         monkeypatch.setattr(stages, "_trainer", lambda *a, **kw: make(*a, **{**kw, "callbacks": [self.callback]}))
 
 
-def test_killed_rl_stage_resumes_from_its_last_iteration(tmp_path, monkeypatch):
-    import torch
-
+def _killed_in_rl(tmp_path, monkeypatch):
+    """A 3-iteration RL stage killed after its second iteration; returns the settings and the run dir."""
     settings = _settings(tmp_path)
     settings["rl"].max_steps = 3
     pipeline(**settings, stop_after="sft")
-    run = tmp_path / "run"
     with monkeypatch.context() as patch:
         _StopAt(step=2).install(patch)
         with pytest.raises(_Killed):
             pipeline(**settings)
+    return settings, tmp_path / "run"
+
+
+def test_killed_rl_stage_resumes_from_its_last_iteration(tmp_path, monkeypatch):
+    import torch
+
+    settings, run = _killed_in_rl(tmp_path, monkeypatch)
     assert read_stage_marker(run, "rl") is None
     assert torch.load(run / "rl" / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 2
 
@@ -519,14 +524,7 @@ def test_sft_on_a_partition_of_another_corpus_stops_without_a_record(tmp_path):
 def test_a_half_done_stage_resumes_only_under_its_own_settings_and_counts_every_attempt(tmp_path, monkeypatch):
     import time
 
-    settings = _settings(tmp_path)
-    settings["rl"].max_steps = 3
-    pipeline(**settings, stop_after="sft")
-    run = tmp_path / "run"
-    with monkeypatch.context() as patch:
-        _StopAt(step=2).install(patch)
-        with pytest.raises(_Killed):
-            pipeline(**settings)
+    settings, run = _killed_in_rl(tmp_path, monkeypatch)
     started = json.loads((run / "rl" / "started.json").read_text())
     first = time.time() - started["attempts"][0]["start"]
     (run / "rl" / ".export.abcd1234").mkdir()  # what a kill during an atomic export leaves behind
