@@ -76,6 +76,18 @@ def test_scores_from_must_name_an_earlier_probe(tmp_path):
         ProbeSettings(scores_from=str(tmp_path / "nowhere"))
 
 
+def test_a_damaged_probe_meta_is_named_with_its_line(tmp_path):
+    from prism_lit.probe.reuse import reuse_records
+
+    (tmp_path / "probe.jsonl").write_text("")
+    (tmp_path / "probe_meta.json").write_text('{"units": [\n  "a",\n')
+    with pytest.raises(ValueError, match=r"probe_meta\.json, line 3: not valid JSON"):
+        reuse_records(tmp_path, {}, [])
+    (tmp_path / "probe_meta.json").write_text('{"n_records": 3}')
+    with pytest.raises(ValueError, match=r"probe_meta\.json: expected a JSON object with a 'units' list"):
+        reuse_records(tmp_path, {}, [])
+
+
 @pytest.mark.slow
 def test_compare_measures_once_for_every_router_that_reads_the_probe(tmp_path):
     from prism_lit.pipeline.compare import compare

@@ -76,7 +76,12 @@ def reuse_records(scores_from: str | os.PathLike, key: Mapping[str, Any],
     ``measured_with`` key and one record for every corpus trajectory. A mismatch is a ValueError naming the file
     and what differs."""
     records_file, meta_file = probe_source(scores_from)
-    meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    try:
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"probe.scores_from: {meta_file}, line {err.lineno}: not valid JSON ({err.msg})") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("units"), list):
+        raise ValueError(f"probe.scores_from: {meta_file}: expected a JSON object with a 'units' list")
     theirs = meta.get("measured_with")
     if theirs is None:
         raise ValueError(f"probe.scores_from: {meta_file} does not say what it was measured with (a probe made "
