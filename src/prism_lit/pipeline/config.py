@@ -180,6 +180,9 @@ class BaseModelSettings:
         familiar_task_types: task types the embedded base model is pre-trained on (its prior knowledge);
             the probe corpus mixes these with the others. Empty: pre-train on every type.
         pretrain_tasks: expert episodes (of the familiar types, disjoint from the corpus) for pre-training.
+        pretrain_env_kwargs: env keyword arguments for the pre-training episodes only, over ``env.kwargs`` (e.g.
+            ALFWorld ``{n_per_type: 600}``: a larger pool of games, so the base sees more distinct games than the
+            corpus split holds). The train split's first games are the same, so the corpus's are still left out.
         pretrain_epochs: passes over them.
         pretrain_lr: learning rate of that full fine-tune.
         pretrain_batch_size: trajectories per pre-training step (small batches: more updates for the same compute,
@@ -204,6 +207,7 @@ class BaseModelSettings:
     embedded: EmbeddedModelSpec = field(default_factory=EmbeddedModelSpec)
     familiar_task_types: list[str] = field(default_factory=list)
     pretrain_tasks: int = 300
+    pretrain_env_kwargs: dict[str, Any] = field(default_factory=dict)
     pretrain_epochs: int = 4
     pretrain_lr: float = 2e-3
     pretrain_batch_size: int = 8
@@ -216,6 +220,11 @@ class BaseModelSettings:
     chat_template_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if "split" in self.pretrain_env_kwargs:
+            raise ValueError("base.pretrain_env_kwargs.split: pre-training plays env.train_split; remove it")
+        if self.pretrain_env_kwargs and self.path is not None:
+            raise ValueError(f"base.pretrain_env_kwargs shapes the embedded default's pre-training only; base.path "
+                             f"is set ({self.path!r}): remove one of them")
         if self.copy_warmup_steps < 0:
             raise ValueError(f"base.copy_warmup_steps must be >= 0, got {self.copy_warmup_steps!r}")
         if self.copy_warmup_steps and self.path is not None:

@@ -155,7 +155,8 @@ def stage_settings(ctx: PipelineContext, name: str) -> dict[str, Any] | None:
         "tasks": lambda: {"env": settings_json(ctx.env), "probe.corpus_tasks": ctx.probe.corpus_tasks,
                           **({"probe.corpus_file": ctx.probe.corpus_file} if ctx.probe.corpus_file else {}),
                           "base.familiar_task_types": ctx.base.familiar_task_types,
-                          "base.pretrain_tasks": ctx.base.pretrain_tasks},
+                          "base.pretrain_tasks": ctx.base.pretrain_tasks,
+                          "base.pretrain_env_kwargs": ctx.base.pretrain_env_kwargs},
         "base": lambda: {"base": settings_json(ctx.base)},
         # a reused probe pass is checked to be this run's measurement, so where the records came from is not a setting
         "probe": lambda: {"probe": {k: v for k, v in settings_json(ctx.probe).items() if k != "scores_from"}},

@@ -187,7 +187,7 @@ def make_tasks(ctx: PipelineContext) -> dict[str, Any]:
             expert_kwargs=ctx.env.expert_kwargs,
         )
     if ctx.base.path is None:
-        kwargs = dict(ctx.env.kwargs)
+        kwargs = {**ctx.env.kwargs, **ctx.base.pretrain_env_kwargs}
         if ctx.base.familiar_task_types:
             kwargs["task_types"] = list(ctx.base.familiar_task_types)
         corpus_tasks = {t.task_id for t in read_trajectories(art.corpus)}
