@@ -238,6 +238,38 @@ def test_pipeline_on_alfworld_real_engine(tmp_path):
 
 
 @pytest.mark.alfworld
+def test_pretrain_env_kwargs_give_the_base_more_games_than_the_corpus_split(tmp_path):
+    """A larger pre-training pool (base.pretrain_env_kwargs) reaches games the corpus's env does not have, and the
+    corpus's own games are still left out of pre-training."""
+    pytest.importorskip("alfworld")
+    from prism_lit.data.schema import read_trajectories
+
+    settings = _settings(tmp_path)
+    settings["env"] = EnvSettings(
+        id="alfworld", kwargs={"size": "small", "n_per_type": 2, "generator_seed": 0},
+        protocol=AgentProtocol(env="alfworld", numbered_actions=True), eval_splits={"valid_unseen": 1},
+    )
+    settings["base"].familiar_task_types = ["pick_and_place_simple"]
+    settings["base"].pretrain_env_kwargs = {"n_per_type": 8}
+    settings["base"].pretrain_tasks = 6
+    settings["probe"].corpus_tasks = 4
+    pipeline(**settings, stop_after="tasks")
+    run = tmp_path / "run"
+    corpus = {t.task_id for t in read_trajectories(run / "tasks" / "corpus.jsonl")}
+    pretrain = [t.task_id for t in read_trajectories(run / "tasks" / "pretrain.jsonl")]
+    assert len(pretrain) == 6 == len(set(pretrain))  # distinct games: the env alone holds 2 of this type
+    assert not corpus & set(pretrain)
+    assert read_stage_marker(run, "tasks")["settings"]["base.pretrain_env_kwargs"] == {"n_per_type": 8}
+
+
+def test_pretrain_env_kwargs_refuse_a_split_and_a_local_model():
+    with pytest.raises(ValueError, match="base.pretrain_env_kwargs.split"):
+        BaseModelSettings(pretrain_env_kwargs={"split": "valid_seen"})
+    with pytest.raises(ValueError, match="base.pretrain_env_kwargs shapes the embedded default"):
+        BaseModelSettings(path="/models/qwen3", pretrain_env_kwargs={"n_per_type": 600})
+
+
+@pytest.mark.alfworld
 def test_evaluation_panel_is_fixed_and_spans_task_types(tmp_path):
     """The panel is the same on every call (every method and seed) and not the split's type-grouped head."""
     pytest.importorskip("alfworld")
