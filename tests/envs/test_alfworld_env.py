@@ -310,3 +310,26 @@ def test_expert_wins_all_games_of_all_splits_at_scale(tmp_path, size):
             types.add(info["task_type"])
         assert types == set(TASK_TYPES) and len(e.unwrapped.task_ids) == 30
         e.close()
+
+
+def test_restate_task_ends_every_later_observation_with_the_task_and_the_expert_still_wins(games_root):
+    plain = gym.make("prism_lit/ALFWorld-v0", split="train", data_dir=games_root)
+    restated = gym.make("prism_lit/ALFWorld-v0", split="train", data_dir=games_root, restate_task=True)
+    try:
+        for task_id in restated.unwrapped.task_ids[:4]:
+            first, info = restated.reset(seed=0, options={"task_id": task_id})
+            assert first == plain.reset(seed=0, options={"task_id": task_id})[0]  # the first states it already
+            assert first.count("Your task is to:") == 1 and info["goal"]
+            expert = ALFWorldExpert(restated, search="explore")
+            expert.reset(first, info)
+            obs, done = first, False
+            while not done:
+                action, _ = expert.act(obs, info)
+                obs, _, done, _, info = restated.step(action)
+                assert obs.endswith(f"\n\nYour task is to: {info['goal']}") and obs.count("Your task is to:") == 1
+            assert info["won"]
+            obs = restated.step("jump around")[0]  # an invalid command answers the same way, with the task
+            assert obs == f"Nothing happens.\n\nYour task is to: {info['goal']}"
+    finally:
+        plain.close()
+        restated.close()

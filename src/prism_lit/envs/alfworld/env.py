@@ -51,6 +51,9 @@ class ALFWorldEnv(gym.Env[str, str]):
         n_objects: generated objects per room, int or ``(min, max)``; overrides ``size``.
         games_dir: where generated games go (default: the user cache, ``$PRISM_LIT_CACHE`` overrides it).
         keep_banner: keep TextWorld's welcome banner in the first observation.
+        restate_task: end every observation after the first with the task (``Your task is to: ...``), as
+            verl-agent's ALFWorld prompt restates it each step: the task then sits next to the decision instead of
+            in the first message (a small model does not attend that far back). ``False``: stated once (the engine).
         render_mode: ``ansi`` (``render()`` returns the last observation) or ``human`` (prints it).
     """
 
@@ -71,6 +74,7 @@ class ALFWorldEnv(gym.Env[str, str]):
         n_objects: int | Sequence[int] | None = None,
         games_dir: str | os.PathLike | None = None,
         keep_banner: bool = False,
+        restate_task: bool = False,
         render_mode: str | None = None,
     ) -> None:
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
@@ -82,6 +86,7 @@ class ALFWorldEnv(gym.Env[str, str]):
         self.split = split
         self.render_mode = render_mode
         self.keep_banner = keep_banner
+        self.restate_task = restate_task
         if game_files is not None:
             entries = entries_for(game_files)
             if task_types is not None:
@@ -148,7 +153,7 @@ class ALFWorldEnv(gym.Env[str, str]):
             raise RuntimeError("ALFWorldEnv.step called before reset()")
         command = action if isinstance(action, str) else str(action)
         if len(command) > MAX_ACTION_CHARS:  # outside the action space: what the engine would answer, at once
-            obs = self._observation(_NOTHING_HAPPENS)
+            obs = self._observation(self._with_task(_NOTHING_HAPPENS))
             return obs, 0.0, self._won, False, self._info(self._state, valid=False)
         valid = command.strip() in self._state["admissible_commands"]
         state = self._game.step(command)
@@ -156,7 +161,7 @@ class ALFWorldEnv(gym.Env[str, str]):
         won = bool(state["won"])
         reward = 1.0 if won and not self._won else 0.0
         self._won = self._won or won
-        obs = self._observation(str(state["feedback"]))
+        obs = self._observation(self._with_task(str(state["feedback"])))
         return obs, reward, won, False, self._info(state, valid=valid)
 
     def render(self) -> str | None:
@@ -187,6 +192,11 @@ class ALFWorldEnv(gym.Env[str, str]):
         return self._entry
 
     # ------------------------------------------------------------------ helpers
+    def _with_task(self, feedback: str) -> str:
+        if not (self.restate_task and self._goal):
+            return feedback
+        return f"{feedback.rstrip()}\n\nYour task is to: {self._goal}"
+
     def _observation(self, text: str) -> str:
         text = "".join(ch if ch in PRINTABLE else " " for ch in text)[:MAX_OBSERVATION_CHARS]
         self._last_obs = text
