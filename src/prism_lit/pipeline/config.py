@@ -193,6 +193,8 @@ class BaseModelSettings:
         copy_warmup_steps: steps of copy warm-up before pre-training (half bare copies, half in the chat format,
             batch 16, on words of the pre-training tasks; see ``prism_lit.policy.copy_warmup``). A small model
             trained from scratch on episodes never starts copying from its context without it. 0: none.
+        copy_warmup_nonce_fraction: the share of copied words that are made-up letter strings (0 to 1): a model
+            that must copy words it never saw in pre-training (ALFWorld's valid_unseen objects) needs them.
         dtype: parameter dtype of every policy the pipeline loads (``float32``, ``bfloat16``, ``float16``); mixed
             precision is the trainer's ``precision``. An 8B model wants ``bfloat16``.
         attn_implementation: ``sdpa``, ``eager`` or ``flash_attention_2`` where installed.
@@ -213,6 +215,7 @@ class BaseModelSettings:
     pretrain_batch_size: int = 8
     pretrain_context_weight: float = 0.1
     copy_warmup_steps: int = 0
+    copy_warmup_nonce_fraction: float = 0.0
     dtype: str = "float32"
     attn_implementation: str = "sdpa"
     gradient_checkpointing: bool = False
@@ -230,6 +233,12 @@ class BaseModelSettings:
         if self.copy_warmup_steps and self.path is not None:
             raise ValueError(f"base.copy_warmup_steps warms up the embedded default only; base.path is set "
                              f"({self.path!r}): remove one of them")
+        if not 0.0 <= self.copy_warmup_nonce_fraction <= 1.0:
+            raise ValueError(f"base.copy_warmup_nonce_fraction must be in [0, 1], got "
+                             f"{self.copy_warmup_nonce_fraction!r}")
+        if self.copy_warmup_nonce_fraction and not self.copy_warmup_steps:
+            raise ValueError("base.copy_warmup_nonce_fraction is set but base.copy_warmup_steps is 0: there is no "
+                             "warm-up to put nonce words in")
         if not 0.0 <= self.pretrain_context_weight <= 1.0:
             raise ValueError(f"base.pretrain_context_weight must be in [0, 1], got {self.pretrain_context_weight!r}")
         _at_least("base.pretrain_batch_size", self.pretrain_batch_size, 1)

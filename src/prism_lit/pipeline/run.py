@@ -224,6 +224,10 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
 # threads.
 SPEED_ONLY_SETTINGS = frozenset({"draft_tokens", "micro_batch_size", "generation_batch_size", "env_threads"})
 
+# Settings added after markers were first written, with the value that reproduces what those markers' stages did:
+# a marker without the key was made with that value.
+SETTINGS_ADDED_LATER = {"base.copy_warmup_nonce_fraction": 0.0}
+
 
 def _compare_settings(ctx: PipelineContext, name: str, recorded: dict[str, Any] | None, finished: bool) -> None:
     """Refuse to reuse a stage whose recorded settings differ from this config's: its artifacts (or, for a
@@ -231,6 +235,7 @@ def _compare_settings(ctx: PipelineContext, name: str, recorded: dict[str, Any] 
     if recorded is None:  # not started yet, or a marker from before settings were recorded
         return
     old, new = _flatten(recorded), _flatten(stage_settings(ctx, name))
+    old = {**{k: v for k, v in SETTINGS_ADDED_LATER.items() if k in new}, **old}
     changed = [f"{key}: {old.get(key)!r} -> {new.get(key)!r}" for key in sorted(old.keys() | new.keys())
                if old.get(key) != new.get(key) and key.rsplit(".", 1)[-1] not in SPEED_ONLY_SETTINGS]
     if changed:

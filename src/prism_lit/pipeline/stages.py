@@ -255,12 +255,14 @@ def _copy_warmup(ctx: PipelineContext, init: Path, out: Path) -> Path:
     model, tokenizer = load_policy(PolicySpec(path=str(init)))
     half = ctx.base.copy_warmup_steps // 2
     losses = train_copy(model, tokenizer, words, bare_steps=half, chat_steps=ctx.base.copy_warmup_steps - half,
-                        seed=ctx.seed, on_step=_progress_lines("base", "copy warm-up"))
+                        seed=ctx.seed, nonce_fraction=ctx.base.copy_warmup_nonce_fraction,
+                        on_step=_progress_lines("base", "copy warm-up"))
     with atomic_directory(out) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / "warmup.json").write_text(json.dumps(
-            {"steps": len(losses), "words": len(words), "first_loss": losses[0], "last_loss": losses[-1]}) + "\n")
+            {"steps": len(losses), "words": len(words), "nonce_fraction": ctx.base.copy_warmup_nonce_fraction,
+             "first_loss": losses[0], "last_loss": losses[-1]}) + "\n")
     return out
 
 

@@ -10,12 +10,18 @@ and from there the chat format follows. So the warm-up trains, in that order:
     chat:  user "Type this search: [SEP] w1 … wn" → assistant "Action: search[w1 … wn]"
 
 on words drawn from the tasks' own text. It teaches no task: the words are shuffled at random.
+
+With ``nonce_fraction`` > 0 that share of the words are made-up letter strings (nonce words, 2-9 letters). A
+tokenizer trained on the tasks' text splits a word it never saw into letters and short pieces, and a model that
+only ever copied whole known words writes a known word instead; nonce words teach it to copy any piece sequence
+(ALFWorld's valid_unseen objects, docs/results.md §1).
 """
 
 from __future__ import annotations
 
 import random
 import re
+import string
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -33,9 +39,17 @@ def task_words(texts: Iterable[str]) -> list[str]:
     return sorted(words)
 
 
-def copy_sample(tokenizer: Any, words: list[str], rng: random.Random, form: str) -> tuple[list[int], int]:
-    """One copy example of 3-12 random ``words``: its token ids and the index where the copy starts."""
-    text = " ".join(rng.choice(words) for _ in range(rng.randint(3, 12)))
+def nonce_word(rng: random.Random) -> str:
+    """A made-up lower-case word of 2-9 letters."""
+    return "".join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(2, 9)))
+
+
+def copy_sample(tokenizer: Any, words: list[str], rng: random.Random, form: str,
+                nonce_fraction: float = 0.0) -> tuple[list[int], int]:
+    """One copy example of 3-12 words, each a random one of ``words`` or, with probability ``nonce_fraction``, a
+    nonce word: its token ids and the index where the copy starts."""
+    text = " ".join(nonce_word(rng) if nonce_fraction and rng.random() < nonce_fraction else rng.choice(words)
+                    for _ in range(rng.randint(3, 12)))
     if form == "bare":
         source = tokenizer(" " + text, add_special_tokens=False).input_ids
         return source + [tokenizer.eos_token_id] + source, len(source) + 1
@@ -73,14 +87,19 @@ def train_copy(
     batch_size: int = 16,
     lr: float = 1e-3,
     seed: int = 0,
+    nonce_fraction: float = 0.0,
     on_step: Callable[[int, int, float], None] | None = None,
 ) -> list[float]:
     """Train ``model`` in place on ``bare_steps`` bare then ``chat_steps`` chat copy batches; the losses.
 
+    ``nonce_fraction``: the share of copied words that are nonce words (:func:`copy_sample`).
+
     ``on_step(step, total, loss)`` is called after every step (progress reporting)."""
     import torch
 
-    if len(words) < 2:
+    if not 0.0 <= nonce_fraction <= 1.0:
+        raise ValueError(f"copy warm-up: nonce_fraction must be in [0, 1], got {nonce_fraction!r}")
+    if len(words) < 2 and nonce_fraction < 1.0:
         raise ValueError(f"copy warm-up: needs at least 2 distinct words to copy, got {len(words)}")
     rng = random.Random(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
@@ -88,7 +107,8 @@ def train_copy(
     losses = []
     for step in range(bare_steps + chat_steps):
         form = "bare" if step < bare_steps else "chat"
-        input_ids, mask, labels = copy_batch([copy_sample(tokenizer, words, rng, form) for _ in range(batch_size)],
+        input_ids, mask, labels = copy_batch([copy_sample(tokenizer, words, rng, form, nonce_fraction)
+                                              for _ in range(batch_size)],
                                              tokenizer.pad_token_id)
         loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
         optimizer.zero_grad()
