@@ -61,3 +61,26 @@ def test_warmup_needs_words(tokenizer):
                                                      intermediate_size=64))
     with pytest.raises(ValueError, match="at least 2 distinct words"):
         train_copy(model, tokenizer, ["only"], bare_steps=1, chat_steps=0)
+
+
+def test_nonce_words_are_made_up_letter_strings_mixed_in_at_their_fraction(tokenizer):
+    rng = random.Random(1)
+    copied = []
+    for _ in range(200):
+        ids, start = copy_sample(tokenizer, WORDS, rng, "bare", nonce_fraction=0.5)
+        copied += tokenizer.decode(ids[start:], skip_special_tokens=True).split()
+    made_up = [w for w in copied if w not in WORDS]
+    assert all(w.isalpha() and w.islower() and 2 <= len(w) <= 9 for w in made_up)
+    assert 0.4 < len(made_up) / len(copied) < 0.6
+    # no nonce fraction: the samples (and the random stream) are those of a warm-up without the option
+    plain = [copy_sample(tokenizer, WORDS, random.Random(2), "chat") for _ in range(3)]
+    assert plain == [copy_sample(tokenizer, WORDS, random.Random(2), "chat", nonce_fraction=0.0) for _ in range(3)]
+
+
+def test_nonce_fraction_is_checked(tokenizer):
+    model = build_model(tokenizer, EmbeddedModelSpec(vocab_size=400, hidden_size=32, num_hidden_layers=1,
+                                                     num_attention_heads=2, num_key_value_heads=2,
+                                                     intermediate_size=64))
+    with pytest.raises(ValueError, match="nonce_fraction must be in"):
+        train_copy(model, tokenizer, WORDS, bare_steps=1, chat_steps=0, nonce_fraction=1.5)
+    train_copy(model, tokenizer, [], bare_steps=1, chat_steps=1, nonce_fraction=1.0)  # made-up words only

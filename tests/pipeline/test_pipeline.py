@@ -636,3 +636,34 @@ def test_a_policy_with_the_same_weights_as_an_earlier_one_is_not_played_again(tm
     assert len(by_policy["base"]) == 4 and by_policy["sft"] == by_policy["base"]
     results = json.loads((run / "eval" / "eval.json").read_text())
     assert results["sft"] == results["base"] and set(results) == {"base", "sft", "final"}
+
+
+def test_copy_warmup_nonce_words_are_recorded_and_old_base_markers_still_match(tmp_path):
+    """A base made before ``base.copy_warmup_nonce_fraction`` existed had none; its marker is reused under the
+    default and refused under a fraction, naming the setting."""
+    settings = _settings(tmp_path)
+    settings["base"].copy_warmup_steps = 2
+    settings["base"].copy_warmup_nonce_fraction = 0.5
+    pipeline(**settings, stop_after="base")
+    run = tmp_path / "run"
+    assert json.loads((run / "base" / "warm" / "warmup.json").read_text())["nonce_fraction"] == 0.5
+
+    old = _settings(tmp_path)
+    old["base"].copy_warmup_steps = 2
+    pipeline(**old, stop_after="base", rerun=["base"])
+    marker_path = run / "base" / "stage.json"
+    marker = json.loads(marker_path.read_text())
+    del marker["settings"]["base"]["copy_warmup_nonce_fraction"]  # as written before the setting existed
+    marker_path.write_text(json.dumps(marker))
+    seconds = read_stage_marker(run, "base")["seconds"]
+    pipeline(**old, stop_after="base")
+    assert read_stage_marker(run, "base")["seconds"] == seconds  # reused
+    with pytest.raises(ValueError, match=r"base.copy_warmup_nonce_fraction: 0.0 -> 0.5"):
+        pipeline(**settings, stop_after="base")
+
+
+def test_copy_warmup_nonce_fraction_is_checked():
+    with pytest.raises(ValueError, match=r"base.copy_warmup_nonce_fraction must be in \[0, 1\]"):
+        BaseModelSettings(copy_warmup_steps=10, copy_warmup_nonce_fraction=1.5)
+    with pytest.raises(ValueError, match="base.copy_warmup_steps is 0"):
+        BaseModelSettings(copy_warmup_nonce_fraction=0.5)

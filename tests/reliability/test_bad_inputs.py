@@ -108,6 +108,8 @@ CONFIG_CASES = [
     Case("pipeline-context-weight", lambda e: pipeline(e, "--sft.context_weight", "3"), ("sft.context_weight",)),
     Case("pipeline-copy-warmup", lambda e: pipeline(e, "--base.copy_warmup_steps", "-1"),
          ("base.copy_warmup_steps",)),
+    Case("pipeline-nonce-fraction", lambda e: pipeline(e, "--base.copy_warmup_nonce_fraction", "2"),
+         ("base.copy_warmup_nonce_fraction",)),
     Case("pipeline-stop-after", lambda e: pipeline(e, "--stop_after", "sfft"), ("stop_after", "sfft")),
     Case("pipeline-rerun-stage", lambda e: pipeline(e, "--rerun", "[sfft]"), ("rerun", "sfft")),
     Case("pipeline-env-id", lambda e: pipeline(e, "--env.id", "minecraft"), ("env.id", "minecraft")),
