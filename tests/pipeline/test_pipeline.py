@@ -667,3 +667,32 @@ def test_copy_warmup_nonce_fraction_is_checked():
         BaseModelSettings(copy_warmup_steps=10, copy_warmup_nonce_fraction=1.5)
     with pytest.raises(ValueError, match="base.copy_warmup_steps is 0"):
         BaseModelSettings(copy_warmup_nonce_fraction=0.5)
+
+
+def test_a_larger_evaluation_panel_redoes_the_evaluation_only(tmp_path):
+    """The panels never change the tasks stage (train split only): a new panel asks for --rerun '[eval]' and
+    keeps every training stage; markers from before the eval stage recorded its panels are read from the tasks
+    stage's record, where the panels were then kept."""
+    settings = _settings(tmp_path)
+    pipeline(**settings)
+    run = tmp_path / "run"
+    seconds = {s: read_stage_marker(run, s)["seconds"] for s in STAGE_ORDER[:-2]}
+    larger = _settings(tmp_path)
+    larger["env"].eval_splits = {"test": 5}  # all the toy split has
+    with pytest.raises(ValueError, match=r"stage 'eval' .*env.eval_splits.test: 4 -> 5.*--rerun '\[eval\]'"):
+        pipeline(**larger)
+    pipeline(**larger, rerun=["eval"])
+    assert {s: read_stage_marker(run, s)["seconds"] for s in STAGE_ORDER[:-2]} == seconds
+    episodes = [json.loads(line) for line in (run / "eval" / "episodes.jsonl").open()]
+    assert sum(e["policy"] == "base" for e in episodes) == 5
+
+    # as written before: the tasks marker holds the panels, the eval marker does not
+    for stage, change in (("tasks", lambda s: s["env"].__setitem__("eval_splits", {"test": 5})),
+                          ("eval", lambda s: s.pop("env.eval_splits"))):
+        path = run / stage / "stage.json"
+        marker = json.loads(path.read_text())
+        change(marker["settings"])
+        path.write_text(json.dumps(marker))
+    pipeline(**larger)  # the same panel: everything reused
+    with pytest.raises(ValueError, match=r"stage 'eval' .*env.eval_splits.test: 5 -> 4"):
+        pipeline(**settings)

@@ -152,7 +152,9 @@ def _checked_context(run_dir, env, base, probe, sft, rl, eval, seed, method, tra
 def stage_settings(ctx: PipelineContext, name: str) -> dict[str, Any] | None:
     """The settings a stage's artifacts depend on, as JSON values (recorded in its marker)."""
     sections = {
-        "tasks": lambda: {"env": settings_json(ctx.env), "probe.corpus_tasks": ctx.probe.corpus_tasks,
+        # the tasks come from env.train_split only: the evaluation panels do not change them
+        "tasks": lambda: {"env": {k: v for k, v in settings_json(ctx.env).items() if k != "eval_splits"},
+                          "probe.corpus_tasks": ctx.probe.corpus_tasks,
                           **({"probe.corpus_file": ctx.probe.corpus_file} if ctx.probe.corpus_file else {}),
                           "base.familiar_task_types": ctx.base.familiar_task_types,
                           "base.pretrain_tasks": ctx.base.pretrain_tasks,
@@ -162,7 +164,7 @@ def stage_settings(ctx: PipelineContext, name: str) -> dict[str, Any] | None:
         "probe": lambda: {"probe": {k: v for k, v in settings_json(ctx.probe).items() if k != "scores_from"}},
         "sft": lambda: {"sft": settings_json(ctx.sft)},
         "rl": lambda: {"rl": settings_json(ctx.rl)},
-        "eval": lambda: {"eval": settings_json(ctx.eval)},
+        "eval": lambda: {"eval": settings_json(ctx.eval), "env.eval_splits": ctx.env.eval_splits},
     }
     make = sections.get(name)
     return None if make is None else json.loads(json.dumps(make()))
@@ -227,6 +229,11 @@ SPEED_ONLY_SETTINGS = frozenset({"draft_tokens", "micro_batch_size", "generation
 # Settings added after markers were first written, with the value that reproduces what those markers' stages did:
 # a marker without the key was made with that value.
 SETTINGS_ADDED_LATER = {"base.copy_warmup_nonce_fraction": 0.0}
+# Settings that older markers of a stage recorded but that never changed its outputs (dotted-key prefixes).
+SETTINGS_NO_LONGER_RECORDED = {"tasks": ("env.eval_splits.",)}
+# Settings a stage's marker records now that an earlier stage's marker recorded before: (stage, prefix) -> the
+# earlier stage. The evaluation panels were recorded by the tasks stage, which they never changed.
+SETTINGS_MOVED = {("eval", "env.eval_splits."): "tasks"}
 
 
 def _compare_settings(ctx: PipelineContext, name: str, recorded: dict[str, Any] | None, finished: bool) -> None:
@@ -235,7 +242,12 @@ def _compare_settings(ctx: PipelineContext, name: str, recorded: dict[str, Any] 
     if recorded is None:  # not started yet, or a marker from before settings were recorded
         return
     old, new = _flatten(recorded), _flatten(stage_settings(ctx, name))
-    old = {**{k: v for k, v in SETTINGS_ADDED_LATER.items() if k in new}, **old}
+    old = {**{k: v for k, v in SETTINGS_ADDED_LATER.items() if k in new},
+           **{k: v for k, v in old.items() if not k.startswith(SETTINGS_NO_LONGER_RECORDED.get(name, ()))}}
+    for (stage, prefix), earlier in SETTINGS_MOVED.items():
+        if stage == name and not any(k.startswith(prefix) for k in old):
+            before = (ctx.artifacts.read_marker(earlier) or ctx.artifacts.read_started(earlier) or {}).get("settings")
+            old.update({k: v for k, v in _flatten(before or {}).items() if k.startswith(prefix)})
     changed = [f"{key}: {old.get(key)!r} -> {new.get(key)!r}" for key in sorted(old.keys() | new.keys())
                if old.get(key) != new.get(key) and key.rsplit(".", 1)[-1] not in SPEED_ONLY_SETTINGS]
     if changed:
