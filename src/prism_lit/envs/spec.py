@@ -66,6 +66,8 @@ class EnvSpec:
         protocol: the :class:`~prism_lit.envs.protocol.AgentProtocol` settings this env's commands default to
             (e.g. ``{"reply_format": "text"}`` where the whole response is the action).
         metrics: ``"module:Class"`` of the env's :class:`EnvMetrics` (``None``: success and score only).
+        object_words: ``"module:function"`` giving, for a task id, the words that name the task's target object(s)
+            in its text (what ``base.pretrain_rename_fraction`` renames); ``None``: the env has no such notion.
     """
 
     name: str
@@ -78,11 +80,19 @@ class EnvSpec:
     score: str = "the episode's final reward in [0, 1]"
     protocol: dict[str, Any] = field(default_factory=dict)
     metrics: str | None = None
+    object_words: str | None = None
 
     def metrics_class(self) -> type[EnvMetrics]:
         if self.metrics is None:
             return EnvMetrics
         module_name, _, attr = self.metrics.partition(":")
+        return getattr(importlib.import_module(module_name), attr)
+
+    def object_words_function(self):
+        """The function of ``object_words`` (task id -> words), imported; ValueError where the env has none."""
+        if self.object_words is None:
+            raise ValueError(f"env {self.name!r} does not name its tasks' target objects (EnvSpec.object_words)")
+        module_name, _, attr = self.object_words.partition(":")
         return getattr(importlib.import_module(module_name), attr)
 
     def default_protocol(self):

@@ -183,6 +183,10 @@ class BaseModelSettings:
         pretrain_env_kwargs: env keyword arguments for the pre-training episodes only, over ``env.kwargs`` (e.g.
             ALFWorld ``{n_per_type: 600}``: a larger pool of games, so the base sees more distinct games than the
             corpus split holds). The train split's first games are the same, so the corpus's are still left out.
+        pretrain_rename_fraction: the share of pre-training episodes whose target object is renamed to a made-up
+            word in every message (0 to 1; the env must name its tasks' objects: ``EnvSpec.object_words``, ALFWorld
+            does). A base that saw only a fixed set of object kinds writes one of them for any task; renamed
+            episodes make it read the object from the task (``prism_lit.data.augment``).
         pretrain_epochs: passes over them.
         pretrain_lr: learning rate of that full fine-tune.
         pretrain_batch_size: trajectories per pre-training step (small batches: more updates for the same compute,
@@ -210,6 +214,7 @@ class BaseModelSettings:
     familiar_task_types: list[str] = field(default_factory=list)
     pretrain_tasks: int = 300
     pretrain_env_kwargs: dict[str, Any] = field(default_factory=dict)
+    pretrain_rename_fraction: float = 0.0
     pretrain_epochs: int = 4
     pretrain_lr: float = 2e-3
     pretrain_batch_size: int = 8
@@ -228,6 +233,11 @@ class BaseModelSettings:
         if self.pretrain_env_kwargs and self.path is not None:
             raise ValueError(f"base.pretrain_env_kwargs shapes the embedded default's pre-training only; base.path "
                              f"is set ({self.path!r}): remove one of them")
+        if not 0.0 <= self.pretrain_rename_fraction <= 1.0:
+            raise ValueError(f"base.pretrain_rename_fraction must be in [0, 1], got {self.pretrain_rename_fraction!r}")
+        if self.pretrain_rename_fraction and self.path is not None:
+            raise ValueError(f"base.pretrain_rename_fraction shapes the embedded default's pre-training only; "
+                             f"base.path is set ({self.path!r}): remove one of them")
         if self.copy_warmup_steps < 0:
             raise ValueError(f"base.copy_warmup_steps must be >= 0, got {self.copy_warmup_steps!r}")
         if self.copy_warmup_steps and self.path is not None:

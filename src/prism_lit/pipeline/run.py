@@ -158,7 +158,8 @@ def stage_settings(ctx: PipelineContext, name: str) -> dict[str, Any] | None:
                           **({"probe.corpus_file": ctx.probe.corpus_file} if ctx.probe.corpus_file else {}),
                           "base.familiar_task_types": ctx.base.familiar_task_types,
                           "base.pretrain_tasks": ctx.base.pretrain_tasks,
-                          "base.pretrain_env_kwargs": ctx.base.pretrain_env_kwargs},
+                          "base.pretrain_env_kwargs": ctx.base.pretrain_env_kwargs,
+                          "base.pretrain_rename_fraction": ctx.base.pretrain_rename_fraction},
         "base": lambda: {"base": settings_json(ctx.base)},
         # a reused probe pass is checked to be this run's measurement, so where the records came from is not a setting
         "probe": lambda: {"probe": {k: v for k, v in settings_json(ctx.probe).items() if k != "scores_from"}},
@@ -194,6 +195,10 @@ def check_before_run(ctx: PipelineContext, kept: tuple[str, ...]) -> None:
                                                                         for s in ctx.env.eval_splits]:
         if splits is not None and split not in splits:
             raise ValueError(f"{option}: {ctx.env.id!r} has no split {split!r}; its splits are {', '.join(splits)}")
+    if ctx.base.pretrain_rename_fraction and (splits is None or prism_lit.envs.env_spec(ctx.env_id).object_words
+                                              is None):
+        raise ValueError(f"base.pretrain_rename_fraction: env {ctx.env.id!r} does not name its tasks' target objects "
+                         f"(EnvSpec.object_words), so there is nothing to rename; set it to 0")
     if ctx.base.path is not None:
         from prism_lit.policy.loading import check_policy_files
 
@@ -228,7 +233,7 @@ SPEED_ONLY_SETTINGS = frozenset({"draft_tokens", "micro_batch_size", "generation
 
 # Settings added after markers were first written, with the value that reproduces what those markers' stages did:
 # a marker without the key was made with that value.
-SETTINGS_ADDED_LATER = {"base.copy_warmup_nonce_fraction": 0.0}
+SETTINGS_ADDED_LATER = {"base.copy_warmup_nonce_fraction": 0.0, "base.pretrain_rename_fraction": 0.0}
 # Settings that older markers of a stage recorded but that never changed its outputs (dotted-key prefixes).
 SETTINGS_NO_LONGER_RECORDED = {"tasks": ("env.eval_splits.",)}
 # Settings a stage's marker records now that an earlier stage's marker recorded before: (stage, prefix) -> the

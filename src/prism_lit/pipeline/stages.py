@@ -198,9 +198,16 @@ def make_tasks(ctx: PipelineContext) -> dict[str, Any]:
             split=ctx.env.train_split, seed=ctx.seed + 7919, env_kwargs=kwargs, expert_kwargs=ctx.env.expert_kwargs,
         )
         fresh = [t for t in read_trajectories(candidates) if t.task_id not in corpus_tasks][: ctx.base.pretrain_tasks]
+        if ctx.base.pretrain_rename_fraction:
+            from prism_lit.data.augment import rename_objects
+            from prism_lit.envs import env_spec
+
+            fresh = rename_objects(fresh, env_spec(ctx.env_id).object_words_function(),
+                                   ctx.base.pretrain_rename_fraction, seed=ctx.seed + 104729)
         write_trajectories(art.pretrain, fresh)
         candidates.unlink()
         info["pretrain"] = {**stats, "path": str(art.pretrain), "count": len(fresh),
+                            "renamed": sum("renamed" in t.meta for t in fresh),
                             "task_types": ctx.base.familiar_task_types}
     return info
 

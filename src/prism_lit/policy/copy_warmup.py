@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import random
 import re
-import string
 from collections.abc import Callable, Iterable
 from typing import Any
+
+from prism_lit.data.augment import nonce_word
 
 CHAT_PROMPT = "Type this search: [SEP] {text}"
 CHAT_REPLY = "Action: search[{text}]"
@@ -37,11 +38,6 @@ def task_words(texts: Iterable[str]) -> list[str]:
         words.update(w for w in re.findall(r"[a-z0-9]+(?:[-.][a-z0-9]+)*", text.lower())
                      if len(w) > 2 or any(c.isdigit() for c in w))
     return sorted(words)
-
-
-def nonce_word(rng: random.Random) -> str:
-    """A made-up lower-case word of 2-9 letters."""
-    return "".join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(2, 9)))
 
 
 def copy_sample(tokenizer: Any, words: list[str], rng: random.Random, form: str,

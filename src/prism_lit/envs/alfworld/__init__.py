@@ -22,6 +22,7 @@ SPEC = register_env(EnvSpec(
     name="alfworld", gym_id="prism_lit/ALFWorld-v0", entry_point="prism_lit.envs.alfworld.env:ALFWorldEnv",
     max_episode_steps=50, expert="prism_lit.envs.alfworld.expert:ALFWorldExpert", task_types=tuple(TASK_TYPES),
     splits=SPLITS, score="1 when the goal is reached, else 0 (won = score 1)",
+    object_words="prism_lit.envs.alfworld.games:object_words",
 ))
 
 _LAZY = {

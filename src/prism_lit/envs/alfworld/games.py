@@ -51,6 +51,18 @@ def task_type_for(game_file: str | os.PathLike) -> str:
                      f"name does not start with one of {TASK_TYPES})")
 
 
+def object_words(task_id: str) -> list[str]:
+    """The word naming a task's target object in the game's text: ``…/pick_cool_then_place_in_recep-Cup-None-
+    DiningTable-29/trial_…`` -> ``["cup"]`` (ALFRED's task directory: type-object-movable receptacle-receptacle-
+    scene; the text writes kinds in lower case, ``SoapBar`` as ``soapbar``)."""
+    parts = task_id.split("/")
+    fields = parts[-2].split("-") if len(parts) >= 2 else []
+    if len(fields) < 3 or fields[0] not in TASK_TYPES:
+        raise ValueError(f"object_words: {task_id!r} is not an ALFWorld task id "
+                         f"(alfworld/<split>/<type>-<Object>-<MovableRecep>-<Recep>-<scene>/<trial>)")
+    return [fields[1].lower()]
+
+
 def entries_for(game_files: Iterable[str | os.PathLike]) -> list[GameEntry]:
     """Game entries for explicit files, in the given order; duplicate task ids are an error."""
     entries: list[GameEntry] = []
