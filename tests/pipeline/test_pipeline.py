@@ -696,3 +696,43 @@ def test_a_larger_evaluation_panel_redoes_the_evaluation_only(tmp_path):
     pipeline(**larger)  # the same panel: everything reused
     with pytest.raises(ValueError, match=r"stage 'eval' .*env.eval_splits.test: 5 -> 4"):
         pipeline(**settings)
+
+
+@pytest.mark.alfworld
+def test_pretrain_rename_fraction_renames_that_share_of_the_pretraining_episodes_only(tmp_path):
+    pytest.importorskip("alfworld")
+    from prism_lit.data.schema import read_trajectories
+
+    settings = _settings(tmp_path)
+    settings["env"] = EnvSettings(
+        id="alfworld", kwargs={"size": "small", "n_per_type": 8, "generator_seed": 0},
+        protocol=AgentProtocol(env="alfworld", numbered_actions=False), eval_splits={"valid_unseen": 1},
+    )
+    settings["base"].familiar_task_types = ["pick_and_place_simple"]
+    settings["base"].pretrain_tasks = 4
+    settings["base"].pretrain_rename_fraction = 0.5
+    settings["probe"].corpus_tasks = 4
+    pipeline(**settings, stop_after="tasks")
+    run = tmp_path / "run"
+    pretrain = read_trajectories(run / "tasks" / "pretrain.jsonl")
+    renamed = [t for t in pretrain if "renamed" in t.meta]
+    assert len(renamed) == 2
+    for t in renamed:
+        (old, new), = t.meta["renamed"].items()
+        task = next(m.content for m in t.messages if m.role == "user").split("Your task is to:")[1].split("\n")[0]
+        assert new in task.split() and old not in task.split()
+    assert not any("renamed" in t.meta for t in read_trajectories(run / "tasks" / "corpus.jsonl"))
+    marker = read_stage_marker(run, "tasks")
+    assert marker["settings"]["base.pretrain_rename_fraction"] == 0.5 and marker["info"]["pretrain"]["renamed"] == 2
+
+
+def test_pretrain_rename_fraction_is_checked_before_any_work(tmp_path):
+    with pytest.raises(ValueError, match=r"base.pretrain_rename_fraction must be in \[0, 1\]"):
+        BaseModelSettings(pretrain_rename_fraction=-0.1)
+    with pytest.raises(ValueError, match="base.pretrain_rename_fraction shapes the embedded default"):
+        BaseModelSettings(path="/models/qwen3", pretrain_rename_fraction=0.5)
+    settings = _settings(tmp_path)
+    settings["base"].pretrain_rename_fraction = 0.5
+    with pytest.raises(ValueError, match=r"base.pretrain_rename_fraction: env 'webshop' does not name"):
+        pipeline(**settings)
+    assert not (tmp_path / "run").exists()
