@@ -84,7 +84,10 @@ def test_bytes_per_token_per_layer_match_the_measured_probe(arch, dtype):
     """The probe saves what a training step saves (no weight gradient): the difference between 4 and 2 layers,
     per token, is one layer's saved activations, which the model derives op by op."""
     n = 512
-    peaks = {layers: measure("probe", scaled_down(arch, layers, dtype)[0], n, False) for layers in (2, 4)}
+    # the smaller of two measurements of each: a one-time allocation on a first call (a lazily built buffer or
+    # kernel cache) once inflated the 2-layer peak in a full CI run and made the difference 35 % low
+    peaks = {layers: min(measure("probe", scaled_down(arch, layers, dtype)[0], n, False) for _ in range(2))
+             for layers in (2, 4)}
     measured = (peaks[4] - peaks[2]) / (2 * n)
     shape = scaled_down(arch, 2, dtype)[1]
     predicted = layer_activation_bytes(shape, 4 if dtype == torch.float32 else 2)
