@@ -203,18 +203,19 @@ def _run(argv: list[str], from_shell: bool) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """The ``prism-lit`` entry point. Bad input ends in one paragraph on stderr and exit status 1 (2 for a
-    command line jsonargparse rejects, 130 for Ctrl-C); ``--debug`` or ``PRISM_LIT_DEBUG=1`` adds the traceback."""
+    command line jsonargparse rejects, 130 for Ctrl-C, 143 for SIGTERM); ``--debug`` or ``PRISM_LIT_DEBUG=1`` adds the traceback."""
     from_shell = argv is None
     debug, argv = _pop_debug(list(sys.argv[1:] if argv is None else argv))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is downloaded at run time
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     command = argv[0] if argv and argv[0] in (*LIGHTNING_COMMANDS, *EXTRA_COMMANDS) else None
+    from prism_lit.errors import Terminated, report_interrupt, stop_on_sigterm
+
+    stop_on_sigterm()
     try:
         _run(argv, from_shell)
-    except KeyboardInterrupt:
-        from prism_lit.errors import report_interrupt
-
-        sys.exit(report_interrupt(command))
+    except (KeyboardInterrupt, Terminated) as stop:
+        sys.exit(report_interrupt(command, terminated=isinstance(stop, Terminated)))
     except Exception as err:
         from jsonargparse import ArgumentError
 

@@ -170,15 +170,38 @@ def report_usage_error(err: BaseException, command: str | None, debug: bool,
     return 2
 
 
-def report_interrupt(command: str | None) -> int:
+class Terminated(BaseException):
+    """SIGTERM (``kill PID``, ``docker stop``, a scheduler's pre-emption), raised where the process is, as Ctrl-C
+    raises ``KeyboardInterrupt``. Lightning's own SIGTERM handling only sets a flag that its loop reads after the
+    current batch, which for an RL iteration is minutes of rollouts."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated(f"signal {signum}")
+
+
+def stop_on_sigterm() -> None:
+    """Make SIGTERM stop this process as Ctrl-C does: the run's finished artifacts and checkpoints are kept (every
+    write is atomic) and the same command resumes. Lightning keeps this handler: it calls it after its own."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_terminated)
+
+
+def report_interrupt(command: str | None, terminated: bool = False) -> int:
+    """The one line for Ctrl-C (exit 130) or SIGTERM (exit 143, the shell's 128 + 15)."""
     prog = f"prism-lit {command}" if command else "prism-lit"
     again = ("run the same command again to resume" if command in ("pipeline", "compare") else
              "nothing half-written is left")
-    print(f"{prog}: interrupted. Finished artifacts are kept; {again} (docs/failure_modes.md).", file=sys.stderr)
-    return 130
+    how = "stopped by SIGTERM" if terminated else "interrupted"
+    print(f"{prog}: {how}. Finished artifacts are kept; {again} (docs/failure_modes.md).", file=sys.stderr)
+    return 143 if terminated else 130
 
 
 __all__ = [
     "ArtifactError", "CheckpointError", "ConfigError", "DataError", "MissingFileError", "ModelError",
-    "PrismLitError", "UsageError", "format_error", "is_user_error", "report_error", "report_interrupt",
+    "PrismLitError", "Terminated", "UsageError", "format_error", "is_user_error", "report_error", "report_interrupt",
+    "stop_on_sigterm",
 ]

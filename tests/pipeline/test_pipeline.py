@@ -174,6 +174,46 @@ def test_compare_workers_run_methods_in_parallel_and_report_a_failed_run(tmp_pat
         assert "stage eval" in (out / method / "seed1" / "pipeline.log").read_text()
 
 
+@pytest.mark.slow
+def test_sigterm_to_compare_stops_its_running_workers_and_the_runs_resume(tmp_path):
+    """`kill PID` of a comparison: it stops now with exit 143, not after the runs it started finish, and leaves
+    no worker behind (a worker left running would go on writing into the run dirs of a resumed comparison)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    configs = _compare_configs(tmp_path)
+    for path in configs:  # RL long enough that the workers are mid-stage when the signal comes
+        config = yaml.safe_load(open(path))
+        config["rl"]["max_steps"] = 10_000
+        open(path, "w").write(yaml.safe_dump(config))
+    out = tmp_path / "cmp"
+    proc = subprocess.Popen([sys.executable, "-m", "prism_lit.cli", "compare", "--configs", json.dumps(configs),
+                             "--seeds", "[0]", "--workers", "2", "--reference", "random", "--out_dir", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    logs = [out / m / "seed0" / "pipeline.log" for m in ("prism-gini", "random")]
+    deadline = time.monotonic() + 300
+    while not all(log.is_file() and "stage rl     running" in log.read_text() for log in logs):
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, "the workers never reached RL"
+        time.sleep(0.2)
+    time.sleep(2)  # into the stage's work
+    workers = [int(pid) for pid in open(f"/proc/{proc.pid}/task/{proc.pid}/children").read().split()]
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and "stopped by SIGTERM" in err and "Traceback" not in err, err[-3000:]
+    time.sleep(1)
+    alive = [pid for pid in workers if os.path.exists(f"/proc/{pid}") and
+             open(f"/proc/{pid}/stat").read().split()[2] != "Z"]
+    assert not alive, f"workers still running after compare stopped: {alive}"
+    for log in logs:  # each worker stopped inside RL, which is left unfinished for the next compare to resume
+        assert not (log.parent / "rl" / "stage.json").exists()
+
+
 def test_compare_checks_every_run_dir_before_running_any(tmp_path):
     """A run dir kept from an earlier call with other settings stops the whole call before any run starts, naming
     the config, the run dir and the setting (not an hour later as one failed run among many)."""

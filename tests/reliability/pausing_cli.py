@@ -26,7 +26,7 @@ FLAG = os.environ.get("PRISM_LIT_TEST_PAUSED", "")
 
 def pause() -> None:
     Path(FLAG).write_text(WHERE)
-    while True:  # until SIGKILL; SIGINT raises KeyboardInterrupt here, as it would in a training step
+    while True:  # until SIGKILL; SIGINT (KeyboardInterrupt) and SIGTERM (Terminated) raise here, as in a step
         time.sleep(0.05)
 
 

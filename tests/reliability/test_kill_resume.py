@@ -1,4 +1,4 @@
-"""Kill -9 and Ctrl-C at several moments of a small pipeline; resuming ends with artifacts byte-identical to an
+"""Kill -9, Ctrl-C and SIGTERM at several moments of a small pipeline; resuming ends with artifacts byte-identical to an
 uninterrupted run's (tests/reliability/tiny_pipeline.yaml, run through the real CLI; pausing_cli.py holds the
 process at an exact point so the signal lands there, not wherever the scheduler happens to be)."""
 
@@ -25,6 +25,8 @@ INTERRUPTIONS = [
     ("train:sft:4", signal.SIGINT, "sft", None),  # Ctrl-C mid epoch 2 of SFT
     ("export:sft", signal.SIGKILL, "sft", None),  # SFT trained, its export half-written
     ("train:rl:2", signal.SIGKILL, "rl", "rl/checkpoints/last.ckpt"),  # after RL iteration 2, iteration 1 saved
+    # `kill PID` in the same place: it stops there and then (Lightning alone would only set a flag for the loop)
+    ("train:rl:2", signal.SIGTERM, "rl", "rl/checkpoints/last.ckpt"),
     ("eval:1", signal.SIGINT, "eval", None),  # Ctrl-C after the base policy was evaluated
 ]
 
@@ -48,7 +50,7 @@ def wait_for(proc: subprocess.Popen, flag: Path, timeout: float = 300) -> None:
 
 
 @pytest.mark.slow
-def test_kill_and_ctrl_c_at_five_points_then_resume_to_identical_artifacts(finished_run, tmp_path):
+def test_kill_ctrl_c_and_sigterm_at_six_points_then_resume_to_identical_artifacts(finished_run, tmp_path):
     run = tmp_path / "run"
     logs = {}
     for i, (where, sig, stage, checkpoint) in enumerate(INTERRUPTIONS):
@@ -59,8 +61,10 @@ def test_kill_and_ctrl_c_at_five_points_then_resume_to_identical_artifacts(finis
         out, err = proc.communicate(timeout=120)
         logs[where] = err
         assert proc.returncode != 0, f"{where}: a killed run must not exit 0"
-        if sig == signal.SIGINT:
+        if sig in (signal.SIGINT, signal.SIGTERM):
             assert "Traceback" not in err, err[-3000:]
+        if sig == signal.SIGTERM:
+            assert proc.returncode == 143 and "stopped by SIGTERM" in err, (proc.returncode, err[-3000:])
         assert not (run / stage / "stage.json").exists(), f"{where}: {stage} must be left unfinished"
         if checkpoint is not None:
             assert (run / checkpoint).is_file(), f"{where}: {checkpoint} should be there to resume from"

@@ -94,6 +94,9 @@ def _run_method(config: str, seed: int, run_dir: str, threads: int, overrides: d
     log = os.open(Path(run_dir) / "pipeline.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(log, 1)
     os.dup2(log, 2)
+    from prism_lit.errors import stop_on_sigterm
+
+    stop_on_sigterm()  # a worker is not started through prism_lit.cli.main
     import torch
 
     torch.set_num_threads(threads)
@@ -108,11 +111,14 @@ def _run_parallel(jobs: list[tuple[str, int, Path, dict[str, Any]]], workers: in
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
+    from prism_lit.errors import Terminated
+
     threads = max(1, (os.cpu_count() or 1) // workers)
     print(f"compare: {len(jobs)} runs, {workers} at a time with {threads} thread(s) each; logs in <run_dir>/pipeline.log",
           flush=True)
     failures = []
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), max_tasks_per_child=1) as pool:
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), max_tasks_per_child=1)
+    try:
         futures = {pool.submit(_run_method, config, seed, str(run_dir), threads, overrides): run_dir
                    for config, seed, run_dir, overrides in jobs}
         for done, future in enumerate(as_completed(futures), 1):
@@ -120,10 +126,19 @@ def _run_parallel(jobs: list[tuple[str, int, Path, dict[str, Any]]], workers: in
             try:
                 future.result()
                 status = "finished"
-            except Exception as err:  # noqa: BLE001 - every other run goes on; the failures are raised together
+            except (Exception, Terminated) as err:  # noqa: BLE001 - every other run goes on; failures raised together
+                # a worker stopped by SIGTERM on its own is a failed run; run compare again to resume it
                 failures.append(f"{run_dir}: {type(err).__name__}: {err} (log: {run_dir / 'pipeline.log'})")
                 status = f"FAILED: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
             print(f"compare: [{done}/{len(jobs)}] {run_dir} {status}", flush=True)
+    except BaseException:
+        # Ctrl-C or SIGTERM to compare itself: stop the runs now instead of waiting for them to finish (a worker
+        # stops as the CLI does on SIGTERM; each run dir resumes)
+        for child in multiprocessing.active_children():
+            child.terminate()
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
     return failures
 
 
