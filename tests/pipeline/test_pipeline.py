@@ -532,7 +532,7 @@ def test_bad_pipeline_settings_fail_before_the_first_stage(tmp_path, capsys, ove
     assert not run.exists()  # nothing was written, no compute spent
 
 
-def test_plugin_overrides_on_the_command_line_reach_the_run(tmp_path):
+def test_plugin_overrides_on_the_command_line_reach_the_run(tmp_path, monkeypatch, caplog):
     run = tmp_path / "run"
     _main("--config", "configs/pipeline_webshop_embedded.yaml", f"--run_dir={run}", "--stop_after=tasks",
           "--probe.corpus_tasks=6", "--base.pretrain_tasks=4", "--env.kwargs.num_products=60",
@@ -542,6 +542,15 @@ def test_plugin_overrides_on_the_command_line_reach_the_run(tmp_path):
                                          "init_args": {"score": "gini", "rl_fraction": 0.3}}
     assert config["rl"]["module"]["init_args"]["group_size"] == 2
     assert config["rl"]["module"]["init_args"]["optim"]["lr"] == 5e-5  # the rest of the YAML's module is kept
+    # the recorded config names its run: run again from another directory, it goes on with that run
+    assert config["run_dir"] == str(run.resolve())
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    marker = (run / "tasks" / "stage.json").read_text()
+    monkeypatch.chdir(elsewhere)
+    _main("--config", str(run / "pipeline_config.json"), "--stop_after=tasks")
+    assert "stage tasks  done already" in caplog.text
+    assert (run / "tasks" / "stage.json").read_text() == marker and not list(elsewhere.iterdir())
 
 
 def test_trainer_strategy_may_be_a_class_path_built_afresh_per_stage(tmp_path):

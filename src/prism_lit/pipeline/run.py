@@ -309,8 +309,10 @@ def _last_write(directory: Path, exclude: Path) -> float:
 
 
 def _config_dict(ctx: PipelineContext) -> dict[str, Any]:
+    # run_dir included: `prism-lit pipeline --config <run>/pipeline_config.json` goes on with that run, not a new
+    # one in the default directory (a run dir that was moved needs --run_dir)
     return {
-        "method": ctx.method, "seed": ctx.seed, "env": settings_json(ctx.env), "base": settings_json(ctx.base),
+        "run_dir": str(ctx.run_dir.resolve()), "method": ctx.method, "seed": ctx.seed, "env": settings_json(ctx.env), "base": settings_json(ctx.base),
         "probe": settings_json(ctx.probe), "sft": settings_json(ctx.sft), "rl": settings_json(ctx.rl),
         "eval": settings_json(ctx.eval),
         "trainer": {k: v if isinstance(v, (str, int, float, bool, dict, list, type(None))) else plugin_spec(v)
