@@ -256,15 +256,19 @@ def test_compare_checks_every_config_before_running_any(tmp_path):
     assert not out.exists()
 
 
+def _alfworld_env(n_per_type: int, eval_splits: dict | None = None, numbered: bool = True) -> EnvSettings:
+    """Real ALFWorld games generated small, ``n_per_type`` per task type and split."""
+    return EnvSettings(id="alfworld", kwargs={"size": "small", "n_per_type": n_per_type, "generator_seed": 0},
+                       protocol=AgentProtocol(env="alfworld", numbered_actions=numbered),
+                       **({"eval_splits": eval_splits} if eval_splits else {}))
+
+
 @pytest.mark.slow
 @pytest.mark.alfworld
 def test_pipeline_on_alfworld_real_engine(tmp_path):
     pytest.importorskip("alfworld")
     settings = _settings(tmp_path)
-    settings["env"] = EnvSettings(
-        id="alfworld", kwargs={"size": "small", "n_per_type": 2, "generator_seed": 0},
-        protocol=AgentProtocol(env="alfworld", numbered_actions=True), eval_splits={"valid_unseen": 3},
-    )
+    settings["env"] = _alfworld_env(2, {"valid_unseen": 3})
     settings["base"].familiar_task_types = ["pick_and_place_simple", "look_at_obj_in_light"]
     settings["base"].pretrain_tasks = 4
     settings["probe"].corpus_tasks = 8
@@ -285,10 +289,7 @@ def test_pretrain_env_kwargs_give_the_base_more_games_than_the_corpus_split(tmp_
     from prism_lit.data.schema import read_trajectories
 
     settings = _settings(tmp_path)
-    settings["env"] = EnvSettings(
-        id="alfworld", kwargs={"size": "small", "n_per_type": 2, "generator_seed": 0},
-        protocol=AgentProtocol(env="alfworld", numbered_actions=True), eval_splits={"valid_unseen": 1},
-    )
+    settings["env"] = _alfworld_env(2, {"valid_unseen": 1})
     settings["base"].familiar_task_types = ["pick_and_place_simple"]
     settings["base"].pretrain_env_kwargs = {"n_per_type": 8}
     settings["base"].pretrain_tasks = 6
@@ -317,8 +318,7 @@ def test_evaluation_panel_is_fixed_and_spans_task_types(tmp_path):
     from prism_lit.pipeline.stages import panel_task_ids
 
     s = _settings(tmp_path)
-    s["env"] = EnvSettings(id="alfworld", kwargs={"size": "small", "n_per_type": 4, "generator_seed": 0},
-                           protocol=AgentProtocol(env="alfworld", numbered_actions=True))
+    s["env"] = _alfworld_env(4)
     ctx = PipelineContext(run_dir=tmp_path, env=s["env"], base=s["base"], probe=s["probe"], sft=s["sft"],
                           rl=s["rl"], eval=s["eval"], seed=0, trainer={}, method="m")
     panel = panel_task_ids(ctx, "train", 8)
@@ -753,10 +753,7 @@ def test_pretrain_rename_fraction_renames_that_share_of_the_pretraining_episodes
     from prism_lit.data.schema import read_trajectories
 
     settings = _settings(tmp_path)
-    settings["env"] = EnvSettings(
-        id="alfworld", kwargs={"size": "small", "n_per_type": 8, "generator_seed": 0},
-        protocol=AgentProtocol(env="alfworld", numbered_actions=False), eval_splits={"valid_unseen": 1},
-    )
+    settings["env"] = _alfworld_env(8, {"valid_unseen": 1}, numbered=False)
     settings["base"].familiar_task_types = ["pick_and_place_simple"]
     settings["base"].pretrain_tasks = 4
     settings["base"].pretrain_rename_fraction = 0.5
