@@ -56,6 +56,9 @@ def test_pipeline_runs_every_stage_writes_report_and_resumes(tmp_path):
     assert (run / "rl" / "export").is_dir()
     report = json.loads((run / "report.json").read_text())
     assert set(report["stages"]) >= {"tasks", "base", "probe", "sft", "rl", "eval"}
+    for stage in ("base", "sft"):  # what tokenising did to the stage's data, in its record
+        data = report["stages"][stage]["info"]["data"]
+        assert data["read"] > 0 and data["truncated"] == 0 and data["max_length"] == 2048, (stage, data)
     for stage in ("probe", "sft", "rl"):
         assert report["stages"][stage]["seconds"] > 0
     test = report["eval"]["webshop"]["test"]
@@ -74,6 +77,22 @@ def test_pipeline_runs_every_stage_writes_report_and_resumes(tmp_path):
     assert "### What the scores separate" in (run / "summary.md").read_text()
     assert set(report["probe"]["by_task_type"]) and (run / "summary.md").read_text().startswith("# prism-gini")
     assert (run / "plots" / "concentration_by_task_type.png").stat().st_size > 1000
+
+
+def test_summary_warns_when_a_stage_cut_its_trajectories(tmp_path):
+    """Pre-training episodes cut at max_length lose their last turns (the take/put actions of an ALFWorld game):
+    the summary says so under the stage table, naming the setting."""
+    settings = _settings(tmp_path)
+    settings["sft"].max_length = 64
+    pipeline(**settings, stop_after="base")
+    run = tmp_path / "run"
+    data = read_stage_marker(run, "base")["info"]["data"]
+    assert data["truncated"] == data["read"] == 8 and data["longest_truncated_tokens"] > 64
+    from prism_lit.pipeline.report import build_report
+
+    build_report(run)  # what the report stage does at the end of a run
+    summary = (run / "summary.md").read_text()
+    assert "**base: 8 of 8 trajectories were cut at max_length 64**" in summary and "`sft.max_length`" in summary
 
 
 def test_unknown_stage_names_are_rejected(tmp_path):

@@ -296,6 +296,15 @@ class TrajectoryDataModule(L.LightningDataModule):
                 len(self._truncated), self.stats["read"], self.max_length, self.truncation, cut, self._longest,
                 _some(self._truncated), self._longest)
 
+    @property
+    def token_stats(self) -> dict[str, Any]:
+        """What tokenising did to the training files (after ``setup``): trajectories read, skipped and truncated
+        at ``max_length``, and the full length of the longest truncated one; stages record it."""
+        stats = {**self.stats, "max_length": self.max_length, "truncation": self.truncation}
+        if self._truncated:
+            stats["longest_truncated_tokens"] = self._longest
+        return stats
+
     # ------------------------------------------------------------------ loaders
     def _current_train_indices(self) -> list[int]:
         assert self.train_rows is not None

@@ -310,7 +310,9 @@ class SFTSettings:
     Args:
         enabled: run it (``False`` skips to RL from the base model).
         data: ``partition`` (the trajectories routed to SFT) or ``all`` (every trajectory of the corpus).
-        epochs, lr, batch_size, max_length: optimisation settings.
+        epochs, lr, batch_size, max_length: optimisation settings. ``max_length`` (tokens per trajectory; longer
+            ones lose their last turns, counted in the stage's record and the summary) also bounds the embedded
+            base's pre-training episodes.
         max_tokens: cap on padded tokens per SFT batch (longest × count), as ``probe.max_tokens``.
         lora: train a LoRA adapter instead of the full model.
         context_weight: loss weight of the observation and prompt tokens, relative to the replies (as

@@ -320,12 +320,31 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
+def _cut_data_lines(stages: dict[str, Any]) -> list[str]:
+    """A warning under the stage table for every training stage whose data lost turns to ``max_length``: the log
+    says it once, mid-run; the summary is what is read afterwards."""
+    lines = []
+    for stage, data in stages.items():
+        stats = (data.get("info") or {}).get("data") or {}
+        cut, skipped = stats.get("truncated", 0), stats.get("skipped", 0)
+        if cut:
+            lines.append(f"> **{stage}: {cut} of {stats['read']} trajectories were cut at max_length "
+                         f"{stats['max_length']}** (the longest has {stats.get('longest_truncated_tokens')} tokens; "
+                         f"truncation {stats['truncation']}): their cut turns were not trained. The base's "
+                         "pre-training and SFT both read `sft.max_length`.")
+        if skipped:
+            lines.append(f"> **{stage}: {skipped} of {stats['read']} trajectories were skipped** (over max_length "
+                         f"{stats['max_length']} with truncation {stats['truncation']}, or nothing to train).")
+    return ["", *lines] if lines else []
+
+
 def summary_markdown(report: dict[str, Any], plot: Path | None) -> str:
     lines = [f"# {report.get('method')} on {report.get('env')} (seed {report.get('seed')})", "", "## Stages", "",
              "| stage | seconds |", "|---|---|"]
     for stage, data in report["stages"].items():
         lines.append(f"| {stage} | {data['seconds']:.1f} |")
     lines.append(f"| **probe + SFT + RL** | **{report['compute_seconds']['total']:.1f}** |")
+    lines += _cut_data_lines(report["stages"])
     lines += ["", "## Evaluation (greedy, fixed panels)", "",
               "| policy | split | success rate | score | mean steps | invalid-action rate |", "|---|---|---|---|---|---|"]
     for policy, splits in report["eval_by_policy"].items():

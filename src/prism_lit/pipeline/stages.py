@@ -243,7 +243,7 @@ def prepare_base(ctx: PipelineContext) -> dict[str, Any]:
     trainer = _trainer(ctx, "base", max_epochs=ctx.base.pretrain_epochs)
     _fit(ctx, "base", trainer, module, data)
     return {"path": str(art.base_model), "prepared": True, "init": str(init), "steps": trainer.global_step,
-            "final_loss": float(trainer.callback_metrics.get("train/loss", float("nan")))}
+            "final_loss": float(trainer.callback_metrics.get("train/loss", float("nan"))), "data": data.token_stats}
 
 
 def _copy_warmup(ctx: PipelineContext, init: Path, out: Path) -> Path:
@@ -395,7 +395,7 @@ def train_sft(ctx: PipelineContext) -> dict[str, Any]:
     _fit(ctx, "sft", trainer, module, data)
     n_train = len(ids) if ids is not None else len(data.train_rows)
     return {"trained": True, "steps": trainer.global_step, "n_train": n_train,
-            "final_loss": float(trainer.callback_metrics.get("train/loss", float("nan")))}
+            "final_loss": float(trainer.callback_metrics.get("train/loss", float("nan"))), "data": data.token_stats}
 
 
 # ---------------------------------------------------------------------------------------------- RL
