@@ -8,6 +8,7 @@ chosen by ``class_path`` in YAML, so a user's subclass is one config line away. 
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -211,7 +212,7 @@ def main(argv: list[str] | None = None) -> None:
     command = argv[0] if argv and argv[0] in (*LIGHTNING_COMMANDS, *EXTRA_COMMANDS) else None
     from prism_lit.errors import Terminated, report_interrupt, stop_on_sigterm
 
-    stop_on_sigterm()
+    previous = stop_on_sigterm()
     try:
         _run(argv, from_shell)
     except (KeyboardInterrupt, Terminated) as stop:
@@ -226,6 +227,9 @@ def main(argv: list[str] | None = None) -> None:
         if not is_user_error(err):
             raise  # a bug: the whole traceback, as Python prints it
         sys.exit(report_error(err, command, argv, debug))
+    finally:
+        if previous is not None:  # main() called from Python (a notebook, a test) leaves the caller's handler
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

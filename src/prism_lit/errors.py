@@ -16,6 +16,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
+from typing import Any
 
 
 class PrismLitError(Exception):
@@ -180,14 +181,16 @@ def _raise_terminated(signum: int, frame: object) -> None:
     raise Terminated(f"signal {signum}")
 
 
-def stop_on_sigterm() -> None:
+def stop_on_sigterm() -> Any:
     """Make SIGTERM stop this process as Ctrl-C does: the run's finished artifacts and checkpoints are kept (every
-    write is atomic) and the same command resumes. Lightning keeps this handler: it calls it after its own."""
+    write is atomic) and the same command resumes. Lightning keeps this handler: it calls it after its own.
+    Returns the handler it replaced (``None`` off the main thread, where nothing is changed)."""
     import signal
     import threading
 
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _raise_terminated)
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _raise_terminated)
 
 
 def report_interrupt(command: str | None, terminated: bool = False) -> int:

@@ -335,7 +335,7 @@ def _cut_data_lines(stages: dict[str, Any]) -> list[str]:
         if skipped:
             lines.append(f"> **{stage}: {skipped} of {stats['read']} trajectories were skipped** (over max_length "
                          f"{stats['max_length']} with truncation {stats['truncation']}, or nothing to train).")
-    return ["", *lines] if lines else []
+    return [part for line in lines for part in ("", line)]  # a blank line before each: one quote block apiece
 
 
 def summary_markdown(report: dict[str, Any], plot: Path | None) -> str:
