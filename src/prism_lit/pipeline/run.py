@@ -9,6 +9,7 @@ half-done stages were made with this config's settings (else ``--rerun``, which 
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import logging
@@ -37,6 +38,7 @@ from prism_lit.pipeline.context import (
     is_main_process,
     read_stage_marker,
 )
+from prism_lit.pipeline.lock import check_not_in_use, run_dir_lock
 from prism_lit.pipeline.stages import (
     STAGE_FUNCTIONS,
     base_policy,
@@ -86,11 +88,20 @@ def pipeline(
         stop_after: stop after this stage.
         rerun: stages to run again from scratch (and every stage after them); their old outputs are moved to
             ``<run_dir>/replaced/<stage>-<time>/``, not deleted.
-    """
-    import lightning as L
 
+    While it runs, the pipeline holds ``<run_dir>/run.lock`` (:mod:`prism_lit.pipeline.lock`): a second process
+    given the same run dir stops at once with an error naming the first one's PID, before it changes anything.
+    """
     ctx, first_rerun = _checked_context(run_dir=run_dir, env=env, base=base, probe=probe, sft=sft, rl=rl, eval=eval,
                                         seed=seed, method=method, trainer=trainer, stop_after=stop_after, rerun=rerun)
+    # one writer per run dir (under torchrun the ranks are one run: rank 0 holds the lock for them)
+    with run_dir_lock(ctx.run_dir) if is_main_process() else contextlib.nullcontext():
+        return _run_stages(ctx, first_rerun, seed, stop_after)
+
+
+def _run_stages(ctx: PipelineContext, first_rerun: int, seed: int, stop_after: str | None) -> dict[str, float]:
+    import lightning as L
+
     art = ctx.artifacts
     if first_rerun < len(STAGE_ORDER):
         _move_aside(art, STAGE_ORDER[first_rerun:])
@@ -137,6 +148,8 @@ def _checked_context(run_dir, env, base, probe, sft, rl, eval, seed, method, tra
     """The run's context and the index of the first stage to redo, once everything checkable is checked."""
     if stop_after is not None and stop_after not in STAGE_ORDER:
         raise ValueError(f"stop_after: unknown stage {stop_after!r}; stages are {', '.join(STAGE_ORDER)}")
+    if is_main_process():  # first: another process's half-written stage would read as a settings mismatch
+        check_not_in_use(Path(run_dir))
     for name in rerun or []:
         if name not in STAGE_ORDER:
             raise ValueError(f"rerun: unknown stage {name!r}; stages are {', '.join(STAGE_ORDER)}")
