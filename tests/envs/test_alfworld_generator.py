@@ -26,7 +26,7 @@ TASK_DIR = re.compile(r"^(?P<type>[a-z_]+)-(?P<obj>[A-Za-z]+)-None-(?P<parent>[A
 def small_tree(tmp_path_factory):
     root = tmp_path_factory.mktemp("gen")
     paths = {split: generate_games(root, n_per_type=1, split=split, seed=5)
-             for split in ("train", "valid_seen", "valid_unseen")}
+             for split in ("train", "valid_seen", "valid_unseen", "valid_unseen_rooms")}
     return root, paths
 
 
@@ -75,13 +75,17 @@ def test_built_once_and_extended_incrementally(tmp_path):
 
 
 def test_splits_hold_out_layouts_and_object_kinds(small_tree):
+    """valid_unseen: held-out rooms and object kinds; valid_unseen_rooms: the same rooms, only known kinds."""
     _root, paths = small_tree
     layout_of = {s: {int(TASK_DIR.match(p.parent.parent.name)["layout"]) for p in files} for s, files in paths.items()}
     train_pool = layout_pool(5, "train", (4, 6), 24, 8)
     unseen_pool = layout_pool(5, "valid_unseen", (4, 6), 24, 8)
     train_numbers = {lay.number for lay in train_pool}
     assert layout_of["train"] <= train_numbers and layout_of["valid_seen"] <= train_numbers
-    assert not (layout_of["valid_unseen"] & train_numbers)
+    assert not ((layout_of["valid_unseen"] | layout_of["valid_unseen_rooms"]) & train_numbers)
+    unseen_numbers = {lay.number for lay in unseen_pool}
+    assert layout_of["valid_unseen"] <= unseen_numbers and layout_of["valid_unseen_rooms"] <= unseen_numbers
+    assert layout_pool(5, "valid_unseen_rooms", (4, 6), 24, 8) == unseen_pool
     assert not ({lay.signature() for lay in unseen_pool} & {lay.signature() for lay in train_pool})
     for split, files in paths.items():
         for game_file in files:
@@ -94,6 +98,9 @@ def test_splits_hold_out_layouts_and_object_kinds(small_tree):
     # valid_seen plays new games, not copies of train's
     seen_problems = {(p.parent / "initial_state.pddl").read_text() for p in paths["valid_seen"]}
     assert not seen_problems & {(p.parent / "initial_state.pddl").read_text() for p in paths["train"]}
+    # the two unseen splits are different games in the same rooms
+    assert not {p.parent.parent.name for p in paths["valid_unseen"]} & {p.parent.parent.name
+                                                                         for p in paths["valid_unseen_rooms"]}
 
 
 def test_size_knobs_bound_receptacles_and_objects(tmp_path):

@@ -16,7 +16,9 @@ from prism_lit.envs.alfworld.cache import GENERATOR_VERSION
 from prism_lit.envs.alfworld.layouts import TASK_TYPES
 from prism_lit.envs.spec import EnvSpec, register_env
 
-SPLITS = ("train", "valid_seen", "valid_unseen")
+# valid_unseen: held-out rooms whose targets are object kinds no other split has (a test of new words);
+# valid_unseen_rooms: the same held-out rooms with known object kinds (ALFWorld's own valid_unseen: unseen rooms)
+SPLITS = ("train", "valid_seen", "valid_unseen", "valid_unseen_rooms")
 
 SPEC = register_env(EnvSpec(
     name="alfworld", gym_id="prism_lit/ALFWorld-v0", entry_point="prism_lit.envs.alfworld.env:ALFWorldEnv",

@@ -39,7 +39,7 @@ class ALFWorldEnv(gym.Env[str, str]):
     """ALFWorld (Shridhar et al. 2021) text games on alfworld 0.4.2 / TextWorld, Gymnasium API.
 
     Args:
-        split: ``train``, ``valid_seen`` or ``valid_unseen``.
+        split: ``train``, ``valid_seen``, ``valid_unseen`` or ``valid_unseen_rooms`` (docs/envs/alfworld.md).
         data_dir: root of a json_2.1.1-style tree (``<data_dir>/<split>/<task>/<trial>/game.tw-pddl``), e.g.
             alfworld's downloaded ``$ALFWORLD_DATA/json_2.1.1``; its solvable games of ``split`` are played.
         game_files: explicit ``game.tw-pddl`` paths (``split`` is then only a label; ids come from the paths).

@@ -15,7 +15,9 @@ directory holding it is complete, and generation resumes where it stopped.
 
 Splits: ``train`` and ``valid_seen`` share the training layouts (different games); ``valid_unseen`` uses held-out
 layouts and targets object kinds (:data:`~prism_lit.envs.alfworld.layouts.UNSEEN_KINDS`) that never occur in the
-other splits.
+other splits; ``valid_unseen_rooms`` uses the same held-out layouts with the object kinds of the training splits
+only, which is how ALFWorld's own ``valid_unseen`` is defined (unseen rooms; task instances whose objects may be
+known).
 """
 
 from __future__ import annotations
@@ -28,11 +30,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from prism_lit.envs.alfworld import SPLITS
 from prism_lit.envs.alfworld import layouts as L
 from prism_lit.envs.alfworld.cache import games_dir
 from prism_lit.io import atomic_write_json, atomic_write_text
 
-SPLITS = ("train", "valid_seen", "valid_unseen")
 
 # (receptacles per room, objects per room) ranges, inclusive.
 SIZES: dict[str, tuple[tuple[int, int], tuple[int, int]]] = {
@@ -81,7 +83,8 @@ def config_key(n_receptacles: tuple[int, int], n_objects: tuple[int, int], n_lay
 
 def layout_pool(seed: int, split: str, n_receptacles: tuple[int, int], n_layouts: int,
                 n_unseen_layouts: int) -> list[L.Layout]:
-    """The layouts a split draws from: the training pool for train/valid_seen, the held-out pool otherwise.
+    """The layouts a split draws from: the training pool for train/valid_seen, the held-out pool for both unseen
+    splits.
 
     Layouts cycle through the room types so every task type has rooms. Held-out layouts never repeat the
     receptacle make-up (:meth:`Layout.signature`) of a training layout, unless no other room can be drawn.
@@ -100,7 +103,7 @@ def layout_pool(seed: int, split: str, n_receptacles: tuple[int, int], n_layouts
         return layout  # tiny size ranges leave no unseen make-up: fall back to a fresh draw
 
     train = [draw(k, set()) for k in range(1, n_layouts + 1)]
-    if split != "valid_unseen":
+    if split in ("train", "valid_seen"):
         return train
     seen = {lay.signature() for lay in train}
     return [draw(k, seen) for k in range(n_layouts + 1, n_layouts + n_unseen_layouts + 1)]
@@ -329,7 +332,8 @@ def generate_games(
             overrides ``~/.cache/prism_lit``).
         n_per_type: games per task type. Game ``i`` depends only on (seed, split, type, i, size knobs), so a
             larger ``n_per_type`` later extends the same set and existing games are never rebuilt.
-        split: ``train``, ``valid_seen`` or ``valid_unseen``.
+        split: ``train``, ``valid_seen``, ``valid_unseen`` (held-out rooms and object kinds) or
+            ``valid_unseen_rooms`` (held-out rooms, known object kinds).
         seed: generator seed (layouts, objects, tasks).
         task_types: subset of the six ALFWorld task types (default: all six).
         size: preset of receptacle/object counts: ``small`` (4-6 receptacles, 3-6 objects; episodes of ~4-12
@@ -337,7 +341,7 @@ def generate_games(
         n_receptacles: receptacles per room, an int or a ``(min, max)`` range; overrides the preset.
         n_objects: objects per room besides the desk lamp, an int or ``(min, max)``; overrides the preset.
         n_layouts: rooms in the training pool (shared by train and valid_seen).
-        n_unseen_layouts: held-out rooms of valid_unseen.
+        n_unseen_layouts: held-out rooms of the unseen splits.
         home_prob: chance that an object is put in one of its typical receptacles (a fridge for eggs), which
             makes where to look learnable, as in ALFRED's scenes.
         verbose: print one line per built game.
