@@ -35,7 +35,6 @@ from prism_lit.envs.alfworld import layouts as L
 from prism_lit.envs.alfworld.cache import games_dir
 from prism_lit.io import atomic_write_json, atomic_write_text
 
-
 # (receptacles per room, objects per room) ranges, inclusive.
 SIZES: dict[str, tuple[tuple[int, int], tuple[int, int]]] = {
     "small": ((4, 6), (3, 6)),
