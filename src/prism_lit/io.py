@@ -1,4 +1,9 @@
-"""Atomic artifact writes: a reader sees the old file (or directory) or the whole new one, never a torn one."""
+"""Atomic artifact writes: a reader sees the old file (or directory) or the whole new one, never a torn one.
+
+Written files and directories get the permissions a plain ``open()`` / ``mkdir`` would give them under the
+process's umask (``tempfile`` creates them private, 0600 / 0700, and a rename keeps that), so a run dir on a
+shared filesystem is as readable to the group as its owner's umask says.
+"""
 
 from __future__ import annotations
 
@@ -12,13 +17,25 @@ from pathlib import Path
 from typing import Any
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+def umask() -> int:
+    """The process's umask, read without changing it where Linux shows it (``/proc/self/status``)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        os.fchmod(fd, 0o666 & ~umask())
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -26,6 +43,10 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> None:
@@ -43,12 +64,25 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
     try:
         yield tmp
+        _plain_permissions(tmp)
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _plain_permissions(root: Path) -> None:
+    """What ``mkdir`` and ``open()`` would have given ``root`` and everything in it under the umask (``save_pretrained``
+    writes its weights 0600, ``mkdtemp`` makes 0700)."""
+    mask = umask()
+    os.chmod(root, 0o777 & ~mask)
+    for parent, dirs, files in os.walk(root):
+        for name in dirs:
+            os.chmod(os.path.join(parent, name), 0o777 & ~mask)
+        for name in files:
+            os.chmod(os.path.join(parent, name), 0o666 & ~mask)
 
 
 def save_figure(fig, path: str | os.PathLike, dpi: int = 110) -> Path:
@@ -58,6 +92,7 @@ def save_figure(fig, path: str | os.PathLike, dpi: int = 110) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp.png")  # one per writer
+    os.fchmod(fd, 0o666 & ~umask())
     os.close(fd)
     tmp = Path(name)
     try:

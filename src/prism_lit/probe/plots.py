@@ -5,15 +5,15 @@ from __future__ import annotations
 import io
 import math
 import os
-import tempfile
 from collections.abc import Sequence
-from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")  # headless: no display on cluster nodes and CI
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
+
+from prism_lit.io import atomic_write_bytes
 
 __all__ = ["save_score_histogram", "score_histogram_figure"]
 
@@ -50,14 +50,4 @@ def save_score_histogram(
         fig.savefig(buf, format="png")
     finally:
         plt.close(fig)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(buf.getvalue())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_bytes(path, buf.getvalue())
