@@ -197,6 +197,7 @@ def test_compare_workers_run_methods_in_parallel_and_report_a_failed_run(tmp_pat
 def test_sigterm_to_compare_stops_its_running_workers_and_the_runs_resume(tmp_path):
     """`kill PID` of a comparison: it stops now with exit 143, not after the runs it started finish, and leaves
     no worker behind (a worker left running would go on writing into the run dirs of a resumed comparison)."""
+    import contextlib
     import os
     import signal
     import subprocess
@@ -211,26 +212,33 @@ def test_sigterm_to_compare_stops_its_running_workers_and_the_runs_resume(tmp_pa
         config["rl"]["max_steps"] = 10_000
         open(path, "w").write(yaml.safe_dump(config))
     out = tmp_path / "cmp"
+    # four runs for two workers: the two of seed 1 wait for a free worker and must never start
     proc = subprocess.Popen([sys.executable, "-m", "prism_lit.cli", "compare", "--configs", json.dumps(configs),
-                             "--seeds", "[0]", "--workers", "2", "--reference", "random", "--out_dir", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    logs = [out / m / "seed0" / "pipeline.log" for m in ("prism-gini", "random")]
-    deadline = time.monotonic() + 300
-    while not all(log.is_file() and "stage rl     running" in log.read_text() for log in logs):
-        assert proc.poll() is None, proc.communicate()[1][-3000:]
-        assert time.monotonic() < deadline, "the workers never reached RL"
-        time.sleep(0.2)
-    time.sleep(2)  # into the stage's work
-    workers = [int(pid) for pid in open(f"/proc/{proc.pid}/task/{proc.pid}/children").read().split()]
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 143 and "stopped by SIGTERM" in err and "Traceback" not in err, err[-3000:]
-    time.sleep(1)
-    alive = [pid for pid in workers if os.path.exists(f"/proc/{pid}") and
-             open(f"/proc/{pid}/stat").read().split()[2] != "Z"]
-    assert not alive, f"workers still running after compare stopped: {alive}"
-    for log in logs:  # each worker stopped inside RL, which is left unfinished for the next compare to resume
-        assert not (log.parent / "rl" / "stage.json").exists()
+                             "--seeds", "[0, 1]", "--workers", "2", "--reference", "random", "--out_dir", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        logs = [out / m / "seed0" / "pipeline.log" for m in ("prism-gini", "random")]
+        deadline = time.monotonic() + 300
+        while not all(log.is_file() and "stage rl     running" in log.read_text() for log in logs):
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "the workers never reached RL"
+            time.sleep(0.2)
+        time.sleep(2)  # into the stage's work
+        workers = [int(pid) for pid in open(f"/proc/{proc.pid}/task/{proc.pid}/children").read().split()]
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 143 and "stopped by SIGTERM" in err and "Traceback" not in err, err[-3000:]
+        time.sleep(1)
+        alive = [pid for pid in workers if os.path.exists(f"/proc/{pid}") and
+                 open(f"/proc/{pid}/stat").read().split()[2] != "Z"]
+        assert not alive, f"workers still running after compare stopped: {alive}"
+        for log in logs:  # each worker stopped inside RL, which is left unfinished for the next compare to resume
+            assert not (log.parent / "rl" / "stage.json").exists()
+        started = [m for m in ("prism-gini", "random") if (out / m / "seed1" / "pipeline.log").is_file()]
+        assert not started, f"runs that were waiting for a worker started after the SIGTERM: {started}"
+    finally:  # whatever failed above, no worker may outlive the test (they would run RL for 10,000 steps)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
 
 
 def test_compare_checks_every_run_dir_before_running_any(tmp_path):

@@ -109,7 +109,7 @@ def _run_parallel(jobs: list[tuple[str, int, Path, dict[str, Any]]], workers: in
     """Run ``(config, seed, run_dir, overrides)`` jobs ``workers`` at a time, each in a fresh process with an equal
     share of the cores; returns one line per failed job."""
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     from prism_lit.errors import Terminated
 
@@ -118,19 +118,27 @@ def _run_parallel(jobs: list[tuple[str, int, Path, dict[str, Any]]], workers: in
           flush=True)
     failures = []
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), max_tasks_per_child=1)
+    waiting, running, done = list(jobs), {}, 0
     try:
-        futures = {pool.submit(_run_method, config, seed, str(run_dir), threads, overrides): run_dir
-                   for config, seed, run_dir, overrides in jobs}
-        for done, future in enumerate(as_completed(futures), 1):
-            run_dir = futures[future]
-            try:
-                future.result()
-                status = "finished"
-            except (Exception, Terminated) as err:  # noqa: BLE001 - every other run goes on; failures raised together
-                # a worker stopped by SIGTERM on its own is a failed run; run compare again to resume it
-                failures.append(f"{run_dir}: {type(err).__name__}: {err} (log: {run_dir / 'pipeline.log'})")
-                status = f"FAILED: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-            print(f"compare: [{done}/{len(jobs)}] {run_dir} {status}", flush=True)
+        # Submitted only as a worker frees up: the executor queues submitted jobs ahead of its workers, and a job it
+        # has queued is started by a fresh worker even after shutdown(cancel_futures=True) (a stopped compare would
+        # then go on running it).
+        while waiting or running:
+            while waiting and len(running) < workers:
+                config, seed, run_dir, overrides = waiting.pop(0)
+                running[pool.submit(_run_method, config, seed, str(run_dir), threads, overrides)] = run_dir
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                run_dir = running.pop(future)
+                done += 1
+                try:
+                    future.result()
+                    status = "finished"
+                except (Exception, Terminated) as err:  # noqa: BLE001 - every other run goes on; failures raised together
+                    # a worker stopped by SIGTERM on its own is a failed run; run compare again to resume it
+                    failures.append(f"{run_dir}: {type(err).__name__}: {err} (log: {run_dir / 'pipeline.log'})")
+                    status = f"FAILED: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+                print(f"compare: [{done}/{len(jobs)}] {run_dir} {status}", flush=True)
     except BaseException:
         # Ctrl-C or SIGTERM to compare itself: stop the runs now instead of waiting for them to finish (a worker
         # stops as the CLI does on SIGTERM; each run dir resumes)
