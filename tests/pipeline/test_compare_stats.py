@@ -204,3 +204,28 @@ def test_levels_give_every_policy_an_interval_over_seeds_and_goals(tmp_path):
     lo, hi = level["success_rate"]["ci"]
     assert lo < 0.25 < hi and hi - lo == pytest.approx(2 * 1.96 * math.sqrt(0.25 * 0.75 / 40), rel=0.2)
     assert "| m | test | 2 | 40 | 25.0 [" in comparison_markdown(table)
+
+
+def test_tables_show_each_run_so_a_reader_sees_whether_the_runs_agree(tmp_path):
+    """A pooled +12.5 can be two runs of +25 and 0: the levels and the paired differences list every run's own
+    value, in numeric seed order (seed 2 before seed 10)."""
+    from prism_lit.pipeline.compare import comparison_markdown, summarize
+
+    goals = [f"g{i:02d}" for i in range(40)]
+    for seed, gain in ((2, 10), (10, 0)):
+        base = {g: i < 8 for i, g in enumerate(goals)}  # 20 %
+        _run(tmp_path, "random", seed, base)
+        _run(tmp_path, "prism-gini", seed, {g: i < 8 + gain for i, g in enumerate(goals)})
+    table = summarize(tmp_path, "random", paired=[["prism-gini", "random"]], bootstrap_samples=500)
+    (row,) = table["paired"]
+    assert row["success_rate"]["mean"] == pytest.approx(0.125)
+    assert row["success_rate"]["by_seed"] == [[2, pytest.approx(0.25)], [10, 0.0]]
+    levels = {r["name"]: r["success_rate"] for r in table["levels"]}
+    assert levels["prism-gini"]["by_seed"] == [[2, pytest.approx(0.45)], [10, pytest.approx(0.2)]]
+    md = comparison_markdown(table)
+    assert "| prism-gini − random | test | 2 | 40 | +12.5 [" in md and "| +25.0 / +0.0 |" in md
+    assert "| prism-gini | test | 2 | 40 | 32.5 [" in md and "| 45.0 / 20.0 |" in md
+    # one run: nothing to list beyond the pooled value, so no column
+    single = tmp_path / "single"
+    _run(single, "random", 0, {g: True for g in goals})
+    assert "by run" not in comparison_markdown(summarize(single, "random", paired=[], bootstrap_samples=100))

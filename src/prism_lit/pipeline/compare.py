@@ -445,17 +445,32 @@ def _level(m: dict[str, Any]) -> str:
     return "–" if m.get("mean") is None else f"{m['mean'] * 100:.1f} [{m['ci'][0] * 100:.1f}, {m['ci'][1] * 100:.1f}]"
 
 
+def _by_run(rows: list[dict[str, Any]]) -> bool:
+    """Whether the tables get a per-run column: some row pools more than one run."""
+    return any(r.get("success_rate", {}).get("n_seeds", 0) > 1 for r in rows)
+
+
+def _runs_cell(stat: dict[str, Any], signed: bool) -> str:
+    """Each run's value of a pooled success rate or difference, in seed order ("+5.0 / -2.0 / +3.0")."""
+    fmt = "{:+.1f}" if signed else "{:.1f}"
+    return " / ".join(fmt.format(m * 100) for _, m in stat.get("by_seed", [])) or "–"
+
+
 def levels_markdown(rows: list[dict[str, Any]]) -> list[str]:
     if not rows:
         return []
     metrics, labels = _outcome_columns(rows, "%")
+    by_run = _by_run(rows)
+    extra = ["success by run (%)"] if by_run else []
     lines = ["", "## Success and score with 95 % intervals", "",
-             "| policy | split | seeds | goals | " + " | ".join(labels) + " |", "|---" * (len(metrics) + 4) + "|"]
+             "| policy | split | seeds | goals | " + " | ".join(labels + extra) + " |",
+             "|---" * (len(metrics) + len(extra) + 4) + "|"]
     for row in rows:
         s = row["success_rate"]
-        lines.append(f"| {row['name']} | {row['split']} | {s['n_seeds']} | {s['n_goals']} | "
-                     + " | ".join(_level(row[m]) for m in metrics) + " |")
-    return lines + ["", "From `eval/episodes.jsonl` of every run; the interval resamples seeds and goals."]
+        cells = [_level(row[m]) for m in metrics] + ([_runs_cell(s, signed=False)] if by_run else [])
+        lines.append(f"| {row['name']} | {row['split']} | {s['n_seeds']} | {s['n_goals']} | " + " | ".join(cells) + " |")
+    note = " \"Success by run\": each run's own rate, in seed order." if by_run else ""
+    return lines + ["", "From `eval/episodes.jsonl` of every run; the interval resamples seeds and goals." + note]
 
 
 def paired_markdown(rows: list[dict[str, Any]]) -> list[str]:
@@ -464,19 +479,24 @@ def paired_markdown(rows: list[dict[str, Any]]) -> list[str]:
     present = [r for r in rows if "missing" not in r]
     metrics, labels = (_outcome_columns(present, "points") if present
                        else (["success_rate", "score"], ["success (points)", "score (points)"]))
+    by_run = _by_run(present)
+    extra = ["success by run (points)"] if by_run else []
     lines = ["", "## Paired differences", "",
-             "| A − B | split | seeds | goals | " + " | ".join(labels) + " |", "|---" * (len(metrics) + 4) + "|"]
+             "| A − B | split | seeds | goals | " + " | ".join(labels + extra) + " |",
+             "|---" * (len(metrics) + len(extra) + 4) + "|"]
     notes = []
     for row in rows:
         if "missing" in row:
             notes.append(f"- {row['a']} − {row['b']}: {row['missing']}")
             continue
         s = row["success_rate"]
+        cells = [_interval(row[m]) for m in metrics] + ([_runs_cell(s, signed=True)] if by_run else [])
         lines.append(f"| {row['a']} − {row['b']} | {row['split']} | {s['n_seeds']} | {s['n_goals']} | "
-                     + " | ".join(_interval(row[m]) for m in metrics) + " |")
+                     + " | ".join(cells) + " |")
     lines += ["", "Mean of A − B over the (seed, goal) pairs both have, with a 95 % percentile interval from a "
                   "bootstrap that resamples seeds and goals (seeded, so it repeats); * = the interval excludes 0. "
-                  "A name alone is the method's final policy; method:policy names another policy of its runs."]
+                  "A name alone is the method's final policy; method:policy names another policy of its runs."
+                  + (" \"Success by run\": A − B within each run, in seed order: whether the runs agree." if by_run else "")]
     return lines + ([""] + notes if notes else [])
 
 

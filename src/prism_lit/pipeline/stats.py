@@ -90,18 +90,25 @@ def bootstrap_mean(
     confidence: float = CONFIDENCE,
 ) -> dict[str, Any]:
     """The mean of ``outcomes[seed][goal]`` with its crossed-bootstrap interval (e.g. a success rate over seeds and
-    goals). Returns ``mean``, ``ci`` ([low, high]), ``n_seeds``, ``n_goals`` and ``n_pairs`` (cells present);
-    ``mean`` and ``ci`` are ``None`` when there is no cell."""
+    goals). Returns ``mean``, ``ci`` ([low, high]), ``n_seeds``, ``n_goals``, ``n_pairs`` (cells present) and
+    ``by_seed`` ([seed, mean over that seed's goals], in seed order: whether the runs agree); ``mean`` and ``ci``
+    are ``None`` when there is no cell."""
     seeds = sorted((s for s in outcomes if outcomes[s]), key=str)
     goals = sorted({g for s in seeds for g in outcomes[s]}, key=str)
     if not goals:
-        return {"mean": None, "ci": None, "n_seeds": 0, "n_goals": 0, "n_pairs": 0}
+        return {"mean": None, "ci": None, "n_seeds": 0, "n_goals": 0, "n_pairs": 0, "by_seed": []}
     column = {g: j for j, g in enumerate(goals)}
     matrix = np.full((len(seeds), len(goals)), np.nan)
     for i, s in enumerate(seeds):
         for g, v in outcomes[s].items():
             matrix[i, column[g]] = float(v)
-    return crossed_bootstrap_mean(matrix, n_boot=n_boot, seed=seed, confidence=confidence)
+    by_seed = sorted(([s, float(np.nanmean(row))] for s, row in zip(seeds, matrix)), key=lambda sm: _seed_order(sm[0]))
+    return {**crossed_bootstrap_mean(matrix, n_boot=n_boot, seed=seed, confidence=confidence), "by_seed": by_seed}
+
+
+def _seed_order(s: Hashable) -> tuple:
+    """Integer seeds in numeric order (2 before 10), anything else after them by its text."""
+    return (0, s, "") if isinstance(s, int) and not isinstance(s, bool) else (1, 0, str(s))
 
 
 def paired_difference(
