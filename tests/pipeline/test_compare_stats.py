@@ -229,3 +229,35 @@ def test_tables_show_each_run_so_a_reader_sees_whether_the_runs_agree(tmp_path):
     single = tmp_path / "single"
     _run(single, "random", 0, {g: True for g in goals})
     assert "by run" not in comparison_markdown(summarize(single, "random", paired=[], bootstrap_samples=100))
+
+
+def test_by_task_type_splits_a_difference_into_where_it_comes_from(tmp_path):
+    """A +10 over a whole split can be +20 on one task type and 0 on the other: ``table --by_task_type true``
+    gives every type its own levels and paired differences; without it, only the split."""
+    from prism_lit.pipeline.compare import comparison_markdown, table
+
+    def run(method, seed, won):
+        _run(tmp_path, method, seed, won)
+        path = tmp_path / method / f"seed{seed}" / "eval" / "episodes.jsonl"
+        records = [json.loads(line) for line in path.read_text().splitlines()]
+        for r in records:  # goals a00–a19 are of type "heat", b00–b19 of type "look"
+            r["task_type"] = "heat" if r["task_id"].startswith("a") else "look"
+        path.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+    goals = [f"{t}{i:02d}" for t in "ab" for i in range(20)]
+    for seed in (0, 1):
+        run("base", seed, {g: g.startswith("b") and int(g[1:]) < 10 for g in goals})  # heat 0 %, look 50 %
+        run("rl-100", seed, {g: int(g[1:]) < (4 if g.startswith("a") else 10) for g in goals})  # heat 20 %, look 50 %
+    table(str(tmp_path), "rl-100", paired=[["rl-100", "base"]], bootstrap_samples=500, by_task_type=True)
+    summary = json.loads((tmp_path / "comparison.json").read_text())
+    diff = {r["split"]: r["success_rate"] for r in summary["paired"]}
+    assert set(diff) == {"test", "test/heat", "test/look"}
+    assert diff["test"]["mean"] == pytest.approx(0.10)
+    assert diff["test/heat"]["mean"] == pytest.approx(0.20) and diff["test/heat"]["ci"][0] > 0.0
+    assert diff["test/look"]["mean"] == 0.0 and diff["test/look"]["ci"] == [0.0, 0.0]
+    assert diff["test/heat"]["n_goals"] == 20
+    levels = {(r["name"], r["split"]): r["success_rate"]["mean"] for r in summary["levels"]}
+    assert levels[("base", "test/look")] == pytest.approx(0.5) and levels[("rl-100", "test/heat")] == pytest.approx(0.2)
+    assert "| rl-100 − base | test/heat | 2 | 20 | +20.0 [" in comparison_markdown(summary)
+    table(str(tmp_path), "rl-100", paired=[["rl-100", "base"]], bootstrap_samples=500)
+    assert {r["split"] for r in json.loads((tmp_path / "comparison.json").read_text())["paired"]} == {"test"}

@@ -161,6 +161,7 @@ def compare(
     bootstrap_samples: int = 10_000,
     overrides: dict[str, Any] | None = None,
     share_probe: bool = True,
+    by_task_type: bool = False,
 ) -> dict[str, Any]:
     """Run every config for every seed; write ``comparison.json``, ``comparison.md`` and plots in ``out_dir``.
 
@@ -186,6 +187,8 @@ def compare(
         share_probe: runs whose routers read the same probe measurement share one probe pass (made first, with
             every thread); each still routes, and counts the pass's seconds as its probe cost. ``False``: every
             run measures its own.
+        by_task_type: also give every task type of a split (``valid_seen/pick_heat_then_place_in_recep``, a
+            WebShop category) its own levels and paired differences: where a difference comes from.
     """
     overrides = dict(overrides or {})
     from prism_lit.pipeline.run import check_pipeline, pipeline
@@ -227,7 +230,7 @@ def compare(
             else:
                 jobs.append((config, kwargs["seed"], run_dir, {**overrides, **reuse}))
     failures = _run_parallel(jobs, workers) if jobs else []
-    written = table(str(out), reference, paired=paired, bootstrap_samples=bootstrap_samples)
+    written = table(str(out), reference, paired=paired, bootstrap_samples=bootstrap_samples, by_task_type=by_task_type)
     if failures:
         raise RuntimeError(f"compare: {len(failures)} run(s) failed (the table has the others):\n" + "\n".join(failures))
     return written
@@ -238,6 +241,7 @@ def table(
     reference: str = "rl-100",
     paired: list[list[str]] | None = None,
     bootstrap_samples: int = 10_000,
+    by_task_type: bool = False,
 ) -> dict[str, Any]:
     """Rebuild ``comparison.md``, ``comparison.json`` and ``pareto.png`` from the run dirs already in ``out_dir``
     (``<method>/seed<k>/`` with a report; a method dir may be a link to another comparison's), training nothing:
@@ -248,11 +252,14 @@ def table(
         reference: the method whose total compute is the speed-up's denominator.
         paired: ``[A, B]`` pairs to difference, as in ``compare``.
         bootstrap_samples: bootstrap replicates of every interval.
+        by_task_type: also give every task type of a split its own levels and paired differences, as in
+            ``compare``.
     """
     out = Path(out_dir)
     if not any(out.glob("*/seed*/report.json")):
         raise FileNotFoundError(f"table: no run with a report in {out}/<method>/seed<k>/ (run compare or pipeline first)")
-    summary = summarize(out, reference, paired=paired, bootstrap_samples=bootstrap_samples)
+    summary = summarize(out, reference, paired=paired, bootstrap_samples=bootstrap_samples,
+                        by_task_type=by_task_type)
     atomic_write_json(out / "comparison.json", summary)
     atomic_write_text(out / "comparison.md", comparison_markdown(summary))
     plot_pareto(summary, out / "pareto.png")
@@ -268,14 +275,16 @@ def _check_pairs(pairs: list[list[str]]) -> None:
             raise ValueError(f"compare: paired: each entry is [A, B] (method or method:policy), got {pair!r}")
 
 
-def _episode_outcomes(runs: list[str]) -> dict[str, dict[str, dict[int, dict[tuple, dict[str, float]]]]]:
-    """``{policy: {split: {run seed: {goal: {"won", "score"}}}}}`` over a method's run dirs."""
+def _episode_outcomes(runs: list[str], by_task_type: bool = False
+                      ) -> dict[str, dict[str, dict[int, dict[tuple, dict[str, float]]]]]:
+    """``{policy: {split: {run seed: {goal: {"won", "score"}}}}}`` over a method's run dirs (``by_task_type``: with
+    a ``<split>/<task type>`` split for every type as well)."""
     from prism_lit.pipeline.report import read_episodes
 
     out: dict[str, dict[str, dict[int, dict[tuple, dict[str, float]]]]] = {}
     for run in runs:
         seed = json.loads((Path(run) / "report.json").read_text()).get("seed")
-        for (policy, split), cells in read_episodes(Path(run)).items():
+        for (policy, split), cells in read_episodes(Path(run), by_task_type).items():
             out.setdefault(policy, {}).setdefault(split, {})[seed] = cells
     return out
 
@@ -334,7 +343,7 @@ def paired_differences(outcomes: dict[str, Any], pairs: list[list[str]],
 
 
 def summarize(out: Path, reference: str, paired: list[list[str]] | None = None,
-              bootstrap_samples: int = 10_000) -> dict[str, Any]:
+              bootstrap_samples: int = 10_000, by_task_type: bool = False) -> dict[str, Any]:
     """Mean and sample standard deviation over seeds of every metric, per method; the paired differences of
     ``paired`` (default :data:`DEFAULT_PAIRS`) with their 95 % bootstrap intervals."""
     from prism_lit.pipeline.stats import mean_std
@@ -373,7 +382,7 @@ def summarize(out: Path, reference: str, paired: list[list[str]] | None = None,
         row["speedup_vs_reference"] = (ref / total) if ref and total and row["trained"] else None
     pairs = DEFAULT_PAIRS if paired is None else paired
     _check_pairs(pairs)
-    outcomes = {name: _episode_outcomes(row["runs"]) for name, row in methods.items()}
+    outcomes = {name: _episode_outcomes(row["runs"], by_task_type) for name, row in methods.items()}
     from prism_lit.pipeline.report import outcome_fields
 
     fields = outcome_fields(envs.pop() if len(envs) == 1 else None)  # the env's own rates get intervals too

@@ -16,10 +16,12 @@ def _read(path: Path) -> Any:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def read_episodes(run_dir: Path) -> dict[tuple[str, str], dict[tuple[str, int], dict[str, float]]]:
+def read_episodes(run_dir: Path, by_task_type: bool = False
+                  ) -> dict[tuple[str, str], dict[tuple[str, int], dict[str, float]]]:
     """``eval/episodes.jsonl`` as ``{(policy, split): {(task_id, env_seed): {"won": 0/1, "score": s, ...}}}`` (with
     the env's per-episode ``outcomes``, e.g. ``prompt_level_loose``); empty when the eval stage predates the file
-    (rerun it with ``--rerun '[eval]'``)."""
+    (rerun it with ``--rerun '[eval]'``). ``by_task_type``: every episode is also filed under
+    ``(policy, "<split>/<task type>")``, so each task type gets its own rates and paired differences."""
     path = Artifacts(Path(run_dir)).eval_episodes
     out: dict[tuple[str, str], dict[tuple[str, int], dict[str, float]]] = {}
     if not path.is_file():
@@ -31,7 +33,10 @@ def read_episodes(run_dir: Path) -> dict[tuple[str, str], dict[tuple[str, int], 
             ep = json.loads(line)
             cell = {**{k: float(v) for k, v in (ep.get("outcomes") or {}).items()},
                     "won": float(ep["won"]), "score": float(ep["score"])}
-            out.setdefault((ep["policy"], ep["split"]), {})[(ep["task_id"], int(ep["env_seed"]))] = cell
+            key = (ep["task_id"], int(ep["env_seed"]))
+            out.setdefault((ep["policy"], ep["split"]), {})[key] = cell
+            if by_task_type and ep.get("task_type"):
+                out.setdefault((ep["policy"], f"{ep['split']}/{ep['task_type']}"), {})[key] = cell
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
             raise ValueError(f"{path}, line {lineno}: not an episode record ({err!r})") from None
     return out
