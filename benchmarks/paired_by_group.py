@@ -7,7 +7,9 @@ difference between the groups' differences (docs/results.md §4, the conflict va
         --pairs sft-r2:sft-r1 sft-r2:rl-100 sft-r1:rl-100
 
 Reads each run's ``eval/episodes.jsonl`` (one split, default ``test``). Every policy must have played the same
-panel in every seed. Intervals: 95 % percentile bootstrap that resamples seeds and, within each group, goals
+panel in every seed. ``--from_position N`` keeps the panel's goals from position N on (a 200-goal panel starts
+with the 100-goal one, so ``--from_position 100`` is the half a 100-goal comparison never played: a panel that
+can choose a recipe without touching the one that reports it). Intervals: 95 % percentile bootstrap that resamples seeds and, within each group, goals
 (seeded: the tables repeat).
 """
 
@@ -20,11 +22,12 @@ from pathlib import Path
 import numpy as np
 
 
-def load(spec: str, seed: int, split: str) -> dict[str, tuple[float, str]]:
+def load(spec: str, seed: int, split: str, from_position: int = 0) -> dict[str, tuple[float, str]]:
     template, _, policy = spec.rpartition(":")
     path = Path(template.format(seed=seed)) / "eval" / "episodes.jsonl"
     rows = [json.loads(line) for line in path.read_text().splitlines()]
-    out = {r["task_id"]: (float(r["won"]), r["task_type"]) for r in rows if r["policy"] == policy and r["split"] == split}
+    out = {r["task_id"]: (float(r["won"]), r["task_type"]) for r in rows
+           if r["policy"] == policy and r["split"] == split and r["env_seed"] >= from_position}
     if not out:
         raise SystemExit(f"{path}: no {split!r} episodes of policy {policy!r}")
     return out
@@ -38,10 +41,11 @@ def main() -> None:
     parser.add_argument("--familiar", nargs="+", required=True, help="the task types of the first group")
     parser.add_argument("--split", default="test")
     parser.add_argument("--bootstrap", type=int, default=10_000)
+    parser.add_argument("--from_position", type=int, default=0, help="only the panel's goals from this position on")
     args = parser.parse_args()
 
     specs = dict(p.split("=", 1) for p in args.policy)
-    data = {name: [load(spec, s, args.split) for s in args.seeds] for name, spec in specs.items()}
+    data = {name: [load(spec, s, args.split, args.from_position) for s in args.seeds] for name, spec in specs.items()}
     first = next(iter(data.values()))[0]
     for name, per_seed in data.items():
         for s, cells in zip(args.seeds, per_seed):
@@ -71,9 +75,9 @@ def main() -> None:
     for pair in args.pairs:
         a, b = pair.split(":")
         d = {k: won(a, k) - won(b, k) for k in groups}
-        cells = [f"{100 * d[k].mean():+.1f} " + interval(lambda s, g, k=k: d[k][s][:, g[k]].mean()) for k in groups]
+        cells = [f"{100 * d[k].mean():+.1f} " + interval(lambda s, g, k=k, d=d: d[k][s][:, g[k]].mean()) for k in groups]
         did = d["familiar"].mean() - d["unfamiliar"].mean()
-        cells.append(f"{100 * did:+.1f} " + interval(lambda s, g: d["familiar"][s][:, g["familiar"]].mean()
+        cells.append(f"{100 * did:+.1f} " + interval(lambda s, g, d=d: d["familiar"][s][:, g["familiar"]].mean()
                                                      - d["unfamiliar"][s][:, g["unfamiliar"]].mean()))
         print(f"| {a} − {b} | " + " | ".join(cells) + " |")
     print(f"\nseeds {args.seeds}, split {args.split}, {args.bootstrap} bootstrap replicates")
