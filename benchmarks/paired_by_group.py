@@ -71,7 +71,7 @@ def main() -> None:
     for name in data:
         f, u = won(name, "familiar"), won(name, "unfamiliar")
         print(f"| {name} | {100 * f.mean():.1f} | {100 * u.mean():.1f} | {100 * np.concatenate([f, u], 1).mean():.1f} |")
-    print("\n| A − B (success, points) | familiar | others | familiar − others |\n|---|---|---|---|")
+    print("\n| A − B (success, points) | familiar | others | familiar − others | all |\n|---|---|---|---|---|")
     for pair in args.pairs:
         a, b = pair.split(":")
         d = {k: won(a, k) - won(b, k) for k in groups}
@@ -79,6 +79,9 @@ def main() -> None:
         did = d["familiar"].mean() - d["unfamiliar"].mean()
         cells.append(f"{100 * did:+.1f} " + interval(lambda s, g, d=d: d["familiar"][s][:, g["familiar"]].mean()
                                                      - d["unfamiliar"][s][:, g["unfamiliar"]].mean()))
+        both = np.concatenate([d["familiar"], d["unfamiliar"]], 1)
+        cells.append(f"{100 * both.mean():+.1f} " + interval(lambda s, g, d=d: np.concatenate(
+            [d["familiar"][s][:, g["familiar"]], d["unfamiliar"][s][:, g["unfamiliar"]]], 1).mean()))
         print(f"| {a} − {b} | " + " | ".join(cells) + " |")
     print(f"\nseeds {args.seeds}, split {args.split}, {args.bootstrap} bootstrap replicates")
 
