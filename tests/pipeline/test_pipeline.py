@@ -531,6 +531,26 @@ def test_settings_that_change_only_speed_do_not_block_reusing_a_stage(monkeypatc
         run_module._compare_settings(ctx, "rl", recorded, finished=True)
 
 
+def test_a_disabled_stage_is_reused_whatever_its_module_settings_say(monkeypatch):
+    """The base method's RL stage is off; re-evaluating that run from its own pipeline_config.json (which spells
+    the disabled module's defaults out) must reuse it, while turning the stage on must not."""
+    from types import SimpleNamespace
+
+    from prism_lit.pipeline import run as run_module
+
+    def rl(enabled, init_args):
+        return {"rl": {"enabled": enabled, "module": {"class_path": "prism_lit.rl.grpo.GRPOModule",
+                                                      "init_args": init_args}}}
+
+    ctx = SimpleNamespace(run_dir="runs/x", artifacts=SimpleNamespace(replaced="runs/x/replaced"))
+    recorded = rl(False, {})
+    monkeypatch.setattr(run_module, "stage_settings", lambda _ctx, _name: rl(False, {"advantage": "grpo"}))
+    run_module._compare_settings(ctx, "rl", recorded, finished=True)
+    monkeypatch.setattr(run_module, "stage_settings", lambda _ctx, _name: rl(True, {"advantage": "grpo"}))
+    with pytest.raises(ValueError, match=r"rl\.enabled: False -> True"):
+        run_module._compare_settings(ctx, "rl", recorded, finished=True)
+
+
 # ---------------------------------------------------------------------------------------------- checks and records
 def _main(*args):
     from prism_lit.cli import main

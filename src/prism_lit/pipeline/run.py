@@ -260,6 +260,11 @@ def _compare_settings(ctx: PipelineContext, name: str, recorded: dict[str, Any] 
     if recorded is None:  # not started yet, or a marker from before settings were recorded
         return
     old, new = _flatten(recorded), _flatten(stage_settings(ctx, name))
+    if old.get(f"{name}.enabled") is False and new.get(f"{name}.enabled") is False:
+        # a disabled stage passes its input through: its own settings shape nothing (and a config read back from
+        # pipeline_config.json spells a disabled module's defaults out where the original left them implicit)
+        old, new = ({k: v for k, v in d.items() if not k.startswith(f"{name}.") or k == f"{name}.enabled"}
+                    for d in (old, new))
     old = {**{k: v for k, v in SETTINGS_ADDED_LATER.items() if k in new},
            **{k: v for k, v in old.items() if not k.startswith(SETTINGS_NO_LONGER_RECORDED.get(name, ()))}}
     for (stage, prefix), earlier in SETTINGS_MOVED.items():
