@@ -29,7 +29,8 @@ def load(spec: str, seed: int, split: str, from_position: int = 0) -> dict[str, 
     out = {r["task_id"]: (float(r["won"]), r["task_type"]) for r in rows
            if r["policy"] == policy and r["split"] == split and r["env_seed"] >= from_position}
     if not out:
-        raise SystemExit(f"{path}: no {split!r} episodes of policy {policy!r}")
+        where = f" from panel position {from_position} on (--from_position)" if from_position else ""
+        raise SystemExit(f"{path}: no {split!r} episodes of policy {policy!r}{where}")
     return out
 
 
