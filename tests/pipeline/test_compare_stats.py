@@ -158,7 +158,25 @@ def test_a_single_seed_row_shows_no_spread(tmp_path):
 
     _run(tmp_path, "base", 0, {"g0": True, "g1": False})
     md = comparison_markdown(summarize(tmp_path, "base", paired=[], bootstrap_samples=100))
-    assert "| base | 1 | 50.0 | 50.0 |" in md and "Paired" not in md
+    assert "| base | 1 | 50.0 | 0 |" in md and "Paired" not in md
+
+
+def test_a_score_that_only_repeats_success_gets_no_column(tmp_path):
+    """ALFWorld's score is its win: the tables show success alone and say why; WebShop's reward keeps its column."""
+    from prism_lit.pipeline.compare import comparison_markdown, summarize
+
+    _run(tmp_path / "alf", "base", 0, {"g0": True, "g1": False})
+    table = summarize(tmp_path / "alf", "base", paired=[["base", "base"]], bootstrap_samples=100)
+    md = comparison_markdown(table)
+    assert table["score_is_success"] and "test/score" not in table["methods"]["base"]["metrics"]
+    assert "score (" not in md and "no score column is shown" in md
+    assert "| base | test | 1 | 2 | 50.0 [0.0, 100.0] |" in md
+
+    _run(tmp_path / "shop", "base", 0, {"g0": True, "g1": False}, score=0.5)  # partial credit on the lost goal
+    table = summarize(tmp_path / "shop", "base", paired=[["base", "base"]], bootstrap_samples=100)
+    md = comparison_markdown(table)
+    assert not table["score_is_success"] and "score (×100)" in md and "score (points)" in md
+    assert "no score column" not in md
 
 
 def test_conflict_variant_applies_its_overrides_to_every_baseline(monkeypatch):

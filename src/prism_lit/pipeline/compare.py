@@ -386,9 +386,21 @@ def summarize(out: Path, reference: str, paired: list[list[str]] | None = None,
     from prism_lit.pipeline.report import outcome_fields
 
     fields = outcome_fields(envs.pop() if len(envs) == 1 else None)  # the env's own rates get intervals too
-    return {"reference": reference, "methods": methods,
+    score_is_success = _score_is_success(outcomes)
+    if score_is_success:  # ALFWorld: a score column would repeat the success column
+        fields = {k: v for k, v in fields.items() if k != "score"}
+        for row in methods.values():
+            row["metrics"] = {k: v for k, v in row["metrics"].items() if not k.endswith("/score")}
+    return {"reference": reference, "methods": methods, "score_is_success": score_is_success,
             "levels": level_intervals(outcomes, bootstrap_samples, fields),
             "paired": paired_differences(outcomes, pairs, bootstrap_samples, fields) if pairs else []}
+
+
+def _score_is_success(outcomes: dict[str, Any]) -> bool:
+    """Whether every evaluated episode's score equals its win (an env whose score is its success)."""
+    cells = [c for policies in outcomes.values() for splits in policies.values() for seeds in splits.values()
+             for goals in seeds.values() for c in goals.values()]
+    return bool(cells) and all(c.get("score") == c.get("won") for c in cells)
 
 
 def _cell(stat: dict[str, Any] | None, scale: float = 100.0, digits: int = 1) -> str:
@@ -416,7 +428,9 @@ def comparison_markdown(table: dict[str, Any]) -> str:
     lines += ["", (f"Success rates and scores in %, mean ± sample standard deviation (n − 1) over up to {n_seeds} "
                    "seed(s) (a single value has no ±); seconds of wall-clock per stage (probe + SFT + RL = total). "
                    "Two methods whose means differ by less than their ± are not told apart by this table; the "
-                   "paired differences below are the test.")]
+                   "paired differences below are the test.")
+              + (" The env's score equals its success on every episode, so no score column is shown."
+                 if table.get("score_is_success") else "")]
     if during_rl:
         lines += ["", "## During RL (the env's summary of each run's iterations)", "",
                   "| method | seeds | " + " | ".join(k[3:].replace("_", " ") for k in during_rl) + " |",
