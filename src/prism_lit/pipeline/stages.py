@@ -489,9 +489,14 @@ def train_rl(ctx: PipelineContext) -> dict[str, Any]:
 def panel_task_ids(ctx: PipelineContext, split: str, n: int) -> list[str]:
     """The fixed evaluation panel of ``split``: ``n`` of its task ids drawn with a fixed seed, the same for every
     method and seed (the split's own order groups tasks by type, so its first ``n`` would not be a fair panel)."""
+    return fixed_panel(split_task_ids(ctx, split), split, n)
+
+
+def fixed_panel(task_ids: list[str], split: str, n: int) -> list[str]:
+    """``n`` of a split's task ids in the panel's fixed order (position i is played with env seed i)."""
     import random
 
-    ids = sorted(split_task_ids(ctx, split))
+    ids = sorted(task_ids)
     random.Random(f"panel/{split}").shuffle(ids)
     return ids[:n]
 
