@@ -20,7 +20,6 @@ Intervals: 95 % percentile bootstrap over the games of each row (seeded).
 from __future__ import annotations
 
 import argparse
-import json
 from math import comb
 from pathlib import Path
 
@@ -83,10 +82,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="also write the table and every game's wins as JSON here")
     args = parser.parse_args()
 
-    config_path = args.run_dir / "pipeline_config.json"
-    if not config_path.is_file():
-        raise SystemExit(f"{config_path} not found: give a pipeline run directory (prism-lit pipeline writes it)")
-    config = json.loads(config_path.read_text())
+    from prism_lit.pipeline.context import Artifacts
+
+    art = Artifacts(args.run_dir)
+    try:
+        config = art.read_config()
+    except FileNotFoundError as err:
+        raise SystemExit(str(err)) from None
     module_args = ((config.get("rl") or {}).get("module") or {}).get("init_args") or {}
     rollout = module_args.get("rollout") or {}
     group_size = args.group_size or int(module_args.get("group_size", 4))
@@ -100,12 +102,10 @@ def main() -> None:
     from prism_lit.commands import resolve_env_id
     from prism_lit.envs.protocol import AgentProtocol
     from prism_lit.io import atomic_write_json
-    from prism_lit.pipeline.context import Artifacts
     from prism_lit.pipeline.stages import fixed_panel
     from prism_lit.policy import PolicySpec, load_policy
     from prism_lit.rl.rollout import RolloutConfig, RolloutEngine, env_task_ids, make_env
 
-    art = Artifacts(args.run_dir)
     path = {"base": art.base_model, "sft": art.sft_export, "final": art.rl_export}[args.policy]
     if not path.is_dir():
         raise SystemExit(f"--policy {args.policy}: {path} does not exist (stage not run, or trained as an adapter)")

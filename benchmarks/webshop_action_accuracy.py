@@ -80,12 +80,13 @@ def main() -> None:
     from prism_lit.envs.experts import write_expert_dataset
     from prism_lit.envs.protocol import AgentProtocol
     from prism_lit.envs.webshop.generator import CATEGORIES
+    from prism_lit.pipeline.context import Artifacts
     from prism_lit.policy import PolicySpec, load_policy
 
-    config_path = args.run_dir / "pipeline_config.json"
-    if not config_path.is_file():
-        raise SystemExit(f"{config_path} not found: give a pipeline run directory (prism-lit pipeline writes it)")
-    config = json.loads(config_path.read_text())
+    try:
+        config = Artifacts(args.run_dir).read_config()
+    except FileNotFoundError as err:
+        raise SystemExit(str(err)) from None
     env = config["env"]
     if env["id"] != "webshop":
         raise SystemExit(f"{args.run_dir}: env.id is {env['id']!r}; this diagnostic reads WebShop pages")

@@ -93,6 +93,13 @@ class Artifacts:
     def config(self) -> Path:
         return self.run_dir / "pipeline_config.json"
 
+    def read_config(self) -> dict[str, Any]:
+        """The run's resolved config (for tools that read a finished run), or an error naming what is missing."""
+        if not self.config.is_file():
+            raise FileNotFoundError(f"{self.config} not found: give a pipeline run directory (prism-lit pipeline "
+                                    "writes it)")
+        return json.loads(self.config.read_text())
+
     @property
     def replaced(self) -> Path:
         return self.run_dir / "replaced"
