@@ -94,8 +94,11 @@ def main() -> None:
     group_size = args.group_size or int(module_args.get("group_size", 4))
     temperature = args.temperature if args.temperature is not None else float(rollout.get("temperature", 1.0))
     max_steps = args.max_steps or rollout.get("max_steps") or config["eval"]["max_steps"]
-    if args.k < group_size:
-        raise SystemExit(f"--k {args.k}: needs at least --group_size ({group_size}) samples per game")
+    for option in ("games", "k", "batch_size"):
+        if getattr(args, option) < 1:
+            raise SystemExit(f"--{option} {getattr(args, option)}: must be at least 1")
+    if group_size < 1 or args.k < group_size:
+        raise SystemExit(f"--k {args.k}: needs at least --group_size ({group_size}, at least 1) samples per game")
 
     import torch
 
@@ -115,6 +118,8 @@ def main() -> None:
         panel = fixed_panel(env_task_ids(env), args.split, args.games)
     finally:
         env.close()
+    if len(panel) < args.games:
+        raise SystemExit(f"--games {args.games}: split {args.split!r} of {config['env']['id']} has {len(panel)} games")
     torch.manual_seed(args.seed)
     model, tokenizer = load_policy(PolicySpec(path=str(path)))
     model.eval()

@@ -67,3 +67,13 @@ def test_a_policy_the_run_lacks_is_named(tmp_path, gw_policy_dir):
     done = subprocess.run([sys.executable, str(SCRIPT), str(run), "--policy", "final"], capture_output=True,
                           text=True, check=False)
     assert done.returncode != 0 and "--policy final" in done.stderr and "rl/export" in done.stderr
+
+
+@pytest.mark.parametrize("args, message", [(["--games", "0"], "--games 0: must be at least 1"),
+                                           (["--k", "1"], "--k 1: needs at least --group_size (2"),
+                                           (["--games", "100000"], "--games 100000: split 'train' of guess_word has")])
+def test_bad_options_are_named_before_any_episode(tmp_path, gw_policy_dir, args, message):
+    run = _run_dir(tmp_path, gw_policy_dir)
+    done = subprocess.run([sys.executable, str(SCRIPT), str(run), "--out", str(tmp_path / "x.json"), *args],
+                          capture_output=True, text=True, check=False)
+    assert done.returncode != 0 and message in done.stderr and not (tmp_path / "x.json").exists()
