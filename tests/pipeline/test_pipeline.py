@@ -829,3 +829,40 @@ def test_pretrain_rename_fraction_is_checked_before_any_work(tmp_path):
     with pytest.raises(ValueError, match=r"base.pretrain_rename_fraction: env 'webshop' does not name"):
         pipeline(**settings)
     assert not (tmp_path / "run").exists()
+
+
+def test_unfamiliar_pretrain_tasks_adds_that_many_distinct_episodes_of_the_other_types(tmp_path):
+    """The base sees the other types rarely instead of never: the episodes are of types outside
+    familiar_task_types, distinct tasks, none a corpus task, and the marker counts them by type."""
+    from prism_lit.data.schema import read_trajectories
+
+    settings = _settings(tmp_path)
+    settings["base"].unfamiliar_pretrain_tasks = 3
+    pipeline(**settings, stop_after="tasks")
+    run = tmp_path / "run"
+    pretrain = read_trajectories(run / "tasks" / "pretrain.jsonl")
+    extra = [t for t in pretrain if t.id.startswith("unfamiliar-")]
+    assert len(extra) == 3 and len(pretrain) == 8 + 3
+    assert {t.task_type for t in pretrain if t not in extra} <= {"beauty", "food"}
+    assert not {t.task_type for t in extra} & {"beauty", "food"}
+    assert len({t.task_id for t in extra}) == 3
+    corpus = {t.task_id for t in read_trajectories(run / "tasks" / "corpus.jsonl")}
+    assert not {t.task_id for t in extra} & corpus
+    assert len({t.id for t in pretrain}) == len(pretrain)
+    marker = read_stage_marker(run, "tasks")
+    assert marker["settings"]["base.unfamiliar_pretrain_tasks"] == 3
+    assert sum(marker["info"]["pretrain"]["unfamiliar"].values()) == 3
+
+
+def test_unfamiliar_pretrain_tasks_is_checked(tmp_path):
+    with pytest.raises(ValueError, match=r"base.unfamiliar_pretrain_tasks must be >= 0"):
+        BaseModelSettings(familiar_task_types=["food"], unfamiliar_pretrain_tasks=-1)
+    with pytest.raises(ValueError, match="needs familiar_task_types set"):
+        BaseModelSettings(unfamiliar_pretrain_tasks=5)
+    with pytest.raises(ValueError, match="needs familiar_task_types set and base.path null"):
+        BaseModelSettings(path="/models/qwen3", familiar_task_types=["food"], unfamiliar_pretrain_tasks=5)
+    settings = _settings(tmp_path)
+    settings["base"].unfamiliar_pretrain_tasks = 10_000  # more than the toy's train split holds
+    with pytest.raises(Exception, match=r"base.unfamiliar_pretrain_tasks: 10000 asked, but .* has only \d+ tasks"):
+        pipeline(**settings, stop_after="tasks")
+    assert read_stage_marker(tmp_path / "run", "tasks") is None

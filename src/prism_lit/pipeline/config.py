@@ -180,6 +180,10 @@ class BaseModelSettings:
         familiar_task_types: task types the embedded base model is pre-trained on (its prior knowledge);
             the probe corpus mixes these with the others. Empty: pre-train on every type.
         pretrain_tasks: expert episodes (of the familiar types, disjoint from the corpus) for pre-training.
+        unfamiliar_pretrain_tasks: expert episodes of the other task types (those not in ``familiar_task_types``)
+            added to pre-training, drawn from the train split of ``env.kwargs`` without the corpus's tasks. A few
+            make those types rare rather than absent, as most tasks are for a pre-trained LLM: sampling then wins
+            some, which GRPO needs (a group earns a gradient only when its returns differ). 0: never seen.
         pretrain_env_kwargs: env keyword arguments for the pre-training episodes only, over ``env.kwargs`` (e.g.
             ALFWorld ``{n_per_type: 600}``: a larger pool of games, so the base sees more distinct games than the
             corpus split holds). The train split's first games are the same, so the corpus's are still left out.
@@ -213,6 +217,7 @@ class BaseModelSettings:
     embedded: EmbeddedModelSpec = field(default_factory=EmbeddedModelSpec)
     familiar_task_types: list[str] = field(default_factory=list)
     pretrain_tasks: int = 300
+    unfamiliar_pretrain_tasks: int = 0
     pretrain_env_kwargs: dict[str, Any] = field(default_factory=dict)
     pretrain_rename_fraction: float = 0.0
     pretrain_epochs: int = 4
@@ -238,6 +243,13 @@ class BaseModelSettings:
         if self.pretrain_rename_fraction and self.path is not None:
             raise ValueError(f"base.pretrain_rename_fraction shapes the embedded default's pre-training only; "
                              f"base.path is set ({self.path!r}): remove one of them")
+        if self.unfamiliar_pretrain_tasks < 0:
+            raise ValueError(f"base.unfamiliar_pretrain_tasks must be >= 0, got {self.unfamiliar_pretrain_tasks!r}")
+        if self.unfamiliar_pretrain_tasks and (self.path is not None or not self.familiar_task_types):
+            raise ValueError("base.unfamiliar_pretrain_tasks adds episodes of the types outside "
+                             "base.familiar_task_types to the embedded default's pre-training: it needs "
+                             f"familiar_task_types set and base.path null (got {self.familiar_task_types!r} and "
+                             f"{self.path!r})")
         if self.copy_warmup_steps < 0:
             raise ValueError(f"base.copy_warmup_steps must be >= 0, got {self.copy_warmup_steps!r}")
         if self.copy_warmup_steps and self.path is not None:

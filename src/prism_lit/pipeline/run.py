@@ -171,6 +171,7 @@ def stage_settings(ctx: PipelineContext, name: str) -> dict[str, Any] | None:
                           **({"probe.corpus_file": ctx.probe.corpus_file} if ctx.probe.corpus_file else {}),
                           "base.familiar_task_types": ctx.base.familiar_task_types,
                           "base.pretrain_tasks": ctx.base.pretrain_tasks,
+                          "base.unfamiliar_pretrain_tasks": ctx.base.unfamiliar_pretrain_tasks,
                           "base.pretrain_env_kwargs": ctx.base.pretrain_env_kwargs,
                           "base.pretrain_rename_fraction": ctx.base.pretrain_rename_fraction},
         "base": lambda: {"base": settings_json(ctx.base)},
@@ -246,7 +247,8 @@ SPEED_ONLY_SETTINGS = frozenset({"draft_tokens", "micro_batch_size", "generation
 
 # Settings added after markers were first written, with the value that reproduces what those markers' stages did:
 # a marker without the key was made with that value.
-SETTINGS_ADDED_LATER = {"base.copy_warmup_nonce_fraction": 0.0, "base.pretrain_rename_fraction": 0.0}
+SETTINGS_ADDED_LATER = {"base.copy_warmup_nonce_fraction": 0.0, "base.pretrain_rename_fraction": 0.0,
+                        "base.unfamiliar_pretrain_tasks": 0}
 # Settings that older markers of a stage recorded but that never changed its outputs (dotted-key prefixes).
 SETTINGS_NO_LONGER_RECORDED = {"tasks": ("env.eval_splits.",)}
 # Settings a stage's marker records now that an earlier stage's marker recorded before: (stage, prefix) -> the

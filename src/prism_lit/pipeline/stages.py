@@ -15,6 +15,7 @@ import math
 import os
 import time
 import warnings
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -198,6 +199,9 @@ def make_tasks(ctx: PipelineContext) -> dict[str, Any]:
             split=ctx.env.train_split, seed=ctx.seed + 7919, env_kwargs=kwargs, expert_kwargs=ctx.env.expert_kwargs,
         )
         fresh = [t for t in read_trajectories(candidates) if t.task_id not in corpus_tasks][: ctx.base.pretrain_tasks]
+        candidates.unlink()
+        unfamiliar = _unfamiliar_pretrain_episodes(ctx, corpus_tasks) if ctx.base.unfamiliar_pretrain_tasks else []
+        fresh += unfamiliar
         if ctx.base.pretrain_rename_fraction:
             from prism_lit.data.augment import rename_objects
             from prism_lit.envs import env_spec
@@ -205,11 +209,41 @@ def make_tasks(ctx: PipelineContext) -> dict[str, Any]:
             fresh = rename_objects(fresh, env_spec(ctx.env_id).object_words_function(),
                                    ctx.base.pretrain_rename_fraction, seed=ctx.seed + 104729)
         write_trajectories(art.pretrain, fresh)
-        candidates.unlink()
         info["pretrain"] = {**stats, "path": str(art.pretrain), "count": len(fresh),
                             "renamed": sum("renamed" in t.meta for t in fresh),
-                            "task_types": ctx.base.familiar_task_types}
+                            "task_types": ctx.base.familiar_task_types,
+                            "unfamiliar": dict(Counter(t.task_type for t in unfamiliar))}
     return info
+
+
+def _unfamiliar_pretrain_episodes(ctx: PipelineContext, corpus_tasks: set[str]) -> list:
+    """``base.unfamiliar_pretrain_tasks`` expert episodes of the task types outside ``base.familiar_task_types``,
+    from the train split of ``env.kwargs`` without the corpus's tasks, ids prefixed ``unfamiliar-``."""
+    from prism_lit.data.schema import read_trajectories
+    from prism_lit.envs.experts import write_expert_dataset
+    from prism_lit.rl.evaluation import default_task_types
+
+    n = ctx.base.unfamiliar_pretrain_tasks
+    train_kwargs = {**ctx.env.kwargs, "split": ctx.env.train_split}
+    others = [t for t in default_task_types(ctx.env_id, train_kwargs) if t not in set(ctx.base.familiar_task_types)]
+    if not others:
+        raise StageError(f"base.unfamiliar_pretrain_tasks is {n}, but env {ctx.env.id!r} names no task types outside "
+                         f"base.familiar_task_types {ctx.base.familiar_task_types}")
+    path = ctx.artifacts.pretrain.with_name(f"pretrain_unfamiliar.{os.getpid()}.jsonl")
+    write_expert_dataset(ctx.env_id, 2 * n, path, ctx.env.protocol, split=ctx.env.train_split,
+                         seed=ctx.seed + 15485863, env_kwargs={**ctx.env.kwargs, "task_types": others},
+                         expert_kwargs=ctx.env.expert_kwargs)
+    episodes = [t for t in read_trajectories(path) if t.task_id not in corpus_tasks]
+    path.unlink()
+    # a task drawn twice (the split cycles when it is small) is one distinct task, not two
+    distinct = list({t.task_id: t for t in episodes}.values())[:n]
+    if len(distinct) < n:
+        raise StageError(f"base.unfamiliar_pretrain_tasks: {n} asked, but the train split of env.kwargs has only "
+                         f"{len(distinct)} tasks of the types {others} outside the corpus; ask for fewer or enlarge "
+                         f"the split")
+    for t in distinct:
+        t.id = f"unfamiliar-{t.id}"
+    return distinct
 
 
 # ---------------------------------------------------------------------------------------------- base
