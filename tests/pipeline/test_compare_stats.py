@@ -279,3 +279,29 @@ def test_by_task_type_splits_a_difference_into_where_it_comes_from(tmp_path):
     assert "| rl-100 − base | test/heat | 2 | 20 | +20.0 [" in comparison_markdown(summary)
     table(str(tmp_path), "rl-100", paired=[["rl-100", "base"]], bootstrap_samples=500)
     assert {r["split"] for r in json.loads((tmp_path / "comparison.json").read_text())["paired"]} == {"test"}
+
+
+def test_by_task_type_joins_each_types_success_with_the_share_routed_to_rl(tmp_path):
+    """`table --by_task_type true`: one row per method, each type's success per split next to the share of its
+    corpus trajectories sent to RL (a range over runs), and no share for a method that routes nothing."""
+    from prism_lit.pipeline.compare import comparison_markdown, summarize
+    from prism_lit.probe.partition import Partition, save_partition
+
+    types = {"a0": "heat", "a1": "heat", "b0": "look", "b1": "look"}
+    for method, seed, rl_ids, heat in (("prism-gini", 0, ["a0", "a1"], 0.5), ("prism-gini", 1, ["a0", "b0"], 0.0),
+                                       ("rl-100", 0, list(types), 0.25)):
+        _run(tmp_path, method, seed, {"g0": True, "g1": False})
+        report_path = tmp_path / method / f"seed{seed}" / "report.json"
+        report = json.loads(report_path.read_text())
+        report["eval"]["webshop"]["test"]["per_task_type"] = {"heat": {"success_rate": heat},
+                                                              "look": {"success_rate": 1.0}}
+        report_path.write_text(json.dumps(report))
+        save_partition(tmp_path / method / f"seed{seed}" / "probe" / "partition.json", Partition(
+            router="r", score=None, threshold=None, rl_fraction=None, sft_ids=sorted(set(types) - set(rl_ids)),
+            rl_ids=sorted(rl_ids), task_of={t: t for t in types}, task_type_of=types))
+    md = comparison_markdown(summarize(tmp_path, "rl-100", paired=[], bootstrap_samples=50, by_task_type=True))
+    assert "## By task type" in md and "| method | heat | look |" in md
+    assert "| prism-gini | 25 (50–100 % to RL) | 100 (0–50 % to RL) |" in md
+    assert "| rl-100 | 25 | 100 |" in md  # every trajectory to RL: no routing to show
+    assert "## By task type" not in comparison_markdown(summarize(tmp_path, "rl-100", paired=[],
+                                                                  bootstrap_samples=50))

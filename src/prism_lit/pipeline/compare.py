@@ -375,6 +375,8 @@ def summarize(out: Path, reference: str, paired: list[list[str]] | None = None,
             row["metrics"].setdefault(key, []).append(value)
     for row in methods.values():
         row["metrics"] = {k: mean_std(v) for k, v in row["metrics"].items()}
+        if by_task_type:
+            row["routed_to_rl"] = _routed_to_rl(row["runs"])
     ref = methods.get(reference, {}).get("metrics", {}).get("seconds/total", {}).get("mean")
     for row in methods.values():
         total = row["metrics"].get("seconds/total", {}).get("mean")
@@ -392,8 +394,65 @@ def summarize(out: Path, reference: str, paired: list[list[str]] | None = None,
         for row in methods.values():
             row["metrics"] = {k: v for k, v in row["metrics"].items() if not k.endswith("/score")}
     return {"reference": reference, "methods": methods, "score_is_success": score_is_success,
+            "by_task_type": by_task_type,
             "levels": level_intervals(outcomes, bootstrap_samples, fields),
             "paired": paired_differences(outcomes, pairs, bootstrap_samples, fields) if pairs else []}
+
+
+def _routed_to_rl(runs: list[str]) -> dict[str, dict[str, float]]:
+    """Per task type, the share of the corpus's trajectories each run's partition sent to RL: min, mean and max
+    over the runs whose partition (``probe/partition.json``) splits the corpus."""
+    from prism_lit.pipeline.context import Artifacts
+    from prism_lit.probe.partition import load_partition
+
+    shares: dict[str, list[float]] = {}
+    for run in runs:
+        path = Artifacts(Path(run)).partition
+        if not path.is_file():
+            continue
+        partition = load_partition(path)
+        if not partition.rl_ids or not partition.sft_ids:  # all one way: no routing to show (RL-100, SFT-100)
+            continue
+        rl = set(partition.rl_ids)
+        by_type: dict[str, list[bool]] = {}
+        for traj_id, task_type in partition.task_type_of.items():
+            by_type.setdefault(task_type, []).append(traj_id in rl)
+        for task_type, routed in by_type.items():
+            shares.setdefault(task_type, []).append(sum(routed) / len(routed))
+    return {t: {"min": min(v), "mean": sum(v) / len(v), "max": max(v)} for t, v in shares.items()}
+
+
+def task_type_markdown(table: dict[str, Any]) -> list[str]:
+    """One row per method: each task type's success on each split (mean over runs) and the share of that type's
+    corpus trajectories routed to RL, side by side."""
+    methods = table["methods"]
+    cells: dict[str, dict[str, dict[str, float]]] = {}  # type -> method -> split -> mean success
+    splits: list[str] = []
+    for name, row in methods.items():
+        for key, stat in row["metrics"].items():
+            parts = key.split("/")
+            if len(parts) == 3 and parts[2] == "success_rate" and stat.get("mean") is not None:
+                cells.setdefault(parts[1], {}).setdefault(name, {})[parts[0]] = stat["mean"]
+                if parts[0] not in splits:
+                    splits.append(parts[0])
+    if not cells:
+        return []
+    types = sorted(cells)
+    lines = ["", "## By task type", "", "| method | " + " | ".join(types) + " |", "|---" * (len(types) + 1) + "|"]
+    for name, row in methods.items():
+        out = []
+        for t in types:
+            by_split = cells[t].get(name, {})
+            text = " / ".join(f"{by_split[s] * 100:.0f}" if s in by_split else "–" for s in splits)
+            share = (row.get("routed_to_rl") or {}).get(t)
+            if share is not None:
+                low, high = round(share["min"] * 100), round(share["max"] * 100)
+                text += f" ({low} % to RL)" if low == high else f" ({low}–{high} % to RL)"
+            out.append(text)
+        lines.append(f"| {name} | " + " | ".join(out) + " |")
+    return lines + ["", f"Success in % ({' / '.join(splits)}), mean over each method's runs; in brackets the share of "
+                        "the type's corpus trajectories its partition sent to RL (a range where runs differ), for "
+                        "the methods whose partition splits the corpus."]
 
 
 def _score_is_success(outcomes: dict[str, Any]) -> bool:
@@ -440,6 +499,8 @@ def comparison_markdown(table: dict[str, Any]) -> str:
                 lines.append(f"| {name} | {len(row['runs'])} | "
                              + " | ".join(_cell(row["metrics"].get(k), 1.0, 3) for k in during_rl) + " |")
         lines += ["", "Mean ± sample standard deviation over seeds of each run's value."]
+    if table.get("by_task_type"):
+        lines += task_type_markdown(table)
     lines += levels_markdown(table.get("levels") or [])
     lines += paired_markdown(table.get("paired") or [])
     return "\n".join(lines) + "\n"
