@@ -229,18 +229,30 @@ def _unfamiliar_pretrain_episodes(ctx: PipelineContext, corpus_tasks: set[str]) 
     if not others:
         raise StageError(f"base.unfamiliar_pretrain_tasks is {n}, but env {ctx.env.id!r} names no task types outside "
                          f"base.familiar_task_types {ctx.base.familiar_task_types}")
+    from prism_lit.rl.rollout import env_task_ids, make_env
+
+    env_kwargs = {**ctx.env.kwargs, "task_types": others}
+    env = make_env(ctx.env_id, {**env_kwargs, "split": ctx.env.train_split})
+    try:
+        ids = set(env_task_ids(env))
+    finally:
+        env.close()
+    in_corpus = len(ids & corpus_tasks)
+    if len(ids) - in_corpus < n:  # before any episode is recorded
+        raise StageError(f"base.unfamiliar_pretrain_tasks: {n} asked, but the train split of env.kwargs has only "
+                         f"{len(ids) - in_corpus} tasks of the types {others} outside the corpus; ask for fewer or "
+                         f"enlarge the split")
     path = ctx.artifacts.pretrain.with_name(f"pretrain_unfamiliar.{os.getpid()}.jsonl")
-    write_expert_dataset(ctx.env_id, 2 * n, path, ctx.env.protocol, split=ctx.env.train_split,
-                         seed=ctx.seed + 15485863, env_kwargs={**ctx.env.kwargs, "task_types": others},
+    # the first n + in_corpus tasks of the seeded order hold at least n that are not corpus tasks
+    write_expert_dataset(ctx.env_id, n + in_corpus, path, ctx.env.protocol, split=ctx.env.train_split,
+                         seed=ctx.seed + 15485863, env_kwargs=env_kwargs,
                          expert_kwargs=ctx.env.expert_kwargs)
     episodes = [t for t in read_trajectories(path) if t.task_id not in corpus_tasks]
     path.unlink()
-    # a task drawn twice (the split cycles when it is small) is one distinct task, not two
     distinct = list({t.task_id: t for t in episodes}.values())[:n]
-    if len(distinct) < n:
-        raise StageError(f"base.unfamiliar_pretrain_tasks: {n} asked, but the train split of env.kwargs has only "
-                         f"{len(distinct)} tasks of the types {others} outside the corpus; ask for fewer or enlarge "
-                         f"the split")
+    if len(distinct) < n:  # an env whose seeded order is not its task_ids
+        raise StageError(f"base.unfamiliar_pretrain_tasks: {n} asked, but only {len(distinct)} distinct tasks of the "
+                         f"types {others} outside the corpus were recorded")
     for t in distinct:
         t.id = f"unfamiliar-{t.id}"
     return distinct
