@@ -583,6 +583,13 @@ def _ranks() -> tuple[int, int]:
     return 0, 1
 
 
+def episode_record(policy: str, split: str, ep: Any, scorer: Any) -> dict[str, Any]:
+    """One line of ``eval/episodes.jsonl``: what paired differences between policies, methods and seeds read."""
+    return {"policy": policy, "split": split, "task_id": ep.task_id, "env_seed": ep.seed, "task_type": ep.task_type,
+            "won": bool(ep.won), "score": float(ep.score), "steps": len(ep.steps), "invalid": ep.num_invalid,
+            **({"outcomes": outcomes} if (outcomes := scorer.episode(ep.info)) else {})}
+
+
 def evaluate(ctx: PipelineContext) -> dict[str, Any]:
     """Greedy episodes of every policy on the fixed panels. Under several ranks each plays a share of every panel
     (task i of the panel on rank i mod world size, with its own env seed i); the metrics are summed over ranks
@@ -620,11 +627,7 @@ def evaluate(ctx: PipelineContext) -> dict[str, Any]:
                 panel[rank::world], seeds=list(range(len(panel)))[rank::world], max_steps=ctx.eval.max_steps,
                 batch_size=ctx.eval.batch_size, max_new_tokens=ctx.eval.max_new_tokens, return_episodes=True,
             )
-            episodes += [{"policy": name, "split": split, "task_id": ep.task_id, "env_seed": ep.seed,
-                          "task_type": ep.task_type, "won": bool(ep.won), "score": float(ep.score),
-                          "steps": len(ep.steps), "invalid": ep.num_invalid,
-                          **({"outcomes": outcomes} if (outcomes := scorer.episode(ep.info)) else {})}
-                         for ep in metrics.pop("episodes_list")]
+            episodes += [episode_record(name, split, ep, scorer) for ep in metrics.pop("episodes_list")]
             results[name][split] = report_metrics(metrics)
             log.warning("pipeline: stage eval   %s on %d %s tasks: success %.3f, score %.3f", name, n, split,
                         results[name][split]["success_rate"], results[name][split]["score"])
