@@ -8,20 +8,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from rl_helpers import guess_word_run_dir
 
 SCRIPT = Path(__file__).parents[2] / "benchmarks" / "eval_panel.py"
 
 
 def _run_dir(tmp_path, policy_dir):
-    run = tmp_path / "run"
-    (run / "base").mkdir(parents=True)
-    (run / "base" / "model").symlink_to(policy_dir)
-    protocol = {"env": "guess_word", "reply_format": "bare", "system_prompt": "Guess the word .",
-                "show_admissible": False}
-    (run / "pipeline_config.json").write_text(json.dumps({
-        "env": {"id": "guess_word", "kwargs": {}, "protocol": protocol, "eval_splits": {"test": 2}},
-        "eval": {"max_steps": 3, "max_new_tokens": 4, "batch_size": 3}}))
-    return run
+    return guess_word_run_dir(tmp_path, policy_dir, env={"eval_splits": {"test": 2}},
+                              eval={"max_steps": 3, "max_new_tokens": 4, "batch_size": 3})
 
 
 def _play(run, out, *args):

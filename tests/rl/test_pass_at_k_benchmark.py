@@ -9,6 +9,7 @@ from math import comb
 from pathlib import Path
 
 import pytest
+from rl_helpers import guess_word_run_dir
 
 SCRIPT = Path(__file__).parents[2] / "benchmarks" / "pass_at_k.py"
 _spec = importlib.util.spec_from_file_location("pass_at_k", SCRIPT)
@@ -35,16 +36,9 @@ def test_summary_rows_per_type_and_all():
 
 
 def _run_dir(tmp_path, policy_dir):
-    run = tmp_path / "run"
-    (run / "base").mkdir(parents=True)
-    (run / "base" / "model").symlink_to(policy_dir)
-    protocol = {"env": "guess_word", "reply_format": "bare", "system_prompt": "Guess the word .",
-                "show_admissible": False}
-    (run / "pipeline_config.json").write_text(json.dumps({
-        "env": {"id": "guess_word", "kwargs": {}, "protocol": protocol},
-        "rl": {"module": {"init_args": {"group_size": 2, "rollout": {"temperature": 1.0, "max_steps": 3}}}},
-        "eval": {"max_steps": 3, "max_new_tokens": 4}}))
-    return run
+    rollout = {"temperature": 1.0, "max_steps": 3}
+    return guess_word_run_dir(tmp_path, policy_dir, rl={"module": {"init_args": {"group_size": 2, "rollout": rollout}}},
+                              eval={"max_steps": 3, "max_new_tokens": 4})
 
 
 def test_samples_k_episodes_of_every_game_reproducibly(tmp_path, gw_policy_dir):
