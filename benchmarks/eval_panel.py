@@ -50,10 +50,10 @@ def main() -> None:
         if split in panels and args.from_position < panels[split] and not args.replay:
             raise SystemExit(f"--from_position {args.from_position}: positions below {panels[split]} of {split!r} "
                              f"are the run's own panel (env.eval_splits); start there, or pass --replay")
-    paths = {"base": art.base_model, "sft": art.sft_export, "final": art.rl_export}
     for policy in args.policies:
-        if not paths[policy].is_dir():
-            raise SystemExit(f"--policies {policy}: {paths[policy]} does not exist (stage not run, or an adapter)")
+        if not art.policy_dir(policy).is_dir():
+            raise SystemExit(f"--policies {policy}: {art.policy_dir(policy)} does not exist (stage not run, or an "
+                             "adapter)")
     out = args.out_dir / "eval" / "episodes.jsonl"
     if out.exists():
         raise SystemExit(f"{out} exists; remove it or choose another --out_dir")
@@ -85,7 +85,7 @@ def main() -> None:
         positions[split] = panel[args.from_position:args.to_position]
     lines: list[str] = []
     for policy in args.policies:
-        model, tokenizer = load_policy(PolicySpec(path=str(paths[policy])))
+        model, tokenizer = load_policy(PolicySpec(path=str(art.policy_dir(policy))))
         model.eval()
         for split, tasks in positions.items():
             metrics = evaluate_policy(

@@ -109,7 +109,7 @@ def main() -> None:
     from prism_lit.policy import PolicySpec, load_policy
     from prism_lit.rl.rollout import RolloutConfig, RolloutEngine, env_task_ids, make_env
 
-    path = {"base": art.base_model, "sft": art.sft_export, "final": art.rl_export}[args.policy]
+    path = art.policy_dir(args.policy)
     if not path.is_dir():
         raise SystemExit(f"--policy {args.policy}: {path} does not exist (stage not run, or trained as an adapter)")
     env_id, env_kwargs = resolve_env_id(config["env"]["id"]), {**config["env"]["kwargs"], "split": args.split}

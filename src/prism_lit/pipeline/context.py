@@ -148,6 +148,10 @@ class Artifacts:
     def rl_export(self) -> Path:
         return self.run_dir / "rl" / "export"
 
+    def policy_dir(self, policy: str) -> Path:
+        """Where the run saved a policy's full weights: ``base`` (prepared here), ``sft`` or ``final`` (RL's)."""
+        return {"base": self.base_model, "sft": self.sft_export, "final": self.rl_export}[policy]
+
     @property
     def rl_metrics(self) -> Path:
         return self.run_dir / "rl" / "metrics.jsonl"
