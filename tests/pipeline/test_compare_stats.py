@@ -161,6 +161,23 @@ def test_a_single_seed_row_shows_no_spread(tmp_path):
     assert "| base | 1 | 50.0 | 0 |" in md and "Paired" not in md
 
 
+def test_a_run_without_a_report_is_named_not_silently_left_out(tmp_path):
+    """A run still training (or killed) has a run dir but no report: the table counts the finished runs and names
+    the other, so one seed fewer is never read as the whole comparison."""
+    from prism_lit.pipeline.compare import comparison_markdown, summarize
+
+    _run(tmp_path, "base", 0, {"g0": True, "g1": False})
+    (tmp_path / "base" / "seed1" / "sft").mkdir(parents=True)  # as a killed run leaves it
+    table = summarize(tmp_path, "base", paired=[], bootstrap_samples=100)
+    assert len(table["methods"]["base"]["runs"]) == 1
+    assert table["unfinished"] == [str(tmp_path / "base" / "seed1")]
+    md = comparison_markdown(table)
+    assert "Not in this table: 1 run dir(s) without a report" in md and f"`{tmp_path / 'base' / 'seed1'}`" in md
+    _run(tmp_path / "done", "base", 0, {"g0": True, "g1": False})
+    done = summarize(tmp_path / "done", "base", paired=[], bootstrap_samples=100)
+    assert done["unfinished"] == [] and "Not in this table" not in comparison_markdown(done)
+
+
 def test_a_score_that_only_repeats_success_gets_no_column(tmp_path):
     """ALFWorld's score is its win: the tables show success alone and say why; WebShop's reward keeps its column."""
     from prism_lit.pipeline.compare import comparison_markdown, summarize

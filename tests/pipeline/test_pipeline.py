@@ -189,6 +189,7 @@ def test_compare_workers_run_methods_in_parallel_and_report_a_failed_run(tmp_pat
     # the other runs finished, each logged to its own file, and the table was written from them
     table = json.loads((out / "comparison.json").read_text())
     assert set(table["methods"]) == {"prism-gini", "random"}
+    assert table["unfinished"] == [str(out / "broken" / "seed1")]  # named in the table, not silently left out
     for method in ("prism-gini", "random"):
         assert "stage eval" in (out / method / "seed1" / "pipeline.log").read_text()
 

@@ -393,7 +393,9 @@ def summarize(out: Path, reference: str, paired: list[list[str]] | None = None,
         fields = {k: v for k, v in fields.items() if k != "score"}
         for row in methods.values():
             row["metrics"] = {k: v for k, v in row["metrics"].items() if not k.endswith("/score")}
-    return {"reference": reference, "methods": methods, "score_is_success": score_is_success,
+    # a run still training (or stopped) has no report yet: the table says so instead of silently counting fewer runs
+    unfinished = sorted(str(d) for d in out.glob("*/seed*") if d.is_dir() and not (d / "report.json").exists())
+    return {"reference": reference, "methods": methods, "score_is_success": score_is_success, "unfinished": unfinished,
             "by_task_type": by_task_type,
             "levels": level_intervals(outcomes, bootstrap_samples, fields),
             "paired": paired_differences(outcomes, pairs, bootstrap_samples, fields) if pairs else []}
@@ -490,6 +492,10 @@ def comparison_markdown(table: dict[str, Any]) -> str:
                    "paired differences below are the test.")
               + (" The env's score equals its success on every episode, so no score column is shown."
                  if table.get("score_is_success") else "")]
+    if table.get("unfinished"):
+        lines += ["", f"Not in this table: {len(table['unfinished'])} run dir(s) without a report (still running, or "
+                  "stopped: the same compare call, or `prism-lit pipeline --config <run dir>/pipeline_config.json`, "
+                  "resumes one): " + ", ".join(f"`{d}`" for d in table["unfinished"]) + "."]
     if during_rl:
         lines += ["", "## During RL (the env's summary of each run's iterations)", "",
                   "| method | seeds | " + " | ".join(k[3:].replace("_", " ") for k in during_rl) + " |",
