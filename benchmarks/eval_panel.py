@@ -41,6 +41,8 @@ def main() -> None:
         raise SystemExit(str(err)) from None
     if args.out_dir.resolve() == args.run_dir.resolve():
         raise SystemExit(f"--out_dir {args.out_dir}: is the run dir; its eval/episodes.jsonl is the run's record")
+    if args.threads is not None and args.threads < 1:
+        raise SystemExit(f"--threads {args.threads}: need at least 1 (leave it out for torch's default)")
     if not 0 <= args.from_position < args.to_position:
         raise SystemExit(f"--from_position {args.from_position} --to_position {args.to_position}: "
                          "need 0 <= from < to")
@@ -69,7 +71,7 @@ def main() -> None:
     from prism_lit.rl.evaluation import evaluate_policy
     from prism_lit.rl.rollout import env_task_ids, make_env
 
-    if args.threads:
+    if args.threads is not None:
         torch.set_num_threads(args.threads)
     env_id, evaluation = resolve_env_id(config["env"]["id"]), config["eval"]
     protocol, scorer = AgentProtocol(**config["env"]["protocol"]), env_metrics(env_id)

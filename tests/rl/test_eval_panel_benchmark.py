@@ -42,6 +42,7 @@ def test_a_position_plays_the_same_episode_in_any_slice(tmp_path, gw_policy_dir)
     (["--from_position", "3", "--to_position", "3"], "need 0 <= from < to"),
     (["--from_position", "2", "--to_position", "100000"], "--to_position 100000: split 'test' has"),
     (["--from_position", "2", "--to_position", "4", "--policies", "final"], "--policies final"),
+    (["--from_position", "2", "--to_position", "4", "--threads", "0"], "--threads 0: need at least 1"),
 ])
 def test_bad_options_are_named_before_any_episode(tmp_path, gw_policy_dir, args, message):
     run = _run_dir(tmp_path, gw_policy_dir)
