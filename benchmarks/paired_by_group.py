@@ -10,7 +10,7 @@ Reads each run's ``eval/episodes.jsonl`` (one split, default ``test``). Every po
 panel in every seed. ``--from_position N`` keeps the panel's goals from position N on (a 200-goal panel starts
 with the 100-goal one, so ``--from_position 100`` is the half a 100-goal comparison never played: a panel that
 can choose a recipe without touching the one that reports it). Intervals: 95 % percentile bootstrap that resamples seeds and, within each group, goals
-(seeded: the tables repeat).
+(seeded: the tables repeat). A last table gives each pair's difference run by run (no interval).
 """
 
 from __future__ import annotations
@@ -84,6 +84,13 @@ def main() -> None:
         cells.append(f"{100 * both.mean():+.1f} " + interval(lambda s, g, d=d: np.concatenate(
             [d["familiar"][s][:, g["familiar"]], d["unfamiliar"][s][:, g["unfamiliar"]]], 1).mean()))
         print(f"| {a} − {b} | " + " | ".join(cells) + " |")
+    print("\n| A − B by run (success, points) | seed | familiar | others | all |\n|---|---|---|---|---|")
+    for pair in args.pairs:
+        a, b = pair.split(":")
+        d = {k: won(a, k) - won(b, k) for k in groups}
+        for i, seed in enumerate(args.seeds):
+            per_run = [d["familiar"][i], d["unfamiliar"][i], np.concatenate([d["familiar"][i], d["unfamiliar"][i]])]
+            print(f"| {a} − {b} | {seed} | " + " | ".join(f"{100 * x.mean():+.1f}" for x in per_run) + " |")
     print(f"\nseeds {args.seeds}, split {args.split}, {args.bootstrap} bootstrap replicates")
 
 
