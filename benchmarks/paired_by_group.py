@@ -25,6 +25,8 @@ import numpy as np
 def load(spec: str, seed: int, split: str, from_position: int = 0) -> dict[str, tuple[float, str]]:
     template, _, policy = spec.rpartition(":")
     path = Path(template.format(seed=seed)) / "eval" / "episodes.jsonl"
+    if not path.is_file():
+        raise SystemExit(f"{path}: not found (--policy {spec!r}, seed {seed}): has that run's eval stage finished?")
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     out = {r["task_id"]: (float(r["won"]), r["task_type"]) for r in rows
            if r["policy"] == policy and r["split"] == split and r["env_seed"] >= from_position}
@@ -45,7 +47,14 @@ def main() -> None:
     parser.add_argument("--from_position", type=int, default=0, help="only the panel's goals from this position on")
     args = parser.parse_args()
 
+    for p in args.policy:
+        if "=" not in p or ":" not in p.split("=", 1)[1]:
+            raise SystemExit(f"--policy {p!r}: expected NAME=RUN_DIR_TEMPLATE:POLICY")
     specs = dict(p.split("=", 1) for p in args.policy)
+    for pair in args.pairs:
+        names = pair.split(":")
+        if len(names) != 2 or any(n not in specs for n in names):
+            raise SystemExit(f"--pairs {pair!r}: expected A:B, both names of --policy ({', '.join(specs)})")
     data = {name: [load(spec, s, args.split, args.from_position) for s in args.seeds] for name, spec in specs.items()}
     first = next(iter(data.values()))[0]
     for name, per_seed in data.items():

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).parents[1] / "benchmarks" / "paired_by_group.py"
 
 
@@ -48,3 +50,14 @@ def test_a_run_on_another_panel_is_refused(tmp_path):
     _episodes(tmp_path / "rl" / "seed1", "final", {"heat": [1, 0, 1], "clean": [1, 0]})
     out = _run(tmp_path)
     assert out.returncode != 0 and "rl seed 1: another panel" in out.stderr
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--pairs", "rl:nope"], "--pairs 'rl:nope'"),
+    (["--seeds", "0", "7"], "seed7/eval/episodes.jsonl: not found"),
+])
+def test_bad_arguments_are_named_before_any_work(tmp_path, extra, message):
+    _episodes(tmp_path / "base", "base", {"heat": [0, 0], "clean": [1, 0]})
+    _episodes(tmp_path / "rl" / "seed0", "final", {"heat": [1, 0], "clean": [1, 0]})
+    out = _run(tmp_path, *extra)
+    assert out.returncode != 0 and message in out.stderr and "Traceback" not in out.stderr
